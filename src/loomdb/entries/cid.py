@@ -1,0 +1,103 @@
+"""Content identifiers: CIDv1, codec dag-cbor (0x71), multihash sha2-256.
+
+Binary form (36 bytes): ``0x01 0x71 0x12 0x20`` + the SHA-256 digest of the
+entry's bytes. Text form: multibase base32 lower-case, no padding (``b`` prefix),
+the form IPFS tools print (``bafyrei…``). A CID orders by its binary form,
+which is the order parents are sorted in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Final
+
+from loomdb.errors import ValidationError
+
+CID_VERSION: Final = 0x01
+DAG_CBOR: Final = 0x71
+SHA2_256: Final = 0x12
+DIGEST_SIZE: Final = 32
+PREFIX: Final = bytes((CID_VERSION, DAG_CBOR, SHA2_256, DIGEST_SIZE))
+CID_SIZE: Final = len(PREFIX) + DIGEST_SIZE
+
+
+class CID:
+    """The id of an entry: a hash of its bytes. Immutable, hashable, ordered."""
+
+    __slots__ = ("_bytes", "_hash")
+
+    def __init__(self, binary: bytes) -> None:
+        if len(binary) != CID_SIZE or binary[:4] != PREFIX:
+            raise ValidationError(
+                "not a loomdb CID: expected CIDv1 dag-cbor sha2-256 (36 bytes starting 01711220)"
+            )
+        self._bytes = bytes(binary)
+        self._hash = hash(self._bytes)
+
+    @classmethod
+    def of(cls, data: bytes) -> CID:
+        """The CID of ``data`` (the encoded signed entry)."""
+        cid = object.__new__(cls)
+        cid._bytes = PREFIX + hashlib.sha256(data).digest()
+        cid._hash = hash(cid._bytes)
+        return cid
+
+    @classmethod
+    def parse(cls, text: str) -> CID:
+        """Parse the base32 text form (``bafyrei…``)."""
+        if not isinstance(text, str) or not text.startswith("b") or len(text) != 59:
+            raise ValidationError(f"not a CID: {text!r:.80}")
+        body = text[1:].upper()
+        try:
+            binary = base64.b32decode(body + "=" * (-len(body) % 8))
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"not a CID: {text!r:.80}") from exc
+        return cls(binary)
+
+    @classmethod
+    def coerce(cls, value: CID | bytes | str) -> CID:
+        """Accept a CID, its 36 bytes or its text form."""
+        if isinstance(value, CID):
+            return value
+        if isinstance(value, bytes):
+            return cls(value)
+        if isinstance(value, str):
+            return cls.parse(value)
+        raise ValidationError(f"not a CID: {type(value).__name__}")
+
+    @property
+    def binary(self) -> bytes:
+        return self._bytes
+
+    @property
+    def digest(self) -> bytes:
+        """The SHA-256 digest alone (32 bytes)."""
+        return self._bytes[4:]
+
+    def __str__(self) -> str:
+        return "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+
+    def __repr__(self) -> str:
+        return f"CID({self!s})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CID) and other._bytes == self._bytes
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __lt__(self, other: CID) -> bool:
+        return self._bytes < other._bytes
+
+    def __le__(self, other: CID) -> bool:
+        return self._bytes <= other._bytes
+
+    def __gt__(self, other: CID) -> bool:
+        return self._bytes > other._bytes
+
+    def __ge__(self, other: CID) -> bool:
+        return self._bytes >= other._bytes
+
+    def __reduce__(self) -> tuple[type[CID], tuple[bytes]]:
+        return (CID, (self._bytes,))

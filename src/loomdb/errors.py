@@ -1,0 +1,177 @@
+"""The one exception tree of loomdb.
+
+Every error loomdb raises on purpose is a :class:`LoomError`. Errors from the
+libraries below us (cbor2, cryptography, PyNaCl, sqlite3, later libp2p and
+Loro) are translated once, where we call them, into one of these classes, so a
+caller never has to know which library failed. The CLI and (later) the HTTP API
+map this tree to exit codes and status codes in one table each, keyed by
+:attr:`LoomError.code`.
+
+::
+
+    LoomError
+    ├── ValidationError            a bad argument from the caller (names, sizes, types)
+    ├── EntryError                 an entry that must be refused; nothing of it is stored
+    │   ├── MalformedEntryError      not canonical DAG-CBOR, wrong fields or field types
+    │   ├── UnsupportedVersionError  entry format version this node does not speak
+    │   ├── UnknownKindError         kind not in the node's accepted kinds
+    │   ├── EntryLimitError          a structural limit is exceeded
+    │   │   ├── EntryTooLargeError
+    │   │   └── TooManyParentsError
+    │   ├── CidMismatchError         the id sent with the entry is not the hash of its bytes
+    │   └── SignatureError           the Ed25519 signature does not verify
+    ├── CryptoKeyError             problems with key material
+    │   ├── MissingKeyError          no key with the entry's key id is held ("no key")
+    │   ├── DecryptionError          the payload does not authenticate under the key
+    │   └── InvalidKeyError          key material of the wrong size or form
+    ├── KeyringError               the keyring file at rest
+    │   ├── KeyringLockedError       encrypted, and no passphrase was given
+    │   ├── WrongPassphraseError     the passphrase does not open it
+    │   └── KeyringCorruptError      unreadable or tampered file
+    └── StoreError                 a store cannot do what was asked
+        ├── StoreClosedError
+        └── StoreCorruptError        the files on disk are not a loomdb store we can read
+
+Each class has a stable ``code`` (``"entry.signature"`` …) for machine use;
+messages are for people and may change.
+"""
+
+from __future__ import annotations
+
+
+class LoomError(Exception):
+    """Root of every error loomdb raises on purpose."""
+
+    code = "loom"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationError(LoomError):
+    """A caller passed a value loomdb cannot accept (a name, a size, a type)."""
+
+    code = "validation"
+
+
+# --- entries ---------------------------------------------------------------
+
+
+class EntryError(LoomError):
+    """An entry must be refused. Nothing of it is stored; the rest of a batch is kept."""
+
+    code = "entry"
+
+
+class MalformedEntryError(EntryError):
+    """Not canonical DAG-CBOR, or a field is missing, unknown or of the wrong type."""
+
+    code = "entry.malformed"
+
+
+class UnsupportedVersionError(EntryError):
+    """The entry's format version is not one this node speaks."""
+
+    code = "entry.version"
+
+
+class UnknownKindError(EntryError):
+    """The entry's kind is not one the receiving node accepts."""
+
+    code = "entry.kind"
+
+
+class EntryLimitError(EntryError):
+    """A structural limit (size, parents, name length) is exceeded."""
+
+    code = "entry.limit"
+
+
+class EntryTooLargeError(EntryLimitError):
+    code = "entry.too_large"
+
+
+class TooManyParentsError(EntryLimitError):
+    code = "entry.too_many_parents"
+
+
+class CidMismatchError(EntryError):
+    """The id that came with the entry is not the hash of the entry's bytes."""
+
+    code = "entry.cid_mismatch"
+
+
+class SignatureError(EntryError):
+    """The entry's Ed25519 signature does not verify under its author key."""
+
+    code = "entry.signature"
+
+
+# --- keys ------------------------------------------------------------------
+
+
+class CryptoKeyError(LoomError):
+    """A problem with key material (named after the domain, not ``KeyError``)."""
+
+    code = "key"
+
+
+class MissingKeyError(CryptoKeyError):
+    """No key with the entry's key id is held: the entry can be stored, not read."""
+
+    code = "key.missing"
+
+
+class DecryptionError(CryptoKeyError):
+    """The payload does not authenticate: wrong key, or payload/header tampered."""
+
+    code = "key.decrypt"
+
+
+class InvalidKeyError(CryptoKeyError):
+    """Key material of the wrong size or form."""
+
+    code = "key.invalid"
+
+
+# --- keyring ---------------------------------------------------------------
+
+
+class KeyringError(LoomError):
+    code = "keyring"
+
+
+class KeyringLockedError(KeyringError):
+    """The keyring is encrypted and no passphrase was given."""
+
+    code = "keyring.locked"
+
+
+class WrongPassphraseError(KeyringError):
+    """The passphrase does not open the keyring."""
+
+    code = "keyring.passphrase"
+
+
+class KeyringCorruptError(KeyringError):
+    """The keyring file cannot be read (truncated, edited, not a keyring)."""
+
+    code = "keyring.corrupt"
+
+
+# --- stores ----------------------------------------------------------------
+
+
+class StoreError(LoomError):
+    code = "store"
+
+
+class StoreClosedError(StoreError):
+    code = "store.closed"
+
+
+class StoreCorruptError(StoreError):
+    """The files on disk are not a loomdb store this version can read."""
+
+    code = "store.corrupt"

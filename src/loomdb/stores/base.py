@@ -1,0 +1,230 @@
+"""The one store interface, ``ContentAddressedStore``, and what every store shares.
+
+Every store (memory, SQLite, and later a remote proxy) implements the same
+async :class:`ContentAddressedStore` and passes the same conformance suite
+(``tests/conformance/test_store.py``). Sync reads only what this interface
+offers, and none of it needs a decryption key.
+
+Invariants every implementation keeps:
+1. An entry is stored at most once, under the CID of its bytes; ``put_entries``
+   is idempotent and verifies every entry it did not build itself.
+2. A batch is atomic where it lands: after a crash, either all of the batch's
+   accepted entries are there or none; never part of one entry.
+3. A bad entry never blocks the rest of its batch: each gets its own result.
+4. ``seq`` (receipt order) grows by one per stored entry and is never reused
+   within an ``epoch``; a new epoch means cursors from before are meaningless.
+5. The heads of a document are its stored entries that no stored entry of the
+   same document names as a parent, whatever order entries arrived in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from loomdb.entries.cid import CID
+from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryMeta, EntryPolicy, decode_entry
+from loomdb.errors import (
+    CidMismatchError,
+    EntryError,
+    EntryTooLargeError,
+    TooManyParentsError,
+    UnknownKindError,
+    ValidationError,
+)
+
+EntryInput = Entry | bytes | tuple[CID, bytes]
+"""What ``put_entries`` takes: a built or decoded entry, its bytes, or (claimed CID, bytes)."""
+
+
+class PutStatus(StrEnum):
+    ACCEPTED = "accepted"  # new, verified and stored
+    DUPLICATE = "duplicate"  # already held (or earlier in the same batch); nothing changed
+    REJECTED = "rejected"  # refused; see ``error``
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """The outcome for one input of ``put_entries``, in input order."""
+
+    cid: CID
+    status: PutStatus
+    error: EntryError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not PutStatus.REJECTED
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.error is None else f"{self.error.code}: {self.error.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHead:
+    """Where a store's receipt log stands: its epoch and its last sequence number."""
+
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An entry with its position in the store's receipt order."""
+
+    seq: int
+    entry: Entry
+
+
+@runtime_checkable
+class ContentAddressedStore(Protocol):
+    """A set of verified entries, addressed by CID, with the indexes sync needs."""
+
+    async def put_entries(self, entries: Iterable[EntryInput]) -> list[PutResult]:
+        """Verify and store entries; one result per input, in order."""
+        ...
+
+    async def get_entries(self, cids: Sequence[CID]) -> list[Entry | None]:
+        """The entries, aligned with ``cids`` (``None`` where not held)."""
+        ...
+
+    async def has_entries(self, cids: Sequence[CID]) -> list[bool]: ...
+
+    async def get_metadata(self, cids: Sequence[CID]) -> list[EntryMeta | None]:
+        """Everything but the payload, aligned with ``cids``."""
+        ...
+
+    async def heads(self, space: str, collection: str, document: str) -> list[CID]:
+        """The document's current heads, sorted."""
+        ...
+
+    async def list_spaces(self) -> list[str]: ...
+
+    async def list_collections(self, space: str) -> list[str]: ...
+
+    async def list_documents(self, space: str, collection: str) -> list[str]: ...
+
+    async def list_entries(self, space: str, collection: str, document: str) -> list[EntryMeta]:
+        """A document's entries, parents before children (ordered by height, then CID)."""
+        ...
+
+    async def missing_parents(self, cids: Sequence[CID]) -> list[CID]:
+        """Parents named by the given (held) entries that this store lacks, sorted."""
+        ...
+
+    async def scan(self, after: int = 0, limit: int = 1000) -> list[Received]:
+        """Entries in local receipt order, those with ``seq > after``, at most ``limit``."""
+        ...
+
+    async def store_head(self) -> StoreHead: ...
+
+    async def count(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+def check_limit(limit: int) -> int:
+    if type(limit) is not int or limit < 1:
+        raise ValidationError("limit must be a positive integer")
+    return limit
+
+
+def check_cids(cids: Sequence[CID]) -> list[CID]:
+    out = list(cids)
+    for cid in out:
+        if not isinstance(cid, CID):
+            raise ValidationError(f"expected CID objects, got {type(cid).__name__}")
+    return out
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch after the checks that need no write: results so far and what to insert."""
+
+    results: list[PutResult | None]
+    new: list[tuple[int, Entry]]  # (index in the batch, verified entry)
+
+
+def prepare_batch(
+    inputs: Iterable[EntryInput],
+    held: Callable[[list[CID]], set[CID]],
+    policy: EntryPolicy = DEFAULT_POLICY,
+) -> PreparedBatch:
+    """Sort a batch into duplicates, rejections and new verified entries.
+
+    Duplicates are found by CID before any signature is checked (hashing is
+    ~60x cheaper than Ed25519 verification), using ``held`` to ask the store
+    which CIDs it has. Entries built or verified in this process are not
+    verified again.
+    """
+    results: list[PutResult | None] = []
+    staged: list[tuple[int, CID, bytes | None, Entry | None]] = []
+    for i, item in enumerate(inputs):
+        results.append(None)
+        if isinstance(item, Entry):
+            if item.verified:
+                staged.append((i, item.cid, None, item))
+            else:
+                staged.append((i, CID.of(item.raw), item.raw, None))
+        elif isinstance(item, bytes):
+            staged.append((i, CID.of(item), item, None))
+        elif (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], CID)
+            and isinstance(item[1], bytes)
+        ):
+            claimed, data = item
+            actual = CID.of(data)
+            if actual != claimed:
+                error = CidMismatchError(f"entry bytes hash to {actual}, not {claimed}")
+                results[i] = PutResult(claimed, PutStatus.REJECTED, error)
+            else:
+                staged.append((i, actual, data, None))
+        else:
+            raise ValidationError(
+                f"put_entries takes Entry, bytes or (CID, bytes), not {type(item).__name__}"
+            )
+
+    already = held([cid for _, cid, _, _ in staged])
+    new: list[tuple[int, Entry]] = []
+    seen: set[CID] = set()
+    for i, cid, raw, built in staged:
+        if cid in already or cid in seen:
+            results[i] = PutResult(cid, PutStatus.DUPLICATE)
+            continue
+        try:
+            if built is None:
+                assert raw is not None
+                entry = decode_entry(raw, policy=policy)
+            else:
+                check_policy(built, policy)
+                entry = built
+        except EntryError as exc:
+            results[i] = PutResult(cid, PutStatus.REJECTED, exc)
+            continue
+        seen.add(cid)
+        new.append((i, entry))
+    return PreparedBatch(results, new)
+
+
+def check_policy(entry: Entry, policy: EntryPolicy) -> None:
+    """The policy checks for an entry that was verified elsewhere in this process."""
+    if entry.kind not in policy.kinds:
+        raise UnknownKindError(f"unknown entry kind {entry.kind!r}")
+    if len(entry.raw) > policy.max_entry_bytes:
+        raise EntryTooLargeError(
+            f"entry is {len(entry.raw)} bytes; the limit is {policy.max_entry_bytes}"
+        )
+    if len(entry.parents) > policy.max_parents:
+        raise TooManyParentsError(f"{len(entry.parents)} parents; at most {policy.max_parents}")
+
+
+def finish_results(batch: PreparedBatch) -> list[PutResult]:
+    """Fill in the results of the entries the store wrote."""
+    out = batch.results
+    for i, entry in batch.new:
+        out[i] = PutResult(entry.cid, PutStatus.ACCEPTED)
+    return [r for r in out if r is not None]
