@@ -1,0 +1,3 @@
+from loomdb.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The ``loomdb`` command: thin wrappers over the library.
+
+Every command takes ``--home`` the same way. Errors are mapped to exit codes in
+one table (``EXIT_CODES``); a user never sees a traceback for a LoomError or a
+bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+
+from loomdb.errors import (
+    CryptoKeyError,
+    EntryError,
+    KeyringError,
+    LoomError,
+    StoreError,
+    ValidationError,
+)
+from loomdb.node.home import NodeHome, default_home
+
+EXIT_USAGE = 2
+EXIT_CODES: list[tuple[type[LoomError], int]] = [  # first match wins
+    (ValidationError, EXIT_USAGE),
+    (KeyringError, 3),
+    (StoreError, 4),
+    (EntryError, 5),
+    (CryptoKeyError, 6),
+    (LoomError, 1),
+]
+
+
+def exit_code(error: LoomError) -> int:
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
+
+def _home(args: argparse.Namespace) -> NodeHome:
+    return NodeHome.open(args.home or default_home())
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    home = _home(args)
+    _print_identity(home, args.json)
+
+
+def cmd_id(args: argparse.Namespace) -> None:
+    home_path = Path(args.home or default_home())
+    if not (home_path / "keyring.json").exists():
+        raise ValidationError(f"no node at {home_path}: run 'loomdb init --home {home_path}' first")
+    _print_identity(_home(args), args.json)
+
+
+def _print_identity(home: NodeHome, as_json: bool) -> None:
+    info = {
+        "home": str(home.path),
+        "peer_id": home.peer_id,
+        "multiaddr": home.listen_multiaddr(),
+        "user_id": home.user.user_id,
+        "keyring_encrypted": home.keyring.encrypted,
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for name, value in info.items():
+            print(f"{name:<{width}}  {value}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from loomdb.demo import run_demo
+
+    home = _home(args)
+    anyio.run(run_demo, home, args.entries, print)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loomdb",
+        description="loomdb: a peer-to-peer, offline-first, end-to-end-encrypted document database",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, run: Callable[[argparse.Namespace], None], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--home", help="node home directory (default: $LOOMDB_HOME or ~/.loomdb)")
+        p.set_defaults(run=run)
+        return p
+
+    p = command("init", cmd_init, "create a node home (node key, user identity, keys) or show it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("id", cmd_id, "print this node's Peer ID, multiaddr and user id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("demo", cmd_demo, "write, verify, relay and read entries on this node's store")
+    p.add_argument("--entries", type=_positive, default=20_000, help="how many entries to write")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="loomdb: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.run(args)
+    except LoomError as exc:
+        print(f"loomdb: error: {exc.message}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("loomdb: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

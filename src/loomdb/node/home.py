@@ -1,0 +1,99 @@
+"""A node's home directory: its keyring and its store, in one place.
+
+Layout::
+
+    <home>/keyring.json   node key (Peer ID), user identities, named keys; 0600
+    <home>/store.db       the SQLite entry store (+ -wal, -shm while open)
+
+The home is created 0700 on first use. Its path comes from ``--home``, else
+``$LOOMDB_HOME``, else ``~/.loomdb``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from loomdb.errors import ValidationError
+from loomdb.identity.keyring import DEFAULT_KDF_PARAMS, KdfParams, Keyring, secret_from_env
+from loomdb.identity.keys import NamedKey
+from loomdb.identity.peer_id import multiaddr
+from loomdb.identity.user import UserIdentity
+from loomdb.stores.sqlite import SQLiteStore
+
+DEFAULT_PORT = 9171
+DEFAULT_KEY_ID = "default@1"
+
+
+def default_home(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("LOOMDB_HOME") or Path.home() / ".loomdb")
+
+
+class NodeHome:
+    """Opens (creating on first use) a node's keyring and store."""
+
+    def __init__(self, path: Path, keyring: Keyring) -> None:
+        self.path = path
+        self.keyring = keyring
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        secret: str | None = None,
+        environ: Mapping[str, str] = os.environ,
+        kdf: KdfParams = DEFAULT_KDF_PARAMS,
+    ) -> NodeHome:
+        """Open the home at ``path``. The keyring passphrase is ``secret``, else
+        ``$LOOMDB_KEYRING_SECRET``. A new home gets a node key, a default user
+        identity and a default named key."""
+        home = Path(path)
+        if home.exists() and not home.is_dir():
+            raise ValidationError(f"{home} exists and is not a directory")
+        try:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValidationError(f"cannot create node home {home}: {exc.strerror}") from exc
+        keyring = Keyring.open(
+            home / "keyring.json",
+            secret if secret is not None else secret_from_env(environ),
+            kdf=kdf,
+        )
+        changed = False
+        if keyring.default_user is None:
+            keyring.add_user(UserIdentity.generate(), default=True)
+            changed = True
+        if keyring.get_named_key(DEFAULT_KEY_ID) is None:
+            keyring.add_named_key(NamedKey.generate(DEFAULT_KEY_ID))
+            changed = True
+        if changed:
+            keyring.save()
+        return cls(home, keyring)
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / "store.db"
+
+    def open_store(self) -> SQLiteStore:
+        return SQLiteStore(self.store_path)
+
+    @property
+    def peer_id(self) -> str:
+        return self.keyring.peer_id
+
+    @property
+    def user(self) -> UserIdentity:
+        user = self.keyring.default_user
+        assert user is not None  # open() makes one
+        return user
+
+    @property
+    def default_key(self) -> NamedKey:
+        key = self.keyring.get_named_key(DEFAULT_KEY_ID)
+        assert key is not None  # open() makes one
+        return key
+
+    def listen_multiaddr(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> str:
+        return multiaddr(host, port, self.peer_id)

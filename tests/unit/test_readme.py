@@ -1,0 +1,37 @@
+"""The README's library example runs as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_python_example_runs(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "the README has a Python example"
+    script = tmp_path / "example.py"
+    script.write_text(blocks[0])
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "no key 'notes@1'" in run.stdout
+    assert (tmp_path / "example.db").exists()
+
+
+def test_readme_quick_start_scripts_exist() -> None:
+    text = (ROOT / "README.md").read_text()
+    for script in ("scripts/demo", "scripts/test"):
+        assert script in text
+        assert (ROOT / script).stat().st_mode & 0o111
+    assert "scripts/test" in (ROOT / ".ci/run").read_text()
