@@ -196,6 +196,8 @@ def test_unsupported_version(make_entry: EntryFactory) -> None:
         ("coll", "x" * 257),
         ("space", None),
         ("kid", "bad key id!"),
+        ("kid", "trailing-newline\n"),
+        ("kid", "-leading-dash"),
         ("auth", b"short"),
         ("nonce", b"\x00" * 11),
         ("payload", "text"),

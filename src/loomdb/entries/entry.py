@@ -44,15 +44,13 @@ from loomdb.identity.keys import (
     NamedKey,
     RandomSource,
     SigningKey,
+    is_key_id,
     verify_signature,
 )
 
 FORMAT_VERSION: Final = 1
 NONCE_SIZE: Final = 12
 MAX_UINT64: Final = (1 << 64) - 1
-_KEY_ID_CHARS: Final = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@/+-"
-)
 
 
 class Kind(StrEnum):
@@ -192,7 +190,7 @@ def _check_name(what: str, value: object, policy: EntryPolicy, error: type[LoomE
 def _check_key_id(value: object, error: type[EntryError]) -> str | None:
     if value is None:
         return None
-    if type(value) is not str or not 0 < len(value) <= 128 or not _KEY_ID_CHARS.issuperset(value):
+    if type(value) is not str or not is_key_id(value):
         raise error("key id must be null or 1-128 characters of A-Z a-z 0-9 . _ : @ / + -")
     return value
 

@@ -26,7 +26,7 @@ ED25519_PUBLIC_KEY_SIZE = 32
 ED25519_SIGNATURE_SIZE = 64
 AES256_KEY_SIZE = 32
 
-_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
+_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}\Z")
 
 
 class SigningKey:
@@ -81,9 +81,14 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
         raise SignatureError("signature does not verify under the author's key") from exc
 
 
+def is_key_id(value: object) -> bool:
+    """The one rule for key ids (in entries and keyrings): 1-128 of ``A-Za-z0-9._:@/+-``,
+    starting with a letter or digit, e.g. ``space/default@3``."""
+    return isinstance(value, str) and _KEY_ID.match(value) is not None
+
+
 def check_key_id(key_id: str) -> str:
-    """Key ids name keys in entries: 1-128 printable ASCII characters, e.g. ``space/default@3``."""
-    if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
+    if not is_key_id(key_id):
         raise InvalidKeyError(
             f"invalid key id {key_id!r}: use 1-128 characters of A-Z a-z 0-9 . _ : @ / + -"
         )
