@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import random as _random
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -90,3 +92,10 @@ def sign_fields(fields: dict[str, Any], author: SigningKey) -> bytes:
 
 def fake_cid(n: int) -> CID:
     return CID.of(b"fake-%d" % n)
+
+
+def run_python(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Python script or module with this interpreter, bounded in time, output captured."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )

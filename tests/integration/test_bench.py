@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,13 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.integration
 def test_entries_bench_quick_run(tmp_path: Path) -> None:
     out = tmp_path / "entries.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench/entries.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = run_python(str(ROOT / "bench/entries.py"), "--quick", "--json", str(out))
     assert run.returncode == 0, run.stderr
     assert "create: build_entry + put_entries" in run.stdout
     assert "receive: put_entries(raw bytes), new" in run.stdout

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,14 +16,7 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert blocks, "the README has a Python example"
     script = tmp_path / "example.py"
     script.write_text(blocks[0])
-    run = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = run_python(str(script), cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert "no key 'notes@1'" in run.stdout
     assert (tmp_path / "example.db").exists()

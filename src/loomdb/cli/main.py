@@ -41,8 +41,12 @@ def exit_code(error: LoomError) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
 
 
+def _home_path(args: argparse.Namespace) -> Path:
+    return Path(args.home or default_home())
+
+
 def _home(args: argparse.Namespace) -> NodeHome:
-    return NodeHome.open(args.home or default_home())
+    return NodeHome.open(_home_path(args))
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -51,10 +55,10 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_id(args: argparse.Namespace) -> None:
-    home_path = Path(args.home or default_home())
-    if not (home_path / "keyring.json").exists():
-        raise ValidationError(f"no node at {home_path}: run 'loomdb init --home {home_path}' first")
-    _print_identity(_home(args), args.json)
+    path = _home_path(args)
+    if not (path / "keyring.json").exists():
+        raise ValidationError(f"no node at {path}: run 'loomdb init --home {path}' first")
+    _print_identity(NodeHome.open(path), args.json)
 
 
 def _print_identity(home: NodeHome, as_json: bool) -> None:
