@@ -28,9 +28,16 @@ map this tree to exit codes and status codes in one table each, keyed by
     │   ├── KeyringLockedError       encrypted, and no passphrase was given
     │   ├── WrongPassphraseError     the passphrase does not open it
     │   └── KeyringCorruptError      unreadable or tampered file
-    └── StoreError                 a store cannot do what was asked
-        ├── StoreClosedError
-        └── StoreCorruptError        the files on disk are not a loomdb store we can read
+    ├── StoreError                 a store cannot do what was asked
+    │   ├── StoreClosedError
+    │   └── StoreCorruptError        the files on disk are not a loomdb store we can read
+    └── DocumentError              the document layer (CRDT, collections, queries)
+        ├── SchemaError              a value breaks its collection's schema, or a bad schema
+        ├── QueryError               a query the database cannot run (bad field, operator)
+        ├── NotFoundError            no such document or collection
+        ├── ConflictError            the document already exists, or is deleted
+        └── ChangeRefusedError       an entry the document layer will not apply
+                                     (bad delta, ops claiming another writer, bad parents)
 
 Each class has a stable ``code`` (``"entry.signature"`` …) for machine use;
 messages are for people and may change.
@@ -175,3 +182,42 @@ class StoreCorruptError(StoreError):
     """The files on disk are not a loomdb store this version can read."""
 
     code = "store.corrupt"
+
+
+# --- documents -------------------------------------------------------------
+
+
+class DocumentError(LoomError):
+    code = "document"
+
+
+class SchemaError(DocumentError):
+    """A value does not satisfy its collection's schema, or a schema is malformed."""
+
+    code = "document.schema"
+
+
+class QueryError(DocumentError):
+    """A query names a bad field or operator, or a value of the wrong type."""
+
+    code = "document.query"
+
+
+class NotFoundError(DocumentError):
+    """No such document (or it was deleted), collection or version."""
+
+    code = "document.not_found"
+
+
+class ConflictError(DocumentError):
+    """The document already exists (create) or was deleted (update)."""
+
+    code = "document.conflict"
+
+
+class ChangeRefusedError(DocumentError):
+    """An entry the document layer will not apply: its delta is malformed, claims
+    operations of another writer, depends on operations outside its ancestry, or
+    its parents are not of its document."""
+
+    code = "document.refused"

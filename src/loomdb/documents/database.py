@@ -1,0 +1,979 @@
+"""The document database: Loro documents over the entry store, with views.
+
+Invariants (each one is tested):
+
+1. An entry reaches Loro only when every parent is applied, at most once
+   (states are keyed by CID); the rest wait in ``waits`` by missing parent.
+2. An applied entry's delta holds only ops of the peer derived from its signed
+   author (see :mod:`loomdb.documents.crdt`), continues that peer's ops without
+   gap or overlap, and depends only on ops held by its own ancestors — so every
+   replica that applies an entry applies it at the same point, and Loro never
+   buffers anything.
+3. Parents are of the same document and the height is 1 + the highest parent's.
+4. A local write is checked (values, schema) before any op is made; the entry
+   is stored before the views say it is applied. A crash between the two is
+   repaired on open: the views consume the store from their saved position.
+5. The views (``views.db``) are derived: deleting them rebuilds them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import loro
+
+from loomdb.clock import Clock, HybridLogicalClock, SystemClock
+from loomdb.documents import crdt
+from loomdb.documents import query as q
+from loomdb.documents.model import CollectionInfo, Document, HistoryItem
+from loomdb.documents.schema import Schema
+from loomdb.documents.values import (
+    ROOT,
+    Increment,
+    apply_patch,
+    check_path,
+    check_value,
+    container_at,
+    plain,
+    preview_patch,
+    read_value,
+    set_field,
+)
+from loomdb.documents.views import (
+    APPLIED,
+    PENDING,
+    REFUSED,
+    SCHEMA_DOC,
+    STATE_NAMES,
+    StateRow,
+    Views,
+)
+from loomdb.entries.cid import CID
+from loomdb.entries.entry import DEFAULT_POLICY, Entry, Kind, build_entry
+from loomdb.errors import (
+    ChangeRefusedError,
+    ConflictError,
+    CryptoKeyError,
+    LoomError,
+    MissingKeyError,
+    NotFoundError,
+    SchemaError,
+    StoreCorruptError,
+    StoreError,
+    ValidationError,
+)
+from loomdb.identity.keys import RandomSource
+from loomdb.node.home import NodeHome
+from loomdb.stores.base import ContentAddressedStore, PutStatus
+
+DEFAULT_SPACE: Final = "main"
+DOC_KINDS: Final = frozenset(k.value for k in Kind)
+MAX_ANCESTRY_WALK: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    cid: CID
+    height: int
+
+
+@dataclass(slots=True)
+class _Live:
+    """An open Loro document and what we know of its DAG."""
+
+    doc_id: int
+    loro: loro.LoroDoc
+    heads: list[_Ref]
+    deleted: bool
+    value: dict[str, Any]
+    created_at: int
+    updated_at: int
+    salt: bytes | None = None
+    peer: int | None = None
+
+
+@dataclass(slots=True)
+class _Change:
+    collection: str
+    document: str
+    kind: str
+    mutate: Callable[[loro.LoroMap], None]
+
+
+def _check_doc_id(doc_id: object) -> str:
+    if type(doc_id) is not str or not doc_id or len(doc_id) > 256:
+        raise ValidationError("document ids are strings of 1-256 characters")
+    if doc_id.startswith("$") or not doc_id.isprintable() or "/" in doc_id:
+        raise ValidationError(
+            f"document id {doc_id!r}: no leading '$', no '/', no control characters"
+        )
+    return doc_id
+
+
+def _check_collection(name: object) -> str:
+    if type(name) is not str or not name or len(name) > 128:
+        raise ValidationError("collection names are strings of 1-128 characters")
+    if name.startswith("$") or not name.isprintable() or "/" in name:
+        raise ValidationError(f"collection {name!r}: no leading '$', no '/', no control chars")
+    return name
+
+
+class Database:
+    """A node's documents: open with :meth:`open`, close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        home: NodeHome,
+        store: ContentAddressedStore,
+        views: Views,
+        *,
+        space: str = DEFAULT_SPACE,
+        clock: Clock | None = None,
+        random: RandomSource = os.urandom,
+        cache_size: int = 256,
+    ) -> None:
+        self.home = home
+        self.store = store
+        self.space = space
+        self._views = views
+        self._hlc = HybridLogicalClock(clock or SystemClock())
+        self._random = random
+        self._author = home.user.signing_key
+        self._key = home.default_key
+        self._cache: OrderedDict[int, _Live] = OrderedDict()
+        self._cache_size = max(1, cache_size)
+        self._lock = anyio.Lock()
+        self._cursor = 0
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        home: NodeHome | str | os.PathLike[str],
+        *,
+        space: str = DEFAULT_SPACE,
+        store: ContentAddressedStore | None = None,
+        clock: Clock | None = None,
+        random: RandomSource = os.urandom,
+        cache_size: int = 256,
+    ) -> Database:
+        node = home if isinstance(home, NodeHome) else NodeHome.open(Path(home))
+        views = Views(node.path / "views.db")
+        db = cls(
+            node,
+            store or node.open_store(),
+            views,
+            space=space,
+            clock=clock,
+            random=random,
+            cache_size=cache_size,
+        )
+        try:
+            await db._attach()
+        except BaseException:
+            await db.aclose()
+            raise
+        return db
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cache.clear()
+        self._views.close()
+        await self.store.aclose()
+
+    async def _attach(self) -> None:
+        head = await self.store.store_head()
+        with self._views.tx():
+            if self._views.get_meta("store_epoch") != head.epoch:
+                self._views.reset()
+                self._views.set_meta("store_epoch", head.epoch)
+                self._views.set_meta("cursor", "0")
+            self._cursor = int(self._views.get_meta("cursor") or 0)
+        await self.catch_up()
+
+    @property
+    def peer_id(self) -> str:
+        return self.home.peer_id
+
+    @property
+    def user_id(self) -> str:
+        return self.home.user.user_id
+
+    @property
+    def keys(self) -> Mapping[str, Any]:
+        return self.home.keyring.named_keys
+
+    # --- collections -------------------------------------------------------------
+
+    def collection(self, name: str) -> Collection:
+        return Collection(self, _check_collection(name))
+
+    async def create_collection(
+        self, name: str, schema: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
+        """Create a collection (idempotent). With ``schema``, set its schema."""
+        _check_collection(name)
+        parsed = Schema.from_json(schema) if schema is not None else None
+        with self._views.lock:
+            coll = self._views.coll_id(name, create=False)
+            exists = coll is not None and self._views.doc_id(coll, SCHEMA_DOC, create=False)
+        if not exists or schema is not None:
+            await self._set_schema(name, parsed)
+        return await self.collection_info(name)
+
+    async def set_schema(self, name: str, schema: Mapping[str, Any] | None) -> CollectionInfo:
+        _check_collection(name)
+        parsed = Schema.from_json(schema) if schema is not None else None
+        if parsed is not None:
+            await self._check_existing(name, parsed)
+        await self._set_schema(name, parsed)
+        return await self.collection_info(name)
+
+    async def _check_existing(self, name: str, schema: Schema) -> None:
+        with self._views.lock:
+            coll = self._views.coll_id(name, create=False)
+            rows = [] if coll is None else self._views.query(coll, [], [], 1_000_000, 0)
+        for row in rows:
+            try:
+                schema.validate(row.value or {})
+            except SchemaError as exc:
+                raise SchemaError(f"document {row.name!r} breaks the new schema: {exc}") from None
+
+    async def _set_schema(self, name: str, schema: Schema | None) -> None:
+        text = json.dumps(schema.to_json(), sort_keys=True) if schema is not None else None
+
+        def mutate(root: loro.LoroMap) -> None:
+            root.insert("json", text)
+
+        await self._commit([_Change(name, SCHEMA_DOC, Kind.SCHEMA.value, mutate)], check=None)
+
+    async def collections(self) -> list[CollectionInfo]:
+        with self._views.lock:
+            names = [name for _, name, _ in self._views.collections()]
+        return [await self.collection_info(n) for n in names]
+
+    async def collection_info(self, name: str) -> CollectionInfo:
+        _check_collection(name)
+        with self._views.lock:
+            coll = self._views.coll_id(name, create=False)
+            if coll is None:
+                raise NotFoundError(f"no collection {name!r}")
+            schema = self._views.schema_of(coll)
+            count = self._views.count_docs(coll)
+            indexes = tuple(self._views.indexes(coll))
+        return CollectionInfo(name, json.loads(schema) if schema else None, count, indexes)
+
+    def _schema(self, name: str) -> Schema | None:
+        with self._views.lock:
+            coll = self._views.coll_id(name, create=False)
+            text = self._views.schema_of(coll) if coll is not None else None
+        return Schema.from_json(json.loads(text)) if text else None
+
+    async def stats(self) -> dict[str, Any]:
+        with self._views.lock:
+            states = self._views.count_states()
+            colls = len(self._views.collections())
+        return {"entries": await self.store.count(), "collections": colls, "states": states}
+
+    # --- the live-document cache ---------------------------------------------------
+
+    async def _live(self, collection: str, document: str, pinned: dict[int, _Live]) -> _Live:
+        with self._views.lock:
+            coll = self._views.coll_id(collection)
+            assert coll is not None
+            doc_id = self._views.doc_id(coll, document)
+            assert doc_id is not None
+        live = pinned.get(doc_id) or self._cache.get(doc_id)
+        if live is None:
+            live = await self._load(doc_id)
+        self._cache[doc_id] = live
+        self._cache.move_to_end(doc_id)
+        pinned[doc_id] = live
+        return live
+
+    def _trim_cache(self) -> None:
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _load(self, doc_id: int) -> _Live:
+        """Rebuild a Loro document from its applied entries (they were checked once)."""
+        with self._views.lock:
+            rows = [s for s in self._views.doc_states(doc_id) if s.state == APPLIED]
+            row = self._views.doc(doc_id)
+        doc = crdt.new_doc()
+        entries = await self.store.get_entries([s.cid for s in rows]) if rows else []
+        deltas = []
+        for s, entry in zip(rows, entries, strict=True):
+            if entry is None:
+                raise StoreCorruptError(f"entry {s.cid} is applied but not in the store")
+            _, delta = crdt.decode_payload(entry.decrypt(self.keys))
+            if delta:
+                deltas.append(delta)
+        for delta in deltas:
+            crdt.import_delta(doc, delta)
+        by_cid = {s.cid: s for s in rows}
+        heads = [_Ref(CID.parse(h), by_cid[CID.parse(h)].height) for h in row.heads]
+        return _Live(
+            doc_id,
+            doc,
+            heads,
+            row.deleted,
+            row.value or {},
+            row.created_at,
+            row.updated_at,
+        )
+
+    # --- local writes ------------------------------------------------------------------
+
+    async def _commit(
+        self,
+        changes: Sequence[_Change],
+        check: Callable[[_Change, _Live], None] | None,
+    ) -> list[_Live]:
+        """Make, store and apply one entry per change, all in one store batch."""
+        if self._closed:
+            raise StoreError("the database is closed")
+        async with self._lock:
+            pinned: dict[int, _Live] = {}
+            try:
+                return await self._commit_locked(changes, check, pinned)
+            except BaseException:
+                for doc_id in pinned:
+                    self._cache.pop(doc_id, None)
+                raise
+            finally:
+                self._trim_cache()
+
+    async def _commit_locked(
+        self,
+        changes: Sequence[_Change],
+        check: Callable[[_Change, _Live], None] | None,
+        pinned: dict[int, _Live],
+    ) -> list[_Live]:
+        made: list[tuple[Entry, _Live, int | None, int, int, bool]] = []
+        lives = []
+        for change in changes:
+            live = await self._live(change.collection, change.document, pinned)
+            if check is not None:
+                check(change, live)
+            if live.salt is None:
+                live.salt = self._random(crdt.SALT_SIZE)
+                live.peer = crdt.writer_peer(
+                    self._author.public_key,
+                    self.space,
+                    change.collection,
+                    change.document,
+                    live.salt,
+                )
+                live.loro.peer_id = live.peer
+            assert live.peer is not None
+            since = live.loro.oplog_vv
+            start = crdt.next_counter(live.loro, live.peer)
+            change.mutate(live.loro.get_map(ROOT))
+            live.loro.commit()
+            end = crdt.next_counter(live.loro, live.peer)
+            delta = crdt.export_since(live.loro, since) if end > start else b""
+            deleted = change.kind == Kind.DELETE or (change.kind != Kind.CREATE and live.deleted)
+            entry = build_entry(
+                author=self._author,
+                space=self.space,
+                collection=change.collection,
+                document=change.document,
+                kind=change.kind,
+                payload=crdt.encode_payload(live.salt, delta),
+                created_at=self._hlc.now(),
+                parents=live.heads,
+                key=self._key,
+                policy=DEFAULT_POLICY,
+                random=self._random,
+            )
+            live.heads = [_Ref(entry.cid, entry.height)]
+            live.deleted = deleted
+            made.append((entry, live, live.peer if end > start else None, start, end, deleted))
+            lives.append(live)
+
+        before = await self.store.store_head()
+        results = await self.store.put_entries([m[0] for m in made])
+        bad = [r for r in results if r.status is not PutStatus.ACCEPTED]
+        if bad:
+            raise StoreError(f"the store refused a new entry: {bad[0].reason}")
+        after = await self.store.store_head()
+
+        with self._views.tx():
+            for entry, live, peer, start, end, deleted in made:
+                self._views.put_state(
+                    StateRow(
+                        entry.cid, live.doc_id, APPLIED, entry.kind, entry.height, entry.parents,
+                        entry.created_at, peer, start if peer is not None else None,
+                        end if peer is not None else None, deleted, None,
+                    )
+                )  # fmt: skip
+                live.updated_at = max(live.updated_at, entry.created_at)
+                if not live.created_at:
+                    live.created_at = entry.created_at
+            for live in {id(v): v for v in lives}.values():
+                self._materialize(live)
+            if before.seq == self._cursor and after.seq - before.seq == len(made):
+                self._cursor = after.seq
+                self._views.set_meta("cursor", str(self._cursor))
+        return lives
+
+    def _materialize(self, live: _Live) -> None:
+        """Write a live document's value and heads to the views (inside a tx)."""
+        value = read_value(live.loro)
+        live.value = value
+        row = self._views.doc(live.doc_id)
+        is_schema = row.name == SCHEMA_DOC
+        self._views.write_doc(
+            live.doc_id,
+            value,
+            live=not live.deleted and not is_schema and bool(live.heads),
+            deleted=live.deleted,
+            created_at=live.created_at,
+            updated_at=live.updated_at,
+            heads=[h.cid for h in live.heads],
+        )
+        if is_schema:
+            text = value.get("json")
+            self._views.set_schema(row.coll, text if type(text) is str else None)
+            if type(text) is str:
+                try:
+                    schema = Schema.from_json(json.loads(text))
+                except (SchemaError, ValueError):
+                    return  # a peer's malformed schema is kept as text, not enforced
+                for path in schema.indexes:
+                    self._views.ensure_index(row.coll, path)
+
+    # --- receiving entries ----------------------------------------------------------------
+
+    async def put_entries(self, entries: Sequence[Any]) -> list[Any]:
+        """Store entries (any form a store takes) and apply those of this space."""
+        results = await self.store.put_entries(entries)
+        await self.catch_up()
+        return results
+
+    async def catch_up(self, batch: int = 1000) -> int:
+        """Apply entries the store holds that the views have not consumed."""
+        applied = 0
+        while True:
+            got = await self.store.scan(self._cursor, batch)
+            if not got:
+                return applied
+            mine = [r.entry for r in got if r.entry.space == self.space]
+            async with self._lock:
+                applied += await self._ingest(mine)
+                with self._views.tx():
+                    self._cursor = got[-1].seq
+                    self._views.set_meta("cursor", str(self._cursor))
+
+    async def _ingest(self, entries: Sequence[Entry]) -> int:
+        """Apply what is ready, park the rest by missing parent, then wake waiters."""
+        pinned: dict[int, _Live] = {}
+        applied = 0
+        try:
+            with self._views.tx():
+                applied = await self._ingest_in_tx(entries, pinned)
+        except BaseException:
+            for doc_id in pinned:
+                self._cache.pop(doc_id, None)
+            raise
+        finally:
+            self._trim_cache()
+        return applied
+
+    async def _ingest_in_tx(self, entries: Sequence[Entry], pinned: dict[int, _Live]) -> int:
+        applied = 0
+        todo = list(entries)
+        while todo:
+            with self._views.lock:
+                known = self._views.states([e.cid for e in todo])
+            fresh = sorted(
+                (e for e in todo if e.cid not in known or known[e.cid].state == PENDING),
+                key=lambda e: e.height,
+            )
+            woken: list[CID] = []
+            for entry in fresh:
+                outcome = await self._try_apply(entry, pinned)
+                if outcome is not None:
+                    applied += outcome == APPLIED
+                    with self._views.tx():
+                        woken += self._views.take_waiters(entry.cid)
+            todo = [e for e in await self.store.get_entries(woken) if e is not None]
+        for live in pinned.values():
+            self._materialize(live)
+        return applied
+
+    async def _try_apply(self, entry: Entry, pinned: dict[int, _Live]) -> int | None:
+        """Apply ``entry`` if its parents are applied. Returns the state it reached,
+        or None when it keeps waiting."""
+        with self._views.lock:
+            parents = self._views.states(list(entry.parents))
+        missing = [p for p in entry.parents if p not in parents or parents[p].state == PENDING]
+        refused = [p for p in entry.parents if p in parents and parents[p].state == REFUSED]
+        with self._views.lock:
+            coll = self._views.coll_id(entry.collection)
+            assert coll is not None
+            doc_id = self._views.doc_id(coll, entry.document)
+            assert doc_id is not None
+
+        def record(state: int, reason: str | None, **ops: Any) -> None:
+            with self._views.tx():
+                self._views.put_state(
+                    StateRow(
+                        entry.cid, doc_id, state, entry.kind, entry.height, entry.parents,
+                        entry.created_at, ops.get("peer"), ops.get("start"), ops.get("end"),
+                        ops.get("deleted", False), reason,
+                    )
+                )  # fmt: skip
+                if state == PENDING and missing:
+                    self._views.add_waits(entry.cid, missing)
+
+        if refused:
+            record(REFUSED, f"parent {refused[0]} was refused")
+            await self._refuse_waiters(entry.cid)
+            return REFUSED
+        if missing:
+            record(PENDING, f"waits for parent {missing[0]}")
+            return None
+        try:
+            peer, start, end, deleted = await self._apply(entry, doc_id, parents, pinned)
+        except MissingKeyError as exc:
+            record(PENDING, exc.message)
+            return None
+        except (ChangeRefusedError, CryptoKeyError) as exc:
+            record(REFUSED, exc.message)
+            await self._refuse_waiters(entry.cid)
+            return REFUSED
+        record(APPLIED, None, peer=peer, start=start, end=end, deleted=deleted)
+        return APPLIED
+
+    async def _refuse_waiters(self, cid: CID) -> None:
+        """Children of a refused entry can never be applied: refuse them too."""
+        stack = [cid]
+        while stack:
+            with self._views.tx():
+                children = self._views.take_waiters(stack.pop())
+                found = self._views.states(children)
+                for child in found.values():
+                    self._views.put_state(
+                        StateRow(
+                            child.cid, child.doc, REFUSED, child.kind, child.height,
+                            child.parents, child.created_at, None, None, None, False,
+                            f"ancestor {cid} was refused",
+                        )
+                    )  # fmt: skip
+            stack.extend(found)
+
+    async def _apply(
+        self,
+        entry: Entry,
+        doc_id: int,
+        parents: Mapping[CID, StateRow],
+        pinned: dict[int, _Live],
+    ) -> tuple[int | None, int, int, bool]:
+        if entry.kind not in DOC_KINDS:
+            raise ChangeRefusedError(f"kind {entry.kind!r} is not a document change")
+        if (entry.kind == Kind.SCHEMA) != (entry.document == SCHEMA_DOC):
+            raise ChangeRefusedError("schema entries live in the '$schema' document only")
+        for p in parents.values():
+            if p.doc != doc_id:
+                raise ChangeRefusedError(f"parent {p.cid} belongs to another document")
+        expected = 1 + max((p.height for p in parents.values()), default=0)
+        if entry.height != expected:
+            raise ChangeRefusedError(f"height {entry.height}; its parents make it {expected}")
+        salt, delta = crdt.decode_payload(entry.decrypt(self.keys))
+        live = await self._live(entry.collection, entry.document, pinned)
+        peer = crdt.writer_peer(entry.author, self.space, entry.collection, entry.document, salt)
+        start = end = 0
+        if delta:
+            info = crdt.inspect_delta(delta)
+            if info.peer != peer:
+                raise ChangeRefusedError("the delta holds ops of another writer than its author")
+            start, end = info.start, info.end
+            have = crdt.next_counter(live.loro, peer)
+            if start != have:
+                raise ChangeRefusedError(
+                    f"the delta's ops start at {start}; this writer's next op is {have}"
+                )
+            for dep_peer, counter in info.deps:
+                self._check_dep(doc_id, dep_peer, counter, parents)
+            crdt.import_delta(live.loro, delta)
+        deleted = entry.kind == Kind.DELETE or (
+            entry.kind != Kind.CREATE and any(p.deleted for p in parents.values())
+        )
+        heads = [h for h in live.heads if h.cid not in parents]
+        live.heads = sorted([*heads, _Ref(entry.cid, entry.height)], key=lambda r: r.cid)
+        with self._views.lock:
+            flags = self._views.states([h.cid for h in heads])
+        live.deleted = deleted or any(flags[h.cid].deleted for h in heads if h.cid in flags)
+        live.updated_at = max(live.updated_at, entry.created_at)
+        live.created_at = min(live.created_at or entry.created_at, entry.created_at)
+        self._hlc.observe(entry.created_at)
+        return (peer if delta else None), start, end, deleted
+
+    def _check_dep(
+        self, doc_id: int, peer: int, counter: int, parents: Mapping[CID, StateRow]
+    ) -> None:
+        with self._views.lock:
+            owner = self._views.owner(doc_id, peer, counter)
+        if owner is None:
+            raise ChangeRefusedError(f"the delta depends on op {counter}@{peer}, not applied")
+        if owner.cid in parents:
+            return
+        seen: set[CID] = set()
+        stack = list(parents.values())
+        while stack:
+            s = stack.pop()
+            if s.cid == owner.cid:
+                return
+            if s.height <= owner.height or s.cid in seen:
+                continue
+            seen.add(s.cid)
+            if len(seen) > MAX_ANCESTRY_WALK:
+                break
+            with self._views.lock:
+                stack.extend(self._views.states(list(s.parents)).values())
+        raise ChangeRefusedError(f"the delta depends on op {counter}@{peer} outside its ancestry")
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _document(self, collection: str, row: Any) -> Document:
+        return Document(
+            row.name,
+            collection,
+            row.value or {},
+            row.heads,
+            row.created_at,
+            row.updated_at,
+            row.deleted,
+        )
+
+    def _doc_row(self, collection: str, doc_id: str) -> Any:
+        with self._views.lock:
+            coll = self._views.coll_id(collection, create=False)
+            did = self._views.doc_id(coll, doc_id, create=False) if coll is not None else None
+            row = self._views.doc(did) if did is not None else None
+        if row is None or not row.heads:
+            raise NotFoundError(f"no document {doc_id!r} in {collection!r}")
+        return row
+
+
+class Collection:
+    """One collection of a :class:`Database`. Get it with ``db.collection(name)``."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Collection {self.name!r}>"
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _prepare(
+        self, fields: Mapping[str, Any], where: str
+    ) -> tuple[dict[str, Any], Schema | None]:
+        if not isinstance(fields, Mapping):
+            raise ValidationError(f"{where} must be an object of fields")
+        check_value(dict(fields), where)
+        schema = self.db._schema(self.name)
+        prepared = schema.coerce(fields) if schema is not None else dict(fields)
+        if schema is not None:
+            schema.check_write(prepared)
+        return prepared, schema
+
+    async def create(self, value: Mapping[str, Any], *, id: str | None = None) -> Document:
+        """Create a document; ``id`` defaults to a random one."""
+        return (await self.create_many([value], ids=[id]))[0]
+
+    async def create_many(
+        self, values: Sequence[Mapping[str, Any]], *, ids: Sequence[str | None] | None = None
+    ) -> builtins.list[Document]:
+        ids = list(ids) if ids is not None else [None] * len(values)
+        if len(ids) != len(values):
+            raise ValidationError("give one id (or None) per value")
+        changes = []
+        previews: dict[str, dict[str, Any]] = {}
+        for value, given in zip(values, ids, strict=True):
+            doc_id = _check_doc_id(given) if given is not None else uuid.uuid4().hex
+            prepared, schema = self._prepare(value, "value")
+            preview = plain(prepared)
+            if schema is not None:
+                schema.validate(preview)
+            previews[doc_id] = preview
+            changes.append(_Change(self.name, doc_id, Kind.CREATE.value, _replace(prepared)))
+
+        def check(change: _Change, live: _Live) -> None:
+            if live.heads and not live.deleted:
+                raise ConflictError(f"document {change.document!r} already exists in {self.name!r}")
+
+        lives = await self.db._commit(changes, check)
+        return [self._from_live(c.document, live) for c, live in zip(changes, lives, strict=True)]
+
+    async def update(
+        self, id: str, patch: Mapping[str, Any], *, unset: Sequence[str] = ()
+    ) -> Document:
+        """Merge ``patch`` into the document; remove the ``unset`` field paths."""
+        return (await self.update_many([(id, patch)], unset=unset))[0]
+
+    async def update_many(
+        self,
+        patches: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        unset: Sequence[str] = (),
+    ) -> builtins.list[Document]:
+        unset = [check_path(u) for u in unset]
+        changes = []
+        prepared_by_change: dict[int, tuple[dict[str, Any], Schema | None]] = {}
+        for doc_id, patch in patches:
+            _check_doc_id(doc_id)
+            prepared, schema = self._prepare(patch, "patch")
+            change = _Change(self.name, doc_id, Kind.CHANGE.value, _patch(prepared, unset))
+            prepared_by_change[id(change)] = (prepared, schema)
+            changes.append(change)
+
+        def check(change: _Change, live: _Live) -> None:
+            if not live.heads or live.deleted:
+                raise NotFoundError(f"no document {change.document!r} in {self.name!r}")
+            prepared, schema = prepared_by_change[id(change)]
+            preview = preview_patch(live.value, prepared, unset)
+            if schema is not None:
+                schema.validate(preview)
+            live.value = preview  # later patches of this batch see this one
+
+        lives = await self.db._commit(changes, check)
+        return [self._from_live(c.document, live) for c, live in zip(changes, lives, strict=True)]
+
+    async def increment(self, id: str, field: str, by: int | float = 1) -> Document:
+        return await self.update(id, {field: Increment(by)})
+
+    async def edit_text(
+        self, id: str, field: str, *, index: int, delete: int = 0, insert: str = ""
+    ) -> Document:
+        """Splice a text field: delete ``delete`` chars at ``index``, insert ``insert``."""
+        from loomdb.documents.values import check_key
+
+        check_key(field)
+        if type(index) is not int or type(delete) is not int or index < 0 or delete < 0:
+            raise ValidationError("index and delete must be non-negative integers")
+        if type(insert) is not str:
+            raise ValidationError("insert must be a string")
+
+        def mutate(root: loro.LoroMap) -> None:
+            text = container_at(root, field)
+            if not isinstance(text, loro.LoroText):
+                raise ValidationError(f"field {field!r} is not a text")
+            if index + delete > text.len_unicode:
+                raise ValidationError(f"text {field!r} has {text.len_unicode} characters")
+            if delete:
+                text.delete(index, delete)
+            if insert:
+                text.insert(index, insert)
+
+        def check(change: _Change, live: _Live) -> None:
+            if not live.heads or live.deleted:
+                raise NotFoundError(f"no document {id!r} in {self.name!r}")
+            current = live.value.get(field)
+            if type(current) is not str:
+                raise ValidationError(f"field {field!r} is not a text")
+            if index + delete > len(current):
+                raise ValidationError(f"text {field!r} has {len(current)} characters")
+
+        _check_doc_id(id)
+        (live,) = await self.db._commit([_Change(self.name, id, Kind.CHANGE.value, mutate)], check)
+        return self._from_live(id, live)
+
+    async def delete(self, id: str) -> None:
+        """Delete a document: a tombstone entry; its history stays."""
+        _check_doc_id(id)
+
+        def check(change: _Change, live: _Live) -> None:
+            if not live.heads or live.deleted:
+                raise NotFoundError(f"no document {id!r} in {self.name!r}")
+
+        await self.db._commit([_Change(self.name, id, Kind.DELETE.value, _noop)], check)
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def _from_live(self, doc_id: str, live: _Live) -> Document:
+        return Document(
+            doc_id,
+            self.name,
+            live.value,
+            tuple(str(h.cid) for h in live.heads),
+            live.created_at,
+            live.updated_at,
+            live.deleted,
+        )
+
+    async def get(self, id: str) -> Document:
+        _check_doc_id(id)
+        row = self.db._doc_row(self.name, id)
+        if row.deleted:
+            raise NotFoundError(f"document {id!r} in {self.name!r} was deleted")
+        return self.db._document(self.name, row)
+
+    async def list(self, *, limit: int = 100, offset: int = 0) -> builtins.list[Document]:
+        return await self.query(None, limit=limit, offset=offset)
+
+    async def query(
+        self,
+        where: Sequence[Any] | None = None,
+        *,
+        sort: Sequence[Any] | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[Document]:
+        filters = q.parse_filters(where)
+        sorts = q.parse_sort(sort)
+        limit, offset = q.check_page(limit, offset)
+        views = self.db._views
+
+        def run() -> builtins.list[Any]:
+            with views.lock:
+                coll = views.coll_id(self.name, create=False)
+                return [] if coll is None else views.query(coll, filters, sorts, limit, offset)
+
+        rows = await anyio.to_thread.run_sync(run) if filters or sorts else run()
+        return [self.db._document(self.name, r) for r in rows]
+
+    async def count(self, where: Sequence[Any] | None = None) -> int:
+        filters = q.parse_filters(where)
+        views = self.db._views
+        with views.lock:
+            coll = views.coll_id(self.name, create=False)
+            return 0 if coll is None else views.count(coll, filters)
+
+    async def explain(self, where: Sequence[Any] | None = None, sort: Any = None) -> str:
+        """SQLite's query plan (shows whether an index is used)."""
+        views = self.db._views
+        with views.lock:
+            coll = views.coll_id(self.name, create=False)
+            if coll is None:
+                return ""
+            return views.explain(coll, q.parse_filters(where), q.parse_sort(sort))
+
+    async def create_index(self, field: str) -> None:
+        """Index a field (dotted path) of this collection's documents, on this node."""
+        check_path(field)
+        views = self.db._views
+
+        def run() -> None:
+            with views.tx():
+                coll = views.coll_id(self.name)
+                assert coll is not None
+                views.ensure_index(coll, field)
+
+        await anyio.to_thread.run_sync(run)
+
+    async def indexes(self) -> builtins.list[str]:
+        views = self.db._views
+        with views.lock:
+            coll = views.coll_id(self.name, create=False)
+            return [] if coll is None else views.indexes(coll)
+
+    async def history(self, id: str) -> builtins.list[HistoryItem]:
+        """Every entry of the document, parents before children."""
+        _check_doc_id(id)
+        row = self.db._doc_row(self.name, id)
+        with self.db._views.lock:
+            states = self.db._views.doc_states(row.id)
+        metas = await self.db.store.get_metadata([s.cid for s in states])
+        items = []
+        for s, meta in zip(states, metas, strict=True):
+            items.append(
+                HistoryItem(
+                    str(s.cid),
+                    s.kind,
+                    tuple(str(p) for p in s.parents),
+                    s.height,
+                    meta.author.hex() if meta is not None else "",
+                    s.created_at,
+                    STATE_NAMES[s.state],
+                    s.reason,
+                )
+            )
+        return items
+
+    async def get_version(self, id: str, cid: str | CID) -> Document:
+        """The document as it was right after entry ``cid`` (with its ancestors only)."""
+        _check_doc_id(id)
+        try:
+            target = CID.coerce(cid)
+        except LoomError as exc:
+            raise ValidationError(f"bad version id {cid!r}: {exc.message}") from exc
+        row = self.db._doc_row(self.name, id)
+        views = self.db._views
+        with views.lock:
+            found = views.states([target])
+            if target not in found or found[target].doc != row.id:
+                raise NotFoundError(f"{target} is not an entry of document {id!r}")
+            if found[target].state != APPLIED:
+                raise NotFoundError(f"{target} is not applied ({STATE_NAMES[found[target].state]})")
+            ancestry = {target: found[target]}
+            stack = list(found[target].parents)
+            while stack:
+                more = views.states([c for c in stack if c not in ancestry])
+                ancestry.update(more)
+                stack = [p for s in more.values() for p in s.parents if p not in ancestry]
+        ordered = sorted(ancestry.values(), key=lambda s: (s.height, s.cid))
+        entries = await self.db.store.get_entries([s.cid for s in ordered])
+        doc = crdt.new_doc()
+        for entry in entries:
+            if entry is None:
+                raise StoreCorruptError("an applied entry is missing from the store")
+            _, delta = crdt.decode_payload(entry.decrypt(self.db.keys))
+            if delta:
+                crdt.import_delta(doc, delta)
+        t = found[target]
+        deleted = t.deleted
+        return Document(
+            id,
+            self.name,
+            read_value(doc),
+            (str(target),),
+            min(s.created_at for s in ordered),
+            max(s.created_at for s in ordered),
+            deleted,
+        )
+
+
+def _noop(root: loro.LoroMap) -> None:
+    return None
+
+
+def _replace(fields: Mapping[str, Any]) -> Callable[[loro.LoroMap], None]:
+    def mutate(root: loro.LoroMap) -> None:
+        for key in list(root.keys()):
+            if key not in fields:
+                root.delete(key)
+        for key, value in fields.items():
+            set_field(root, key, value)
+
+    return mutate
+
+
+def _patch(fields: Mapping[str, Any], unset: Sequence[str]) -> Callable[[loro.LoroMap], None]:
+    def mutate(root: loro.LoroMap) -> None:
+        apply_patch(root, fields, unset)
+
+    return mutate

@@ -1,0 +1,376 @@
+"""Materialized views of documents, in their own SQLite file (``views.db``).
+
+The entry store is the truth; this file is derived from it and can be deleted:
+it is rebuilt from the entries. It holds
+
+* ``docs``: each document's current value (JSON), heads, times, deleted flag —
+  reads and queries never run the CRDT;
+* ``states``: what the document layer did with each entry (applied, pending,
+  refused), with the Loro op range an applied entry holds, so a delta's
+  dependencies can be traced to the entries that hold them;
+* ``waits``: pending entries by the parent they wait for;
+* ``meta``: the store epoch and the store sequence number consumed so far.
+
+One writer (the :class:`~loomdb.documents.database.Database`) owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from loomdb.documents import query as q
+from loomdb.documents.values import dumps, loads
+from loomdb.entries.cid import CID
+from loomdb.errors import StoreCorruptError
+
+SCHEMA_VERSION: Final = 1
+APPLIED: Final = 0
+PENDING: Final = 1
+REFUSED: Final = 2
+STATE_NAMES: Final = {APPLIED: "applied", PENDING: "pending", REFUSED: "refused"}
+SCHEMA_DOC: Final = "$schema"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, schema TEXT);
+CREATE TABLE IF NOT EXISTS docs(
+    id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, name TEXT NOT NULL,
+    value TEXT, live INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL DEFAULT 0,
+    heads TEXT NOT NULL DEFAULT '[]', UNIQUE(coll, name));
+CREATE INDEX IF NOT EXISTS docs_live ON docs(coll, live, name);
+CREATE TABLE IF NOT EXISTS states(
+    cid BLOB PRIMARY KEY, doc INTEGER NOT NULL, state INTEGER NOT NULL, kind TEXT NOT NULL,
+    height INTEGER NOT NULL, parents BLOB NOT NULL, created_at INTEGER NOT NULL,
+    peer INTEGER, op_start INTEGER, op_end INTEGER, deleted INTEGER NOT NULL DEFAULT 0,
+    reason TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS states_doc ON states(doc, height);
+CREATE INDEX IF NOT EXISTS states_ops ON states(doc, peer, op_start) WHERE peer IS NOT NULL;
+CREATE TABLE IF NOT EXISTS waits(
+    parent BLOB NOT NULL, child BLOB NOT NULL, PRIMARY KEY(parent, child)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS indexes(
+    coll INTEGER NOT NULL, path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(coll, path));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    cid: CID
+    doc: int
+    state: int
+    kind: str
+    height: int
+    parents: tuple[CID, ...]
+    created_at: int
+    peer: int | None
+    op_start: int | None
+    op_end: int | None
+    deleted: bool
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocRow:
+    id: int
+    coll: int
+    name: str
+    value: dict[str, Any] | None
+    live: bool
+    deleted: bool
+    created_at: int
+    updated_at: int
+    heads: tuple[str, ...]
+
+
+def _pack(cids: Iterable[CID]) -> bytes:
+    return b"".join(c.binary for c in cids)
+
+
+def _unpack(blob: bytes) -> tuple[CID, ...]:
+    return tuple(CID(blob[i : i + 36]) for i in range(0, len(blob), 36))
+
+
+_STATE_COLS = (
+    "cid, doc, state, kind, height, parents, created_at, peer, op_start, op_end, deleted, reason"
+)
+_DOC_COLS = "id, coll, name, value, live, deleted, created_at, updated_at, heads"
+
+
+def _state(row: tuple[Any, ...]) -> StateRow:
+    return StateRow(
+        CID(row[0]), row[1], row[2], row[3], row[4], _unpack(row[5]), row[6],
+        row[7], row[8], row[9], bool(row[10]), row[11],
+    )  # fmt: skip
+
+
+def _doc(row: tuple[Any, ...]) -> DocRow:
+    value = loads(row[3]) if row[3] is not None else None
+    return DocRow(
+        row[0], row[1], row[2], value, bool(row[4]), bool(row[5]), row[6], row[7],
+        tuple(json.loads(row[8])),
+    )  # fmt: skip
+
+
+class Views:
+    """The ``views.db`` file. Methods are synchronous; callers hold ``lock``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_DDL)
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruptError(f"{path}: not a views file loomdb can read ({exc})") from exc
+        self._depth = 0
+        self._coll_ids: dict[str, int] = {}
+        self._doc_ids: dict[tuple[int, str], int] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[None]:
+        """One write transaction; nested calls join the outer one."""
+        with self.lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._coll_ids.clear()
+                self._doc_ids.clear()
+                raise
+            finally:
+                self._depth -= 1
+            self._db.execute("COMMIT")
+
+    # --- meta -----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def reset(self) -> None:
+        """Forget everything derived (the store was replaced)."""
+        for table in ("collections", "docs", "states", "waits", "meta"):
+            self._db.execute(f"DELETE FROM {table}")
+        for (name,) in self._db.execute("SELECT name FROM indexes").fetchall():
+            self._db.execute(f'DROP INDEX IF EXISTS "{name}"')
+        self._db.execute("DELETE FROM indexes")
+        self._coll_ids.clear()
+        self._doc_ids.clear()
+
+    # --- collections and documents --------------------------------------------
+
+    def coll_id(self, name: str, create: bool = True) -> int | None:
+        cached = self._coll_ids.get(name)
+        if cached is not None:
+            return cached
+        row = self._db.execute("SELECT id FROM collections WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if not create:
+                return None
+            row = self._db.execute(
+                "INSERT INTO collections(name) VALUES (?) RETURNING id", (name,)
+            ).fetchone()
+        self._coll_ids[name] = int(row[0])
+        return int(row[0])
+
+    def collections(self) -> list[tuple[int, str, str | None]]:
+        return self._db.execute("SELECT id, name, schema FROM collections ORDER BY name").fetchall()
+
+    def set_schema(self, coll: int, schema: str | None) -> None:
+        self._db.execute("UPDATE collections SET schema = ? WHERE id = ?", (schema, coll))
+
+    def schema_of(self, coll: int) -> str | None:
+        row = self._db.execute("SELECT schema FROM collections WHERE id = ?", (coll,)).fetchone()
+        return None if row is None else row[0]
+
+    def doc_id(self, coll: int, name: str, create: bool = True) -> int | None:
+        key = (coll, name)
+        cached = self._doc_ids.get(key)
+        if cached is not None:
+            return cached
+        row = self._db.execute(
+            "SELECT id FROM docs WHERE coll = ? AND name = ?", (coll, name)
+        ).fetchone()
+        if row is None:
+            if not create:
+                return None
+            row = self._db.execute(
+                "INSERT INTO docs(coll, name) VALUES (?, ?) RETURNING id", (coll, name)
+            ).fetchone()
+        self._doc_ids[key] = int(row[0])
+        return int(row[0])
+
+    def doc(self, doc: int) -> DocRow:
+        row = self._db.execute(f"SELECT {_DOC_COLS} FROM docs WHERE id = ?", (doc,)).fetchone()
+        return _doc(row)
+
+    def write_doc(
+        self,
+        doc: int,
+        value: dict[str, Any],
+        *,
+        live: bool,
+        deleted: bool,
+        created_at: int,
+        updated_at: int,
+        heads: Sequence[CID],
+    ) -> None:
+        self._db.execute(
+            "UPDATE docs SET value = ?, live = ?, deleted = ?, created_at = ?, updated_at = ?,"
+            " heads = ? WHERE id = ?",
+            (
+                dumps(value), int(live), int(deleted), created_at, updated_at,
+                json.dumps([str(c) for c in heads]), doc,
+            ),
+        )  # fmt: skip
+
+    def count_docs(self, coll: int) -> int:
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM docs WHERE coll = ? AND live = 1", (coll,)
+            ).fetchone()[0]
+        )
+
+    def query(
+        self,
+        coll: int,
+        filters: Sequence[q.Filter],
+        sorts: Sequence[q.Sort],
+        limit: int,
+        offset: int,
+    ) -> list[DocRow]:
+        params: list[Any] = [coll]
+        where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
+        order = q.order_sql(sorts, params)
+        params += [limit, offset]
+        sql = (
+            f"SELECT {_DOC_COLS} FROM docs WHERE {' AND '.join(where)}"
+            f" ORDER BY {order} LIMIT ? OFFSET ?"
+        )
+        return [_doc(r) for r in self._db.execute(sql, params).fetchall()]
+
+    def count(self, coll: int, filters: Sequence[q.Filter]) -> int:
+        params: list[Any] = [coll]
+        where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
+        sql = f"SELECT count(*) FROM docs WHERE {' AND '.join(where)}"
+        return int(self._db.execute(sql, params).fetchone()[0])
+
+    def explain(self, coll: int, filters: Sequence[q.Filter], sorts: Sequence[q.Sort]) -> str:
+        params: list[Any] = [coll]
+        where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
+        order = q.order_sql(sorts, params)
+        sql = f"EXPLAIN QUERY PLAN SELECT id FROM docs WHERE {' AND '.join(where)} ORDER BY {order}"
+        return "\n".join(str(r[-1]) for r in self._db.execute(sql, params).fetchall())
+
+    # --- indexes ----------------------------------------------------------------
+
+    def indexes(self, coll: int) -> list[str]:
+        rows = self._db.execute("SELECT path FROM indexes WHERE coll = ? ORDER BY path", (coll,))
+        return [r[0] for r in rows.fetchall()]
+
+    def ensure_index(self, coll: int, path: str) -> None:
+        if not q.is_indexable(path):
+            from loomdb.errors import QueryError
+
+            raise QueryError(f"cannot index {path!r}: use names of letters, digits and '_'")
+        row = self._db.execute(
+            "SELECT 1 FROM indexes WHERE coll = ? AND path = ?", (coll, path)
+        ).fetchone()
+        if row is not None:
+            return
+        name = f"ix_{coll}_{path.replace('.', '__')}"
+        self._db.execute(
+            f'CREATE INDEX IF NOT EXISTS "{name}" ON docs(coll, {q.path_sql(path, [])})'
+        )
+        self._db.execute(
+            "INSERT INTO indexes(coll, path, name) VALUES (?, ?, ?)", (coll, path, name)
+        )
+
+    # --- entry states -------------------------------------------------------------
+
+    def states(self, cids: Sequence[CID]) -> dict[CID, StateRow]:
+        out: dict[CID, StateRow] = {}
+        for i in range(0, len(cids), 500):
+            chunk = [c.binary for c in cids[i : i + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT {_STATE_COLS} FROM states WHERE cid IN ({marks})",
+                chunk,
+            ).fetchall()
+            for r in rows:
+                s = _state(r)
+                out[s.cid] = s
+        return out
+
+    def doc_states(self, doc: int) -> list[StateRow]:
+        rows = self._db.execute(
+            f"SELECT {_STATE_COLS} FROM states WHERE doc = ? ORDER BY height, cid",
+            (doc,),
+        ).fetchall()
+        return [_state(r) for r in rows]
+
+    def put_state(self, s: StateRow) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                s.cid.binary, s.doc, s.state, s.kind, s.height, _pack(s.parents), s.created_at,
+                s.peer, s.op_start, s.op_end, int(s.deleted), s.reason,
+            ),
+        )  # fmt: skip
+
+    def owner(self, doc: int, peer: int, counter: int) -> StateRow | None:
+        """The applied entry of ``doc`` holding op ``counter@peer``."""
+        row = self._db.execute(
+            f"SELECT {_STATE_COLS} FROM states WHERE doc = ? AND peer = ? AND op_start <= ?"
+            " ORDER BY op_start DESC LIMIT 1",
+            (doc, peer, counter),
+        ).fetchone()
+        if row is None:
+            return None
+        s = _state(row)
+        return s if s.state == APPLIED and s.op_end is not None and counter < s.op_end else None
+
+    def add_waits(self, child: CID, parents: Iterable[CID]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO waits(parent, child) VALUES (?, ?)",
+            [(p.binary, child.binary) for p in parents],
+        )
+
+    def take_waiters(self, parent: CID) -> list[CID]:
+        rows = self._db.execute(
+            "DELETE FROM waits WHERE parent = ? RETURNING child", (parent.binary,)
+        ).fetchall()
+        return [CID(r[0]) for r in rows]
+
+    def waiting_on(self, child: CID) -> list[CID]:
+        rows = self._db.execute("SELECT parent FROM waits WHERE child = ?", (child.binary,))
+        return [CID(r[0]) for r in rows.fetchall()]
+
+    def count_states(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, count(*) FROM states GROUP BY state").fetchall()
+        return {STATE_NAMES[s]: n for s, n in rows}
