@@ -71,7 +71,7 @@ from loomdb.errors import (
     StoreError,
     ValidationError,
 )
-from loomdb.identity.keys import RandomSource
+from loomdb.identity.keys import NamedKey, RandomSource
 from loomdb.node.home import NodeHome
 from loomdb.stores.base import ContentAddressedStore, PutStatus
 
@@ -140,6 +140,7 @@ class Database:
         clock: Clock | None = None,
         random: RandomSource = os.urandom,
         cache_size: int = 256,
+        key: NamedKey | None = None,
     ) -> None:
         self.home = home
         self.store = store
@@ -148,7 +149,7 @@ class Database:
         self._hlc = HybridLogicalClock(clock or SystemClock())
         self._random = random
         self._author = home.user.signing_key
-        self._key = home.default_key
+        self._key = key or home.default_key
         self._cache: OrderedDict[int, _Live] = OrderedDict()
         self._cache_size = max(1, cache_size)
         self._lock = anyio.Lock()
@@ -167,7 +168,12 @@ class Database:
         clock: Clock | None = None,
         random: RandomSource = os.urandom,
         cache_size: int = 256,
+        key: NamedKey | None = None,
     ) -> Database:
+        """Open the database of a node home (a path or a :class:`NodeHome`).
+
+        ``store`` defaults to the home's SQLite store; ``key`` (default: the
+        home's default key) encrypts what this database writes."""
         node = home if isinstance(home, NodeHome) else NodeHome.open(Path(home))
         views = Views(node.path / "views.db")
         db = cls(
@@ -178,6 +184,7 @@ class Database:
             clock=clock,
             random=random,
             cache_size=cache_size,
+            key=key,
         )
         try:
             await db._attach()
@@ -506,10 +513,10 @@ class Database:
         while todo:
             with self._views.lock:
                 known = self._views.states([e.cid for e in todo])
-            fresh = sorted(
-                (e for e in todo if e.cid not in known or known[e.cid].state == PENDING),
-                key=lambda e: e.height,
-            )
+            # An entry can come twice (a duplicate in the batch, or woken by two
+            # parents): keep one, or its delta would be offered to Loro twice.
+            unique = {e.cid: e for e in todo if e.cid not in known or known[e.cid].state == PENDING}
+            fresh = sorted(unique.values(), key=lambda e: e.height)
             woken: list[CID] = []
             for entry in fresh:
                 outcome = await self._try_apply(entry, pinned)

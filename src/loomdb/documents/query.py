@@ -192,14 +192,14 @@ def filter_sql(f: Filter, params: list[Any]) -> str:
     # contains: an element of a list, or a substring of a string
     kind = _type_sql(f.field, params)
     each_params: list[Any] = []
-    each = f"json_each(value, {'?'})"
+    each = "json_each(docs.value, ?) AS item"
     each_params.append(json_path(f.field.replace('"', '\\"')))
     params.extend(each_params)
     params.append(_value_param(f.value))
     text = path_sql(f.field, params)
     params.append(f.value if type(f.value) is str else "\x00never")
     return (
-        f"(CASE {kind} WHEN 'array' THEN EXISTS (SELECT 1 FROM {each} WHERE value = ?) "
+        f"(CASE {kind} WHEN 'array' THEN EXISTS (SELECT 1 FROM {each} WHERE item.value = ?) "
         f"WHEN 'text' THEN instr({text}, ?) > 0 ELSE 0 END)"
     )
 
