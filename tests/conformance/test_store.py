@@ -292,3 +292,17 @@ async def test_a_large_batch(store: ContentAddressedStore, make_entry: EntryFact
 def test_cids_are_hashable_keys_across_stores(make_entry: EntryFactory) -> None:
     e = make_entry()
     assert CID(e.cid.binary) == e.cid
+
+
+async def test_accepted_entries_get_consecutive_seqs_in_receipt_order(
+    store: Any, make_entry: Any
+) -> None:
+    first = make_entry(document="a")
+    await store.put_entries([first])
+    batch = [make_entry(document="b"), first, make_entry(document="c")]
+    results = await store.put_entries(batch)
+    assert [r.seq for r in results] == [2, None, 3]
+    scanned = await store.scan(0, 10)
+    assert [(r.seq, r.entry.cid) for r in scanned] == [
+        (1, first.cid), (2, batch[0].cid), (3, batch[2].cid)
+    ]  # fmt: skip

@@ -371,3 +371,19 @@ async def test_reopen_keeps_writing_with_a_fresh_writer(tmp_path: Path) -> None:
         assert [h.state for h in history] == ["applied", "applied"]
     finally:
         await db.aclose()
+
+
+def test_blocking_facade(tmp_path: Path) -> None:
+    import loomdb
+
+    with loomdb.connect(tmp_path / "home") as db:
+        notes = db.collection("notes")
+        notes.create({"title": "hello", "n": Counter(1)}, id="n1")
+        notes.increment("n1", "n", 2)
+        assert notes.get("n1").value == {"title": "hello", "n": 3}
+        assert [d.id for d in notes.query([{"field": "n", "op": "gt", "value": 2}])] == ["n1"]
+        assert db.collection_info("notes").documents == 1
+        with pytest.raises(NotFoundError):
+            notes.get("missing")
+    with loomdb.connect(tmp_path / "home") as db:  # reopened: still there
+        assert db.collection("notes").get("n1").value["n"] == 3

@@ -91,6 +91,8 @@ class _Live:
     """An open Loro document and what we know of its DAG."""
 
     doc_id: int
+    coll: int
+    is_schema: bool
     loro: loro.LoroDoc
     heads: list[_Ref]
     deleted: bool
@@ -139,7 +141,7 @@ class Database:
         space: str = DEFAULT_SPACE,
         clock: Clock | None = None,
         random: RandomSource = os.urandom,
-        cache_size: int = 256,
+        cache_size: int = 2048,
         key: NamedKey | None = None,
     ) -> None:
         self.home = home
@@ -155,6 +157,7 @@ class Database:
         self._lock = anyio.Lock()
         self._cursor = 0
         self._closed = False
+        self._schemas: dict[str, Schema] = {}  # parsed schemas by their JSON text
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -167,7 +170,7 @@ class Database:
         store: ContentAddressedStore | None = None,
         clock: Clock | None = None,
         random: RandomSource = os.urandom,
-        cache_size: int = 256,
+        cache_size: int = 2048,
         key: NamedKey | None = None,
     ) -> Database:
         """Open the database of a node home (a path or a :class:`NodeHome`).
@@ -293,7 +296,12 @@ class Database:
         with self._views.lock:
             coll = self._views.coll_id(name, create=False)
             text = self._views.schema_of(coll) if coll is not None else None
-        return Schema.from_json(json.loads(text)) if text else None
+        if not text:
+            return None
+        cached = self._schemas.get(text)
+        if cached is None:
+            cached = self._schemas[text] = Schema.from_json(json.loads(text))
+        return cached
 
     async def stats(self) -> dict[str, Any]:
         with self._views.lock:
@@ -321,26 +329,57 @@ class Database:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    async def _preload(self, docs: Sequence[tuple[str, str]], pinned: dict[int, _Live]) -> None:
+        """Load the documents of a batch that are not open, with one store read."""
+        wanted: dict[int, None] = {}
+        with self._views.lock:
+            for collection, document in docs:
+                coll = self._views.coll_id(collection)
+                assert coll is not None
+                doc_id = self._views.doc_id(coll, document)
+                assert doc_id is not None
+                if doc_id not in pinned and doc_id not in self._cache:
+                    wanted[doc_id] = None
+        if not wanted:
+            return
+        with self._views.lock:
+            plans = {
+                d: [s for s in self._views.doc_states(d) if s.state == APPLIED] for d in wanted
+            }
+        cids = [s.cid for rows in plans.values() for s in rows]
+        entries = await self.store.get_entries(cids) if cids else []
+        by_cid = dict(zip(cids, entries, strict=True))
+        for doc_id, rows in plans.items():
+            live = self._build_live(doc_id, rows, [by_cid[s.cid] for s in rows])
+            self._cache[doc_id] = live
+            pinned[doc_id] = live
+
     async def _load(self, doc_id: int) -> _Live:
         """Rebuild a Loro document from its applied entries (they were checked once)."""
         with self._views.lock:
             rows = [s for s in self._views.doc_states(doc_id) if s.state == APPLIED]
+        entries = await self.store.get_entries([s.cid for s in rows]) if rows else []
+        return self._build_live(doc_id, rows, entries)
+
+    def _build_live(
+        self, doc_id: int, rows: Sequence[StateRow], entries: Sequence[Entry | None]
+    ) -> _Live:
+        with self._views.lock:
             row = self._views.doc(doc_id)
         doc = crdt.new_doc()
-        entries = await self.store.get_entries([s.cid for s in rows]) if rows else []
-        deltas = []
+        keys = self.keys
         for s, entry in zip(rows, entries, strict=True):
             if entry is None:
                 raise StoreCorruptError(f"entry {s.cid} is applied but not in the store")
-            _, delta = crdt.decode_payload(entry.decrypt(self.keys))
+            _, delta = crdt.decode_payload(entry.decrypt(keys))
             if delta:
-                deltas.append(delta)
-        for delta in deltas:
-            crdt.import_delta(doc, delta)
+                crdt.import_delta(doc, delta)
         by_cid = {s.cid: s for s in rows}
-        heads = [_Ref(CID.parse(h), by_cid[CID.parse(h)].height) for h in row.heads]
+        heads = [_Ref(h, by_cid[h].height) for h in row.heads]
         return _Live(
             doc_id,
+            row.coll,
+            row.name == SCHEMA_DOC,
             doc,
             heads,
             row.deleted,
@@ -378,6 +417,7 @@ class Database:
     ) -> list[_Live]:
         made: list[tuple[Entry, _Live, int | None, int, int, bool]] = []
         lives = []
+        await self._preload([(c.collection, c.document) for c in changes], pinned)
         for change in changes:
             live = await self._live(change.collection, change.document, pinned)
             if check is not None:
@@ -418,12 +458,10 @@ class Database:
             made.append((entry, live, live.peer if end > start else None, start, end, deleted))
             lives.append(live)
 
-        before = await self.store.store_head()
         results = await self.store.put_entries([m[0] for m in made])
         bad = [r for r in results if r.status is not PutStatus.ACCEPTED]
         if bad:
             raise StoreError(f"the store refused a new entry: {bad[0].reason}")
-        after = await self.store.store_head()
 
         with self._views.tx():
             for entry, live, peer, start, end, deleted in made:
@@ -439,8 +477,11 @@ class Database:
                     live.created_at = entry.created_at
             for live in {id(v): v for v in lives}.values():
                 self._materialize(live)
-            if before.seq == self._cursor and after.seq - before.seq == len(made):
-                self._cursor = after.seq
+            # When nothing else reached the store since the views' position, these
+            # entries are the next ones in its log: move past them without a scan.
+            seqs = [r.seq for r in results]
+            if seqs == list(range(self._cursor + 1, self._cursor + 1 + len(seqs))):
+                self._cursor += len(seqs)
                 self._views.set_meta("cursor", str(self._cursor))
         return lives
 
@@ -448,8 +489,7 @@ class Database:
         """Write a live document's value and heads to the views (inside a tx)."""
         value = read_value(live.loro)
         live.value = value
-        row = self._views.doc(live.doc_id)
-        is_schema = row.name == SCHEMA_DOC
+        is_schema = live.is_schema
         self._views.write_doc(
             live.doc_id,
             value,
@@ -461,14 +501,14 @@ class Database:
         )
         if is_schema:
             text = value.get("json")
-            self._views.set_schema(row.coll, text if type(text) is str else None)
+            self._views.set_schema(live.coll, text if type(text) is str else None)
             if type(text) is str:
                 try:
                     schema = Schema.from_json(json.loads(text))
                 except (SchemaError, ValueError):
                     return  # a peer's malformed schema is kept as text, not enforced
                 for path in schema.indexes:
-                    self._views.ensure_index(row.coll, path)
+                    self._views.ensure_index(live.coll, path)
 
     # --- receiving entries ----------------------------------------------------------------
 
@@ -518,6 +558,7 @@ class Database:
             unique = {e.cid: e for e in todo if e.cid not in known or known[e.cid].state == PENDING}
             fresh = sorted(unique.values(), key=lambda e: e.height)
             woken: list[CID] = []
+            await self._preload([(e.collection, e.document) for e in fresh], pinned)
             for entry in fresh:
                 outcome = await self._try_apply(entry, pinned)
                 if outcome is not None:
@@ -668,7 +709,7 @@ class Database:
             row.name,
             collection,
             row.value or {},
-            row.heads,
+            tuple(str(h) for h in row.heads),
             row.created_at,
             row.updated_at,
             row.deleted,

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS docs(
     id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, name TEXT NOT NULL,
     value TEXT, live INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL DEFAULT 0,
-    heads TEXT NOT NULL DEFAULT '[]', UNIQUE(coll, name));
+    heads BLOB NOT NULL DEFAULT x'', UNIQUE(coll, name));
 CREATE INDEX IF NOT EXISTS docs_live ON docs(coll, live, name);
 CREATE TABLE IF NOT EXISTS states(
     cid BLOB PRIMARY KEY, doc INTEGER NOT NULL, state INTEGER NOT NULL, kind TEXT NOT NULL,
@@ -87,7 +87,7 @@ class DocRow:
     deleted: bool
     created_at: int
     updated_at: int
-    heads: tuple[str, ...]
+    heads: tuple[CID, ...]
 
 
 def _pack(cids: Iterable[CID]) -> bytes:
@@ -115,7 +115,7 @@ def _doc(row: tuple[Any, ...]) -> DocRow:
     value = loads(row[3]) if row[3] is not None else None
     return DocRow(
         row[0], row[1], row[2], value, bool(row[4]), bool(row[5]), row[6], row[7],
-        tuple(json.loads(row[8])),
+        _unpack(row[8]),
     )  # fmt: skip
 
 
@@ -245,7 +245,7 @@ class Views:
             " heads = ? WHERE id = ?",
             (
                 dumps(value), int(live), int(deleted), created_at, updated_at,
-                json.dumps([str(c) for c in heads]), doc,
+                _pack(heads), doc,
             ),
         )  # fmt: skip
 

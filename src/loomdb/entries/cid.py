@@ -25,7 +25,7 @@ CID_SIZE: Final = len(PREFIX) + DIGEST_SIZE
 class CID:
     """The id of an entry: a hash of its bytes. Immutable, hashable, ordered."""
 
-    __slots__ = ("_bytes", "_hash")
+    __slots__ = ("_bytes", "_hash", "_text")
 
     def __init__(self, binary: bytes) -> None:
         if len(binary) != CID_SIZE or binary[:4] != PREFIX:
@@ -34,6 +34,7 @@ class CID:
             )
         self._bytes = bytes(binary)
         self._hash = hash(self._bytes)
+        self._text: str | None = None
 
     @classmethod
     def of(cls, data: bytes) -> CID:
@@ -41,6 +42,7 @@ class CID:
         cid = object.__new__(cls)
         cid._bytes = PREFIX + hashlib.sha256(data).digest()
         cid._hash = hash(cid._bytes)
+        cid._text = None
         return cid
 
     @classmethod
@@ -76,7 +78,9 @@ class CID:
         return self._bytes[4:]
 
     def __str__(self) -> str:
-        return "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+        if self._text is None:  # computed once: CIDs are printed often (heads, APIs)
+            self._text = "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+        return self._text
 
     def __repr__(self) -> str:
         return f"CID({self!s})"

@@ -52,6 +52,7 @@ class PutResult:
     cid: CID
     status: PutStatus
     error: EntryError | None = None
+    seq: int | None = None  # where an accepted entry stands in the store's receipt order
 
     @property
     def ok(self) -> bool:
@@ -222,9 +223,10 @@ def check_policy(entry: Entry, policy: EntryPolicy) -> None:
         raise TooManyParentsError(f"{len(entry.parents)} parents; at most {policy.max_parents}")
 
 
-def finish_results(batch: PreparedBatch) -> list[PutResult]:
-    """Fill in the results of the entries the store wrote."""
+def finish_results(batch: PreparedBatch, first_seq: int) -> list[PutResult]:
+    """Fill in the results of the entries the store wrote, numbered from ``first_seq``
+    in the order they were inserted."""
     out = batch.results
-    for i, entry in batch.new:
-        out[i] = PutResult(entry.cid, PutStatus.ACCEPTED)
+    for k, (i, entry) in enumerate(batch.new):
+        out[i] = PutResult(entry.cid, PutStatus.ACCEPTED, seq=first_seq + k)
     return [r for r in out if r is not None]

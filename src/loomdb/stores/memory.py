@@ -52,9 +52,10 @@ class MemoryStore:
         batch = prepare_batch(
             entries, lambda cids: {c for c in cids if c in self._seq}, self.policy
         )
+        first = len(self._log) + 1
         for _, entry in batch.new:
             self._insert(entry)
-        return finish_results(batch)
+        return finish_results(batch, first)
 
     def _insert(self, entry: Entry) -> None:
         key = (entry.space, entry.collection, entry.document)

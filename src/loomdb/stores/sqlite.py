@@ -239,16 +239,17 @@ class SQLiteStore:
         try:
             # Inside the write transaction: what ``held`` reports cannot change before commit.
             batch = prepare_batch(items, lambda cids: self._held(w, cids), self.policy)
+            first = 0
             if batch.new:
-                self._insert([entry for _, entry in batch.new])
+                first = self._insert([entry for _, entry in batch.new])
             w.execute("COMMIT")
         except BaseException:
             w.execute("ROLLBACK")
             self._doc_ids.clear()  # ids handed out in the rolled-back transaction are void
             raise
-        return finish_results(batch)
+        return finish_results(batch, first)
 
-    def _insert(self, entries: list[Entry]) -> None:
+    def _insert(self, entries: list[Entry]) -> int:
         """Insert verified new entries and update heads, inside the open transaction.
 
         Set-at-a-time: a few ``executemany`` calls per batch rather than several
@@ -273,6 +274,8 @@ class SQLiteStore:
             " VALUES (?,?,?,?,?,?,?,?,?)",
             rows,
         )
+        # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
+        first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
         if refs:
             w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", refs)
             w.executemany("DELETE FROM heads WHERE cid=? AND doc=?", refs)
@@ -287,6 +290,7 @@ class SQLiteStore:
         w.executemany(
             "INSERT INTO heads(cid, doc) VALUES (?,?)", [p for p in placed if p not in named]
         )
+        return first
 
     # --- reads ----------------------------------------------------------------
 
