@@ -295,7 +295,7 @@ def test_cids_are_hashable_keys_across_stores(make_entry: EntryFactory) -> None:
 
 
 async def test_accepted_entries_get_consecutive_seqs_in_receipt_order(
-    store: Any, make_entry: Any
+    store: ContentAddressedStore, make_entry: EntryFactory
 ) -> None:
     first = make_entry(document="a")
     await store.put_entries([first])

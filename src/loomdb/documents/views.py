@@ -16,7 +16,6 @@ One writer (the :class:`~loomdb.documents.database.Database`) owns it.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
