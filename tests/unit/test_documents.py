@@ -333,6 +333,12 @@ async def test_entry_without_key_waits(tmp_path: Path) -> None:
         with pytest.raises(NotFoundError):
             await b.collection("c").get("d")
         assert (await b.stats())["states"] == {"pending": 1}
+        await a.collection("c").update("d", {"secret": 2})
+        await b.put_entries([e.raw for e in await all_entries(a)])
+        assert (await b.stats())["states"] == {"pending": 2}
+        b.home.keyring.add_named_key(team)  # the key arrives
+        assert await b.retry_pending() == 2
+        assert (await b.collection("c").get("d")).value == {"secret": 2}
     finally:
         await a.aclose()
         await b.aclose()

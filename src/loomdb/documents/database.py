@@ -532,6 +532,14 @@ class Database:
                     self._cursor = got[-1].seq
                     self._views.set_meta("cursor", str(self._cursor))
 
+    async def retry_pending(self) -> int:
+        """Try again the entries that waited for a key (call after adding keys)."""
+        with self._views.lock:
+            stalled = self._views.stalled()
+        entries = [e for e in await self.store.get_entries(stalled) if e is not None]
+        async with self._lock:
+            return await self._ingest(entries)
+
     async def _ingest(self, entries: Sequence[Entry]) -> int:
         """Apply what is ready, park the rest by missing parent, then wake waiters."""
         pinned: dict[int, _Live] = {}

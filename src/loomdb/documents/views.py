@@ -370,6 +370,14 @@ class Views:
         rows = self._db.execute("SELECT parent FROM waits WHERE child = ?", (child.binary,))
         return [CID(r[0]) for r in rows.fetchall()]
 
+    def stalled(self) -> list[CID]:
+        """Pending entries that wait for no parent (they lacked a key)."""
+        rows = self._db.execute(
+            "SELECT cid FROM states WHERE state = ? AND cid NOT IN (SELECT child FROM waits)",
+            (PENDING,),
+        ).fetchall()
+        return [CID(r[0]) for r in rows]
+
     def count_states(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, count(*) FROM states GROUP BY state").fetchall()
         return {STATE_NAMES[s]: n for s, n in rows}
