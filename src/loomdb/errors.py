@@ -31,6 +31,9 @@ map this tree to exit codes and status codes in one table each, keyed by
     ├── StoreError                 a store cannot do what was asked
     │   ├── StoreClosedError
     │   └── StoreCorruptError        the files on disk are not a loomdb store we can read
+    ├── TransportError             moving bytes between nodes and clients
+    │   ├── UnreachableError         nobody (or no loomdb node) answers at that address
+    │   └── AddressInUseError        cannot listen: the address is taken
     └── DocumentError              the document layer (CRDT, collections, queries)
         ├── SchemaError              a value breaks its collection's schema, or a bad schema
         ├── QueryError               a query the database cannot run (bad field, operator)
@@ -221,3 +224,22 @@ class ChangeRefusedError(DocumentError):
     its parents are not of its document."""
 
     code = "document.refused"
+
+
+# --- transports ------------------------------------------------------------
+
+
+class TransportError(LoomError):
+    code = "transport"
+
+
+class UnreachableError(TransportError):
+    """No loomdb node answers at the address: refused, timed out, or not loomdb."""
+
+    code = "transport.unreachable"
+
+
+class AddressInUseError(TransportError):
+    """The address to listen on is taken (another node?)."""
+
+    code = "transport.address_in_use"

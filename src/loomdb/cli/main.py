@@ -1,8 +1,9 @@
 """The ``loomdb`` command: thin wrappers over the library.
 
-Every command takes ``--home`` the same way. Errors are mapped to exit codes in
-one table (``EXIT_CODES``); a user never sees a traceback for a LoomError or a
-bad argument.
+Every command on a node's home takes ``--home`` the same way; every ``client``
+command (:mod:`loomdb.cli.client`) takes ``--url`` and ``--json`` the same way.
+Errors are mapped to exit codes in one table (``EXIT_CODES``); a user never
+sees a traceback for a LoomError or a bad argument.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from pathlib import Path
 
 import anyio
 
+from loomdb.cli.client import add_client_parser
 from loomdb.errors import (
     CryptoKeyError,
+    DocumentError,
     EntryError,
     KeyringError,
     LoomError,
+    NotFoundError,
     StoreError,
+    TransportError,
     ValidationError,
 )
 from loomdb.node.home import NodeHome, default_home
@@ -33,8 +38,12 @@ EXIT_CODES: list[tuple[type[LoomError], int]] = [  # first match wins
     (StoreError, 4),
     (EntryError, 5),
     (CryptoKeyError, 6),
+    (TransportError, 7),
+    (NotFoundError, 8),
+    (DocumentError, 9),
     (LoomError, 1),
 ]
+DEFAULT_API = "127.0.0.1:9181"
 
 
 def exit_code(error: LoomError) -> int:
@@ -84,6 +93,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     anyio.run(run_demo, home, args.entries, print)
 
 
+def cmd_start(args: argparse.Namespace) -> None:
+    from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
+
+    host, port = parse_address(args.api)
+    run_daemon(_home_path(args), host, port)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -116,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command("demo", cmd_demo, "write, verify, relay and read entries on this node's store")
     p.add_argument("--entries", type=_positive, default=20_000, help="how many entries to write")
+    p = command("start", cmd_start, "run the node: serve the HTTP API until SIGINT or SIGTERM")
+    p.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        default=DEFAULT_API,
+        help=f"where to serve the API; port 0: any free port (default {DEFAULT_API})",
+    )
+    add_client_parser(sub)
     return parser
 
 

@@ -1,0 +1,144 @@
+"""Reading a request: a size-capped JSON body and a check against its schema.
+
+The request schemas in the route table are what the OpenAPI document shows and
+what :func:`check` enforces, so the two cannot drift. :func:`check` knows the
+small subset of JSON Schema those schemas use: ``type``, ``properties``,
+``required``, ``additionalProperties: false``, ``items``, ``minimum``,
+``maximum``, ``minLength``, ``enum``. Anything deeper (a document's value, a
+collection schema) is left to the database, which checks it itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from starlette.requests import Request
+
+from loomdb.api.errors import INVALID_REQUEST, MALFORMED_JSON, TOO_LARGE, RequestError
+
+Schema = Mapping[str, Any]
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request's body parsed as JSON; 413 past ``limit`` bytes, 400 if not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    # A chunked body has no length to check first. aclosing: stopping early must
+    # close the stream here, not leave it to the garbage collector.
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+    if not body.strip():
+        raise RequestError(400, MALFORMED_JSON, "the request needs a JSON body")
+    try:
+        return json.loads(bytes(body), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, MALFORMED_JSON, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, MALFORMED_JSON, "the body is nested too deeply") from None
+
+
+def _too_large(limit: int) -> RequestError:
+    return RequestError(413, TOO_LARGE, f"the body is larger than {limit} bytes")
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    for name in ("object", "array", "string", "integer", "number"):
+        if isinstance(value, _JSON_TYPES[name]):
+            return name
+    return type(value).__name__
+
+
+def _is(value: Any, type_name: str) -> bool:
+    if isinstance(value, bool) and type_name in ("integer", "number"):
+        return False  # JSON true is not 1
+    return isinstance(value, _JSON_TYPES[type_name])
+
+
+def check(schema: Schema, value: Any, where: str = "body") -> None:
+    """Raise a 400 :class:`RequestError` unless ``value`` fits ``schema``."""
+    types = schema.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        if not any(_is(value, name) for name in names):
+            expected = " or ".join(names)
+            raise _invalid(f"{where}: expected {expected}, got {_type_name(value)}")
+    if "enum" in schema and value not in schema["enum"]:
+        options = ", ".join(json.dumps(v) for v in schema["enum"])
+        raise _invalid(f"{where}: must be one of {options}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise _invalid(f"{where}: must be at least {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise _invalid(f"{where}: must be at most {schema['maximum']}")
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        raise _invalid(f"{where}: must not be empty")
+    if isinstance(value, dict):
+        properties: Schema = schema.get("properties", {})
+        for name in schema.get("required", ()):
+            if name not in value:
+                raise _invalid(f"{where}: missing {name!r}")
+        for name, item in value.items():
+            if name in properties:
+                check(properties[name], item, f"{where}.{name}")
+            elif schema.get("additionalProperties", True) is False:
+                known = ", ".join(properties) or "none"
+                raise _invalid(f"{where}: unknown field {name!r} (known: {known})")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            check(schema["items"], item, f"{where}[{i}]")
+
+
+def parse_query(params: Iterable[tuple[str, str]], schemas: Mapping[str, Schema]) -> dict[str, Any]:
+    """Query parameters converted (integers) and checked; unknown or repeated ones refused."""
+    out: dict[str, Any] = {}
+    for name, text in params:
+        schema = schemas.get(name)
+        if schema is None:
+            known = ", ".join(schemas) or "none"
+            raise _invalid(f"unknown query parameter {name!r} (known: {known})")
+        if name in out:
+            raise _invalid(f"query parameter {name} is given twice")
+        value: Any = text
+        if schema.get("type") == "integer":
+            try:
+                value = int(text)
+            except ValueError:
+                raise _invalid(f"query parameter {name}: not a whole number: {text!r}") from None
+        check(schema, value, f"query parameter {name}")
+        out[name] = value
+    for name, schema in schemas.items():
+        if name not in out and "default" in schema:
+            out[name] = schema["default"]
+    return out
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(400, INVALID_REQUEST, message)
