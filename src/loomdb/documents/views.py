@@ -29,7 +29,7 @@ from loomdb.documents.values import dumps, loads
 from loomdb.entries.cid import CID
 from loomdb.errors import StoreCorruptError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # bump when the layout changes: the file is rebuilt
 APPLIED: Final = 0
 PENDING: Final = 1
 REFUSED: Final = 2
@@ -128,12 +128,25 @@ class Views:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                self._drop_all()  # derived data: rebuilt from the entry store
             self._db.executescript(_DDL)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreCorruptError(f"{path}: not a views file loomdb can read ({exc})") from exc
         self._depth = 0
         self._coll_ids: dict[str, int] = {}
         self._doc_ids: dict[tuple[int, str], int] = {}
+
+    def _drop_all(self) -> None:
+        rows = self._db.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index')"
+            " AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        for kind, name in rows:
+            if kind == "table":
+                self._db.execute(f'DROP TABLE IF EXISTS "{name}"')
 
     def close(self) -> None:
         self._db.close()
@@ -265,7 +278,7 @@ class Views:
     ) -> list[DocRow]:
         params: list[Any] = [coll]
         where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
-        order = q.order_sql(sorts, params)
+        order = q.order_sql(sorts, params, bool(filters))
         params += [limit, offset]
         sql = (
             f"SELECT {_DOC_COLS} FROM docs WHERE {' AND '.join(where)}"
@@ -282,7 +295,7 @@ class Views:
     def explain(self, coll: int, filters: Sequence[q.Filter], sorts: Sequence[q.Sort]) -> str:
         params: list[Any] = [coll]
         where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
-        order = q.order_sql(sorts, params)
+        order = q.order_sql(sorts, params, bool(filters))
         sql = f"EXPLAIN QUERY PLAN SELECT id FROM docs WHERE {' AND '.join(where)} ORDER BY {order}"
         return "\n".join(str(r[-1]) for r in self._db.execute(sql, params).fetchall())
 
@@ -303,8 +316,10 @@ class Views:
         if row is not None:
             return
         name = f"ix_{coll}_{path.replace('.', '__')}"
+        # (coll, live, field): queries always pin coll and live, so this index
+        # is preferred over docs_live as soon as the field is constrained too.
         self._db.execute(
-            f'CREATE INDEX IF NOT EXISTS "{name}" ON docs(coll, {q.path_sql(path, [])})'
+            f'CREATE INDEX IF NOT EXISTS "{name}" ON docs(coll, live, {q.path_sql(path, [])})'
         )
         self._db.execute(
             "INSERT INTO indexes(coll, path, name) VALUES (?, ?, ?)", (coll, path, name)
