@@ -23,7 +23,8 @@ import json
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -399,15 +400,22 @@ class Database:
         if self._closed:
             raise StoreError("the database is closed")
         async with self._lock:
-            pinned: dict[int, _Live] = {}
-            try:
+            with self._pinning() as pinned:
                 return await self._commit_locked(changes, check, pinned)
-            except BaseException:
-                for doc_id in pinned:
-                    self._cache.pop(doc_id, None)
-                raise
-            finally:
-                self._trim_cache()
+
+    @contextmanager
+    def _pinning(self) -> Iterator[dict[int, _Live]]:
+        """The documents a batch works on. If the batch fails, their Loro state
+        may hold ops that were never stored: drop them from the cache."""
+        pinned: dict[int, _Live] = {}
+        try:
+            yield pinned
+        except BaseException:
+            for doc_id in pinned:
+                self._cache.pop(doc_id, None)
+            raise
+        finally:
+            self._trim_cache()
 
     async def _commit_locked(
         self,
@@ -542,18 +550,8 @@ class Database:
 
     async def _ingest(self, entries: Sequence[Entry]) -> int:
         """Apply what is ready, park the rest by missing parent, then wake waiters."""
-        pinned: dict[int, _Live] = {}
-        applied = 0
-        try:
-            with self._views.tx():
-                applied = await self._ingest_in_tx(entries, pinned)
-        except BaseException:
-            for doc_id in pinned:
-                self._cache.pop(doc_id, None)
-            raise
-        finally:
-            self._trim_cache()
-        return applied
+        with self._pinning() as pinned, self._views.tx():
+            return await self._ingest_in_tx(entries, pinned)
 
     async def _ingest_in_tx(self, entries: Sequence[Entry], pinned: dict[int, _Live]) -> int:
         applied = 0
