@@ -207,9 +207,9 @@ def filter_sql(f: Filter, params: list[Any]) -> str:
 def order_sql(sorts: Sequence[Sort], params: list[Any], filtered: bool = False) -> str:
     """ORDER BY terms; ties (and unsorted results) go by document id.
 
-    With filters, the id term is written ``+name`` so it cannot steer SQLite
-    (which has no statistics here) into walking the id index to skip a sort,
-    instead of using the filtered field's index.
+    When a filter is on an indexed field (``filtered``), the id term is written
+    ``+name`` so it cannot steer SQLite (which has no statistics here) into
+    walking the id index to skip a sort instead of using the field's index.
     """
     terms = [f"{path_sql(s.field, params)} {'DESC' if s.descending else 'ASC'}" for s in sorts]
     return ", ".join([*terms, "+name ASC" if filtered else "name ASC"])

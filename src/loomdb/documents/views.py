@@ -278,7 +278,7 @@ class Views:
     ) -> list[DocRow]:
         params: list[Any] = [coll]
         where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
-        order = q.order_sql(sorts, params, bool(filters))
+        order = q.order_sql(sorts, params, self._uses_index(coll, filters))
         params += [limit, offset]
         sql = (
             f"SELECT {_DOC_COLS} FROM docs WHERE {' AND '.join(where)}"
@@ -295,11 +295,20 @@ class Views:
     def explain(self, coll: int, filters: Sequence[q.Filter], sorts: Sequence[q.Sort]) -> str:
         params: list[Any] = [coll]
         where = ["coll = ?", "live = 1"] + [q.filter_sql(f, params) for f in filters]
-        order = q.order_sql(sorts, params, bool(filters))
+        order = q.order_sql(sorts, params, self._uses_index(coll, filters))
         sql = f"EXPLAIN QUERY PLAN SELECT id FROM docs WHERE {' AND '.join(where)} ORDER BY {order}"
         return "\n".join(str(r[-1]) for r in self._db.execute(sql, params).fetchall())
 
     # --- indexes ----------------------------------------------------------------
+
+    def _uses_index(self, coll: int, filters: Sequence[q.Filter]) -> bool:
+        """Whether a filter is on an indexed field (then the id order must not
+        compete with that index; without one, walking the id index and stopping
+        at ``limit`` matches is the better plan)."""
+        if not filters:
+            return False
+        indexed = set(self.indexes(coll))
+        return any(f.field in indexed for f in filters)
 
     def indexes(self, coll: int) -> list[str]:
         rows = self._db.execute("SELECT path FROM indexes WHERE coll = ? ORDER BY path", (coll,))
