@@ -564,7 +564,10 @@ def main() -> None:
         "--single-docs", type=int, default=1000, help="documents the single updates go round"
     )
     ap.add_argument(
-        "--hot-docs", type=int, default=100, help="documents of the cached single updates (fewer than the live cache holds)"
+        "--hot-docs",
+        type=int,
+        default=100,
+        help="documents of the cached single updates (fewer than the live cache holds)",
     )
     ap.add_argument(
         "--runs", type=int, default=200, help="calls per query figure and rep (at most)"
