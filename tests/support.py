@@ -94,8 +94,19 @@ def fake_cid(n: int) -> CID:
     return CID.of(b"fake-%d" % n)
 
 
-def run_python(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_python(
+    *args: str,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """Run a Python script or module with this interpreter, bounded in time, output captured."""
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

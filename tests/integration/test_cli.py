@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from loomdb.cli.main import EXIT_CODES, build_parser
 from loomdb.identity.peer_id import public_key_from_peer_id
+from tests.support import run_python
 
 pytestmark = pytest.mark.integration
 
@@ -19,14 +19,7 @@ pytestmark = pytest.mark.integration
 def loomdb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "LOOMDB_KEYRING_SECRET"}
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "loomdb", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=full_env,
-        check=False,
-    )
+    return run_python("-m", "loomdb", *args, env=full_env)
 
 
 def test_init_then_id_keeps_the_peer_id_across_runs(tmp_path: Path) -> None:

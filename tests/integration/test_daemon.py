@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import run_python
+
 pytestmark = pytest.mark.integration
 
 READY = re.compile(rb"ready, API at (http://\S+)")
@@ -112,14 +114,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def loomdb(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = _env(**({"LOOMDB_URL": url} if url else {}))
-    return subprocess.run(
-        [sys.executable, "-m", "loomdb", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    return run_python("-m", "loomdb", *args, env=env, timeout=60)
 
 
 def ok(*args: str, url: str) -> Any:

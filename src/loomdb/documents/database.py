@@ -41,6 +41,7 @@ from loomdb.documents.values import (
     ROOT,
     Increment,
     apply_patch,
+    check_key,
     check_path,
     check_value,
     container_at,
@@ -112,22 +113,21 @@ class _Change:
     mutate: Callable[[loro.LoroMap], None]
 
 
+def _check_name(what: str, value: object, max_chars: int) -> str:
+    """Names users choose: no leading '$' (reserved: ``$schema``), no '/' (URLs)."""
+    if type(value) is not str or not value or len(value) > max_chars:
+        raise ValidationError(f"{what}s are strings of 1-{max_chars} characters")
+    if value.startswith("$") or not value.isprintable() or "/" in value:
+        raise ValidationError(f"{what} {value!r}: no leading '$', no '/', no control characters")
+    return value
+
+
 def _check_doc_id(doc_id: object) -> str:
-    if type(doc_id) is not str or not doc_id or len(doc_id) > 256:
-        raise ValidationError("document ids are strings of 1-256 characters")
-    if doc_id.startswith("$") or not doc_id.isprintable() or "/" in doc_id:
-        raise ValidationError(
-            f"document id {doc_id!r}: no leading '$', no '/', no control characters"
-        )
-    return doc_id
+    return _check_name("document id", doc_id, 256)
 
 
 def _check_collection(name: object) -> str:
-    if type(name) is not str or not name or len(name) > 128:
-        raise ValidationError("collection names are strings of 1-128 characters")
-    if name.startswith("$") or not name.isprintable() or "/" in name:
-        raise ValidationError(f"collection {name!r}: no leading '$', no '/', no control chars")
-    return name
+    return _check_name("collection name", name, 128)
 
 
 class Database:
@@ -824,8 +824,6 @@ class Collection:
         self, id: str, field: str, *, index: int, delete: int = 0, insert: str = ""
     ) -> Document:
         """Splice a text field: delete ``delete`` chars at ``index``, insert ``insert``."""
-        from loomdb.documents.values import check_key
-
         check_key(field)
         if type(index) is not int or type(delete) is not int or index < 0 or delete < 0:
             raise ValidationError("index and delete must be non-negative integers")

@@ -32,6 +32,7 @@ MAX_FILTERS: Final = 32
 MAX_IN: Final = 1000
 _SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,15}\Z")
 _CMP = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_SQL_OPS = {"eq": "=", **_CMP}
 
 
 def is_indexable(path: str) -> bool:
@@ -42,19 +43,24 @@ def json_path(path: str) -> str:
     return "$" + "".join(f'."{part}"' for part in path.split("."))
 
 
+def _bound_path(path: str) -> str:
+    return json_path(path.replace('"', '\\"'))
+
+
+def _json_fn_sql(fn: str, path: str, params: list[Any]) -> str:
+    if is_indexable(path):
+        return f"{fn}(value, '{json_path(path)}')"
+    params.append(_bound_path(path))
+    return f"{fn}(value, ?)"
+
+
 def path_sql(path: str, params: list[Any]) -> str:
     """The SQL expression reading ``path`` from ``value`` (literal when indexable)."""
-    if is_indexable(path):
-        return f"json_extract(value, '{json_path(path)}')"
-    params.append(json_path(path.replace('"', '\\"')))
-    return "json_extract(value, ?)"
+    return _json_fn_sql("json_extract", path, params)
 
 
 def _type_sql(path: str, params: list[Any]) -> str:
-    if is_indexable(path):
-        return f"json_type(value, '{json_path(path)}')"
-    params.append(json_path(path.replace('"', '\\"')))
-    return "json_type(value, ?)"
+    return _json_fn_sql("json_type", path, params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,31 +177,23 @@ def filter_sql(f: Filter, params: list[Any]) -> str:
         want = "null" if f.value is None else ("true" if f.value else "false")
         expr = _type_sql(f.field, params)
         return f"{expr} {'IS' if f.op == 'eq' else 'IS NOT'} '{want}'"
-    if f.op == "eq":
+    if f.op in _SQL_OPS:  # numbers compare with numbers, strings with strings
         expr = path_sql(f.field, params)
         params.append(f.value)
         kind = "'text'" if type(f.value) is str else "'integer','real'"
-        return f"{expr} = ? AND {_type_sql(f.field, params)} IN ({kind})"
+        return f"{expr} {_SQL_OPS[f.op]} ? AND {_type_sql(f.field, params)} IN ({kind})"
     if f.op == "ne":
         expr = path_sql(f.field, params)
         params.append(f.value)
         return f"({expr} IS NOT ? OR {_type_sql(f.field, params)} NOT IN ('text','integer','real'))"
-    if f.op in _CMP:
-        expr = path_sql(f.field, params)
-        params.append(f.value)
-        kind = "'text'" if type(f.value) is str else "'integer','real'"
-        return f"{expr} {_CMP[f.op]} ? AND {_type_sql(f.field, params)} IN ({kind})"
     if f.op == "in":
         expr = path_sql(f.field, params)
         params.extend(_value_param(v) for v in f.value)
         return f"{expr} IN ({','.join('?' * len(f.value))})"
     # contains: an element of a list, or a substring of a string
     kind = _type_sql(f.field, params)
-    each_params: list[Any] = []
     each = "json_each(docs.value, ?) AS item"
-    each_params.append(json_path(f.field.replace('"', '\\"')))
-    params.extend(each_params)
-    params.append(_value_param(f.value))
+    params += [_bound_path(f.field), _value_param(f.value)]
     text = path_sql(f.field, params)
     params.append(f.value if type(f.value) is str else "\x00never")
     return (

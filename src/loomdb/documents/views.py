@@ -27,7 +27,7 @@ from typing import Any, Final
 from loomdb.documents import query as q
 from loomdb.documents.values import dumps, loads
 from loomdb.entries.cid import CID
-from loomdb.errors import StoreCorruptError
+from loomdb.errors import QueryError, StoreCorruptError
 
 SCHEMA_VERSION: Final = 2  # bump when the layout changes: the file is rebuilt
 APPLIED: Final = 0
@@ -316,8 +316,6 @@ class Views:
 
     def ensure_index(self, coll: int, path: str) -> None:
         if not q.is_indexable(path):
-            from loomdb.errors import QueryError
-
             raise QueryError(f"cannot index {path!r}: use names of letters, digits and '_'")
         row = self._db.execute(
             "SELECT 1 FROM indexes WHERE coll = ? AND path = ?", (coll, path)
