@@ -33,7 +33,13 @@ map this tree to exit codes and status codes in one table each, keyed by
     │   └── StoreCorruptError        the files on disk are not a loomdb store we can read
     ├── TransportError             moving bytes between nodes and clients
     │   ├── UnreachableError         nobody (or no loomdb node) answers at that address
-    │   └── AddressInUseError        cannot listen: the address is taken
+    │   ├── AddressInUseError        cannot listen: the address is taken
+    │   ├── TransportTimeoutError    no answer within the time-out (after any retries)
+    │   └── FrameTooLargeError       a frame over the negotiated size limit
+    ├── SyncError                  the sync protocol
+    │   ├── ProtocolError            a message that does not parse or breaks the protocol
+    │   ├── ProtocolVersionError     no protocol version in common (names the supported ones)
+    │   └── RemoteError              the other side refused a request (carries its code)
     └── DocumentError              the document layer (CRDT, collections, queries)
         ├── SchemaError              a value breaks its collection's schema, or a bad schema
         ├── QueryError               a query the database cannot run (bad field, operator)
@@ -243,3 +249,43 @@ class AddressInUseError(TransportError):
     """The address to listen on is taken (another node?)."""
 
     code = "transport.address_in_use"
+
+
+class TransportTimeoutError(TransportError):
+    """No answer within the time-out, after any retries."""
+
+    code = "transport.timeout"
+
+
+class FrameTooLargeError(TransportError):
+    """A frame larger than the limit; it is refused unread."""
+
+    code = "transport.frame_too_large"
+
+
+class SyncError(LoomError):
+    """The sync protocol."""
+
+    code = "sync"
+
+
+class ProtocolError(SyncError):
+    """A message that does not parse, or that breaks the protocol."""
+
+    code = "sync.protocol"
+
+
+class ProtocolVersionError(SyncError):
+    """The two sides share no protocol version."""
+
+    code = "sync.version"
+
+
+class RemoteError(SyncError):
+    """The remote side refused a request; ``remote_code`` is its error code."""
+
+    code = "sync.remote"
+
+    def __init__(self, message: str, remote_code: str = "loom") -> None:
+        super().__init__(message)
+        self.remote_code = remote_code

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loomdb.entries.cid import CID
-from loomdb.entries.entry import DEFAULT_POLICY, EntryPolicy
+from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryPolicy
 from loomdb.errors import (
     CidMismatchError,
     MalformedEntryError,
@@ -24,14 +24,39 @@ from loomdb.errors import (
     ValidationError,
 )
 from loomdb.stores import ContentAddressedStore, MemoryStore, PutStatus, SQLiteStore
+from loomdb.stores.base import SetKey
+from loomdb.stores.caching import CachingStore
+from loomdb.stores.remote import RemoteStore
+from loomdb.stores.server import StoreServer
+from loomdb.sync.replicate import SyncProgress, reconcile
+from loomdb.transports.memory import MemoryNetwork
 from tests.support import EntryFactory, fake_cid, fields_of, sign_fields
 
 pytestmark = pytest.mark.anyio
 
 Factory = Callable[[Path, EntryPolicy], ContentAddressedStore]
+
+
+def _remote(backing: ContentAddressedStore, hops: int = 1) -> RemoteStore:
+    """A RemoteStore to a StoreServer over the memory network; with hops > 1, each
+    server's store is itself a RemoteStore to the next (a passthrough chain)."""
+    net = MemoryNetwork(seed=0)
+    store = backing
+    for hop in range(hops, 0, -1):
+        net.serve(f"hop{hop}", StoreServer(store).handle)
+        store = RemoteStore(net.channel(f"hop{hop - 1}", f"hop{hop}"), timeout=5)
+    assert isinstance(store, RemoteStore)
+    return store
+
+
 FACTORIES: dict[str, Factory] = {
     "memory": lambda _tmp, policy: MemoryStore(policy),
     "sqlite": lambda tmp, policy: SQLiteStore(tmp / "store.db", policy=policy),
+    "remote": lambda tmp, policy: _remote(SQLiteStore(tmp / "store.db", policy=policy)),
+    "passthrough": lambda _tmp, policy: _remote(MemoryStore(policy), hops=3),
+    "caching": lambda tmp, policy: CachingStore(
+        SQLiteStore(tmp / "cache.db", policy=policy), _remote(MemoryStore(policy))
+    ),
 }
 
 
@@ -306,3 +331,33 @@ async def test_accepted_entries_get_consecutive_seqs_in_receipt_order(
     assert [(r.seq, r.entry.cid) for r in scanned] == [
         (1, first.cid), (2, batch[0].cid), (3, batch[2].cid)
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("side", ["initiator", "responder"])
+async def test_reconcile_finds_exactly_the_difference(
+    store: ContentAddressedStore, make_entry: EntryFactory, side: str
+) -> None:
+    rng = random.Random(9)
+    entries = []
+    for d in range(6):
+        entries += make_entry.chain(8, document=f"d{d}", collection=f"c{d % 2}")
+    rng.shuffle(entries)
+    mine, other_side = entries[:40], entries[8:]
+    await store.put_entries(mine)
+    other = MemoryStore()
+    await other.put_entries(other_side)
+    sets = [SetKey("space-1"), SetKey("space-1", "c1"), SetKey("space-1", "c0", "d2")]
+    for key in sets:
+
+        def inside(e: Entry, key: SetKey = key) -> bool:
+            return (key.collection in (None, e.collection)) and (
+                key.document in (None, e.document)
+            )
+
+        a, b = (store, other) if side == "initiator" else (other, store)
+        have, need = await reconcile(a, b, [key], SyncProgress())
+        set_a = {e.cid for e in (mine if a is store else other_side) if inside(e)}
+        set_b = {e.cid for e in (other_side if a is store else mine) if inside(e)}
+        assert set(have) == set_a - set_b
+        assert set(need) == set_b - set_a
+        assert len(have) == len(set(have)) and len(need) == len(set(need))

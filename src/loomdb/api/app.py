@@ -4,11 +4,15 @@ Routes come from the one table in :mod:`loomdb.api.routes`; errors become JSON
 through the one table in :mod:`loomdb.api.errors`. The app does no I/O of its
 own beyond the database it is given, so tests drive it in-process
 (``httpx.ASGITransport``) and the daemon serves it with Hypercorn.
+
+With a ``sync_handler`` the app also serves sync frames at ``/api/v0/sync``
+(:mod:`loomdb.api.sync`). Without a database (a relay) it serves only that and
+``GET /api/v0/node``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -17,23 +21,42 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from loomdb.api.errors import EXCEPTION_HANDLERS
-from loomdb.api.routes import ENDPOINTS, Call, Endpoint
+from loomdb.api.routes import ENDPOINTS, PREFIX, Call, Endpoint, relay_node_info
+from loomdb.api.sync import sync_routes
 from loomdb.api.validation import MAX_BODY_BYTES, check, parse_query, read_json
+from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
 
 if TYPE_CHECKING:
     from loomdb.documents import Database
 
 
-def create_app(db: Database, *, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """The API app serving ``db``. The caller opens and closes the database."""
-    by_path: dict[str, dict[str, Endpoint]] = {}
-    for endpoint in ENDPOINTS:
-        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
-    # One route per path, so a wrong method gets a 405 naming every allowed one.
-    routes: list[BaseRoute] = [
-        Route(path, _serve(db, methods, max_body_bytes), methods=list(methods), name=path)
-        for path, methods in by_path.items()
-    ]
+def create_app(
+    db: Database | None,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    sync_handler: FrameHandler | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The API app serving ``db`` (the caller opens and closes it) and, with a
+    ``sync_handler``, sync frames of at most ``max_frame`` bytes.
+
+    Without ``db`` (a relay), only ``GET /api/v0/node`` and the sync routes."""
+    routes: list[BaseRoute]
+    if db is None:
+        routes = [Route(f"{PREFIX}/node", _relay_node, methods=["GET"], name="node")]
+    else:
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for endpoint in ENDPOINTS:
+            by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
+        # One route per path, so a wrong method gets a 405 naming every allowed one.
+        routes = [
+            Route(path, _serve(db, methods, max_body_bytes), methods=list(methods), name=path)
+            for path, methods in by_path.items()
+        ]
+    if sync_handler is not None:
+        routes += sync_routes(sync_handler, max_frame)
+    routes += extra_routes
     app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
     app.state.db = db
     return app
@@ -55,3 +78,7 @@ def _serve(
         return JSONResponse(result, status_code=endpoint.status)
 
     return serve
+
+
+async def _relay_node(request: Request) -> Response:
+    return JSONResponse(relay_node_info())

@@ -16,7 +16,8 @@ Statuses (first match in :data:`STATUS_BY_ERROR` wins):
   value (``validation``), a schema violation or a bad schema (``document.schema``),
   a query it cannot run (``document.query``);
 * 404 ``document.not_found`` / ``route.not_found``, 405 ``route.method``,
-  409 ``document.conflict``, 413 ``request.too_large``;
+  409 ``document.conflict``, 413 ``request.too_large``, 415 ``request.media_type``
+  (a sync frame sent without its content type);
 * 500 for every other LoomError (its code and message, which are written for
   people) and ``internal`` for anything else (logged here, never sent).
 """
@@ -54,6 +55,7 @@ STATUS_BY_ERROR: list[tuple[type[LoomError], int]] = [  # first match wins
 MALFORMED_JSON = "request.json"
 INVALID_REQUEST = "request.invalid"
 TOO_LARGE = "request.too_large"
+UNSUPPORTED_MEDIA_TYPE = "request.media_type"
 ROUTE_NOT_FOUND = "route.not_found"
 METHOD_NOT_ALLOWED = "route.method"
 INTERNAL = "internal"

@@ -61,6 +61,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     ),
     "History": _record(history=_array(_ref("HistoryItem"))),
     "Node": _record(
+        relay={"type": "boolean", "description": "false: a relay serves only sync"},
         peer_id=_STRING,
         user_id=_STRING,
         space=_STRING,

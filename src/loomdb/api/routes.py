@@ -158,9 +158,15 @@ def documents_json(docs: list[Document], count: int) -> dict[str, Any]:
 # --- handlers --------------------------------------------------------------------
 
 
+def relay_node_info() -> dict[str, Any]:
+    """``GET /api/v0/node`` of a node without a database: it only relays sync."""
+    return {"relay": True, "version": LOOMDB_VERSION}
+
+
 async def get_node(call: Call) -> Any:
     db = call.db
     return {
+        "relay": False,
         "peer_id": db.peer_id,
         "user_id": db.user_id,
         "space": db.space,

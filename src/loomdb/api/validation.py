@@ -22,6 +22,7 @@ from loomdb.api.errors import INVALID_REQUEST, MALFORMED_JSON, TOO_LARGE, Reques
 Schema = Mapping[str, Any]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+DRAIN_BYTES = 16 * 1024 * 1024  # how much of a refused body is read (and dropped) at most
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
@@ -38,10 +39,11 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-    """The request's body parsed as JSON; 413 past ``limit`` bytes, 400 if not JSON."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with a 413 as soon as it is over ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        await _drain(request, limit)
         raise _too_large(limit)
     body = bytearray()
     # A chunked body has no length to check first. aclosing: stopping early must
@@ -50,11 +52,41 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         async for chunk in chunks:
             body += chunk
             if len(body) > limit:
-                raise _too_large(limit)
+                break
+    if len(body) > limit:
+        await _drain(request, limit)
+        raise _too_large(limit)
+    return bytes(body)
+
+
+async def _drain(request: Request, limit: int) -> None:
+    """Read and drop the rest of a refused body, up to :data:`DRAIN_BYTES` (or twice
+    ``limit``) in all.
+
+    A server that answers 413 and closes while the body is still coming resets
+    the connection, and the client sees that instead of the 413. A body larger
+    still is not worth reading: that client gets the reset."""
+    most = max(DRAIN_BYTES, 2 * limit)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > most:
+        return
+    seen = 0
+    while seen <= most:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            return  # the client went away
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request's body parsed as JSON; 413 past ``limit`` bytes, 400 if not JSON."""
+    body = await read_body(request, limit)
     if not body.strip():
         raise RequestError(400, MALFORMED_JSON, "the request needs a JSON body")
     try:
-        return json.loads(bytes(body), parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, MALFORMED_JSON, f"the body is not valid JSON: {exc}") from None
     except RecursionError:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,6 +101,35 @@ class ApiClient:
         if response.is_error:
             raise self._error(response.status_code, data)
         return data
+
+    def stream(self, path: str, body: Any, *, idle_timeout: float) -> Iterator[dict[str, Any]]:
+        """POST ``body`` and yield the JSON objects of an NDJSON reply as they come;
+        waits at most ``idle_timeout`` seconds for each line."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=idle_timeout)
+        try:
+            with self._http.stream("POST", path, json=body, timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        data = None
+                    raise self._error(response.status_code, data)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.ConnectError:
+            raise UnreachableError(
+                f"cannot reach a loomdb node at {self.url}: connection refused "
+                "(is 'loomdb start' running? set --url or $LOOMDB_URL)"
+            ) from None
+        except httpx.TimeoutException:
+            raise UnreachableError(f"{self.url} sent nothing for {idle_timeout} s") from None
+        except httpx.HTTPError as exc:
+            raise UnreachableError(f"talking to {self.url} failed: {exc}") from None
+
+    def error_of(self, error: dict[str, Any]) -> LoomError:
+        return self._by_code.get(str(error.get("code")), LoomError)(str(error.get("message")))
 
     def _error(self, status: int, data: Any) -> LoomError:
         error = data.get("error") if isinstance(data, dict) else None
@@ -348,6 +378,66 @@ def cmd_doc_history(args: argparse.Namespace) -> None:
     _run(args, lambda api: api.call("GET", path), show_history)
 
 
+def _bar(event: dict[str, Any]) -> str:
+    total, done = event["to_pull"] + event["to_push"], event["pulled"] + event["pushed"]
+    done += event["duplicates"] + len(event["rejected"]) + event["missing"]
+    if event["phase"] == "reconcile":
+        return f"reconciling… round {event['rounds']}"
+    width = 30
+    filled = width if total == 0 else width * done // total
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} entries"
+        f" (pulled {event['pulled']}, pushed {event['pushed']}) {event['seconds']:.1f} s"
+    )
+
+
+def cmd_sync(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"remote": args.remote, "direction": args.direction}
+    for name in ("space", "transport", "cafile"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.collection:
+        body["collections"] = args.collection
+    if args.document:
+        body["documents"] = args.document
+    if args.insecure:
+        body["insecure"] = True
+    show_bar = not args.json and not args.quiet and sys.stderr.isatty()
+    final: dict[str, Any] | None = None
+    with ApiClient(args.url) as api:
+        for event in api.stream("/sync/run", body, idle_timeout=args.idle_timeout):
+            if event.get("event") == "error":
+                if show_bar:
+                    print(file=sys.stderr)
+                raise api.error_of(event.get("error") or {})
+            if event.get("event") == "done":
+                final = event
+            elif show_bar:
+                print("\r" + _bar(event), end="", file=sys.stderr, flush=True)
+            elif not args.json and not args.quiet:
+                print(_bar(event), file=sys.stderr, flush=True)
+    if show_bar:
+        print(file=sys.stderr)
+    if final is None:
+        raise UnreachableError(f"{args.url} stopped before the sync finished; run it again")
+    if args.json:
+        print(json.dumps(final, indent=2))
+        return
+    print(
+        f"synced with {args.remote}: pulled {final['pulled']}, pushed {final['pushed']},"
+        f" rejected {len(final['rejected'])} in {final['rounds']} round(s), {final['seconds']} s"
+    )
+    for rejection in final["rejected"]:
+        print(f"  rejected {rejection['cid']} ({rejection['side']}): {rejection['reason']}")
+
+
+def document_arg(text: str) -> list[str]:
+    collection, sep, document = text.partition("/")
+    if not sep or not collection or not document:
+        raise argparse.ArgumentTypeError(f"expected COLLECTION/DOCUMENT, got {text!r}")
+    return [collection, document]
+
+
 # --- the parser --------------------------------------------------------------------
 
 
@@ -427,4 +517,47 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
     p = command(doc, "history", cmd_doc_history, "list a document's entries, parents first")
     p.add_argument("collection")
     p.add_argument("id")
+
+    help_ = "sync the node (at --url) with another node, showing progress"
+    p = command(groups, "sync", cmd_sync, help_)
+    p.add_argument("remote", metavar="REMOTE_URL", help="the other node's base URL")
+    way = p.add_mutually_exclusive_group()
+    way.add_argument(
+        "--pull",
+        dest="direction",
+        action="store_const",
+        const="pull",
+        help="only copy what the remote has",
+    )
+    way.add_argument(
+        "--push",
+        dest="direction",
+        action="store_const",
+        const="push",
+        help="only copy what this node has",
+    )
+    p.set_defaults(direction="both")
+    p.add_argument("--space", help="the space to sync (default: the node's; all on a relay)")
+    p.add_argument(
+        "--collection", action="append", default=[], help="only this collection (repeatable)"
+    )
+    p.add_argument(
+        "--document",
+        metavar="COLLECTION/DOC",
+        type=document_arg,
+        action="append",
+        default=[],
+        help="only this document (repeatable)",
+    )
+    p.add_argument("--transport", choices=["ws", "http"], help="WebSocket (default) or HTTP")
+    p.add_argument("--cafile", help="trust this CA certificate for an https/wss remote")
+    p.add_argument("--insecure", action="store_true", help="do not verify the remote's TLS")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up when the node reports nothing for this long (default 300)",
+    )
     return client

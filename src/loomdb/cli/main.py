@@ -95,9 +95,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_start(args: argparse.Namespace) -> None:
     from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
+    from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
 
     host, port = parse_address(args.api)
-    run_daemon(_home_path(args), host, port)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValidationError("give both --tls-cert and --tls-key")
+    if args.self_signed_tls and args.tls_cert:
+        raise ValidationError("--self-signed-tls or --tls-cert/--tls-key, not both")
+    tls = None
+    if args.tls_cert:
+        tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key))
+    elif args.self_signed_tls:
+        tls_dir = _home_path(args) / "tls"
+        existing = TlsFiles(tls_dir / CERT_FILE, tls_dir / KEY_FILE)  # self_signed_cert's
+        tls = (
+            existing
+            if existing.cert.exists() and existing.key.exists()
+            else self_signed_cert(tls_dir, hostnames=(host, "localhost"))
+        )
+    run_daemon(
+        _home_path(args),
+        host,
+        port,
+        tls=tls,
+        max_frame=args.max_frame,
+        relay=args.relay,
+        upstream=args.upstream,
+        cache=args.cache,
+        upstream_transport=args.upstream_transport,
+        upstream_verify=args.upstream_cafile or not args.upstream_insecure,
+    )
 
 
 def _positive(text: str) -> int:
@@ -138,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=DEFAULT_API,
         help=f"where to serve the API; port 0: any free port (default {DEFAULT_API})",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="store and forward entries only: no database, no keys (a blind relay)",
+    )
+    p.add_argument("--upstream", metavar="URL", help="relay: forward every request to this node")
+    p.add_argument("--cache", action="store_true", help="relay with --upstream: keep copies")
+    p.add_argument("--upstream-transport", choices=["ws", "http"], default="ws")
+    p.add_argument("--upstream-cafile", metavar="PATH", help="trust this CA for the upstream")
+    p.add_argument("--upstream-insecure", action="store_true", help="skip upstream TLS checks")
+    p.add_argument("--tls-cert", metavar="PATH", help="serve HTTPS/WSS with this certificate")
+    p.add_argument("--tls-key", metavar="PATH", help="… and this private key")
+    p.add_argument(
+        "--self-signed-tls",
+        action="store_true",
+        help="serve HTTPS/WSS with a self-signed certificate kept in <home>/tls (for tests)",
+    )
+    p.add_argument(
+        "--max-frame",
+        type=_positive,
+        default=8 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest sync frame accepted or sent (default 8 MiB)",
     )
     add_client_parser(sub)
     return parser

@@ -7,9 +7,11 @@ Lifecycle:
 1. bind the API socket first, so a busy port is refused (``AddressInUseError``)
    before anything is opened;
 2. open the database on the node's home;
-3. serve the API with Hypercorn; once it accepts connections, print one line
-   on stdout (:data:`READY`) with the node's Peer ID and the API's URL — with
-   port 0 the URL holds the port the system chose;
+3. serve the API with Hypercorn — over HTTPS (and WSS) when given TLS files,
+   with the sync endpoint when given a sync handler; once it accepts
+   connections, print one line on stdout (:data:`READY`) with the node's Peer
+   ID and the API's URL (``https://`` with TLS) — with port 0 the URL holds the
+   port the system chose;
 4. on SIGINT or SIGTERM: stop accepting, let requests in flight finish (at most
    :data:`GRACE_SECONDS`), close the database, return (the CLI exits 0).
 
@@ -24,9 +26,11 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
@@ -34,9 +38,16 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
 from loomdb.api import create_app
+from loomdb.api.sync_run import sync_run_route
 from loomdb.documents import Database
 from loomdb.errors import AddressInUseError, ValidationError
 from loomdb.node.home import NodeHome
+from loomdb.stores.caching import CachingStore
+from loomdb.stores.remote import RemoteStore
+from loomdb.stores.server import StoreServer
+from loomdb.sync.replicate import DatabaseStore
+from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
+from loomdb.transports.tls import TlsFiles, Verify
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 9181
@@ -44,6 +55,29 @@ GRACE_SECONDS = 5.0
 READY = "loomdb: node {peer_id} ready, API at {url}"
 
 log = logging.getLogger(__name__)
+
+SyncHandlerFactory = Callable[[Database], FrameHandler]
+"""Makes the node's sync handler once its database is open (e.g. a store server)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """How the node serves: TLS, frame limit, and its role.
+
+    A full node (the default) opens its database and serves the API and sync
+    over it. A relay (``relay=True``) holds no keys and no database: it stores
+    and forwards signed entries (``SQLiteStore``), or with an ``upstream``
+    forwards every request to that node (a passthrough hop), keeping a copy
+    when ``cache`` is set."""
+
+    tls: TlsFiles | None = None
+    sync_handler: SyncHandlerFactory | None = None  # overrides the store server (tests)
+    max_frame: int = DEFAULT_MAX_FRAME
+    relay: bool = False
+    upstream: str | None = None
+    cache: bool = False
+    upstream_transport: str = "ws"
+    upstream_verify: Verify = True
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -79,41 +113,131 @@ def run_daemon(
     api_port: int = DEFAULT_API_PORT,
     *,
     announce: Callable[[str], None] | None = None,
+    tls: TlsFiles | None = None,
+    sync_handler: SyncHandlerFactory | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    relay: bool = False,
+    upstream: str | None = None,
+    cache: bool = False,
+    upstream_transport: str = "ws",
+    upstream_verify: Verify = True,
 ) -> None:
-    """Run a node until SIGINT or SIGTERM. Raises LoomError for a bad home or port.
+    """Run a node until SIGINT or SIGTERM. Raises LoomError for a bad home or port,
+    or TLS files that do not load.
 
-    ``announce`` gets the ready line (default: print it on stdout, flushed)."""
+    ``announce`` gets the ready line (default: print it on stdout, flushed).
+    ``tls``: serve HTTPS and WSS with this certificate and key. ``sync_handler``:
+    called with the open database, its handler serves ``/api/v0/sync`` (frames of
+    at most ``max_frame`` bytes)."""
     announce = announce or partial(print, flush=True)
+    if (upstream or cache) and not relay:
+        raise ValidationError("--upstream and --cache are for a relay: add --relay")
+    if cache and not upstream:
+        raise ValidationError("--cache keeps copies of an upstream's entries: add --upstream URL")
+    options = ServeOptions(
+        tls, sync_handler, max_frame, relay, upstream, cache, upstream_transport, upstream_verify
+    )
     sock = listen_socket(api_host, api_port)  # first: a busy port creates nothing
     try:
-        home = NodeHome.open(home_path)
-        trio.run(serve_node, home, sock, announce)
+        if tls is not None:
+            tls.server_context()  # unreadable files: a clear error before anything opens
+        home = NodeHome.open(home_path, relay=relay)
+        trio.run(serve_node, home, sock, announce, options)
     finally:
         if sock.fileno() != -1:  # not handed over to the server
             sock.close()
 
 
-async def serve_node(home: NodeHome, sock: socket.socket, announce: Callable[[str], None]) -> None:
+async def serve_node(
+    home: NodeHome,
+    sock: socket.socket,
+    announce: Callable[[str], None],
+    options: ServeOptions | None = None,
+) -> None:
     """Serve the API on ``sock`` (bound, not yet listening) until a signal arrives."""
+    options = options or ServeOptions()
     # Opened first: a signal during start-up still stops the node in order.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        db = await Database.open(home)
-        try:
+        async with AsyncExitStack() as stack:
+            db: Database | None = None
+            if options.relay:
+                local = await stack.enter_async_context(_relay_store(home, options))
+                space = None
+            else:
+                db = await Database.open(home)
+                stack.push_async_callback(db.aclose)
+                local = DatabaseStore(db)
+                space = db.space
+            if options.sync_handler is not None and db is not None:
+                handler = options.sync_handler(db)
+            else:
+                server = StoreServer(local, max_frame=options.max_frame, relay=options.relay)
+                handler = server.handle
             config = Config()
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
             config.graceful_timeout = GRACE_SECONDS
             config.errorlog = logging.getLogger("loomdb.http")
             config.accesslog = logging.getLogger("loomdb.http.access")
+            # Hypercorn refuses (close 1009) a WebSocket message over this before
+            # the app sees it, so it never buffers more than a frame.
+            config.websocket_max_message_size = options.max_frame
+            if options.tls is not None:
+                config.certfile = str(options.tls.cert)
+                config.keyfile = str(options.tls.key)
+
+            async def connect(body: dict[str, Any]) -> RemoteStore:
+                verify: Verify = body.get("cafile") or not body.get("insecure", False)
+                return RemoteStore.connect(
+                    body["remote"],
+                    transport=body.get("transport", "ws"),
+                    verify=verify,
+                    max_frame=options.max_frame,
+                )
+
+            api = create_app(
+                db,
+                sync_handler=handler,
+                max_frame=options.max_frame,
+                extra_routes=[sync_run_route(local, space, connect)],
+            )
             # Starlette's ASGI types are looser than Hypercorn's; the app is ASGI 3.
-            app = cast(ASGIFramework, create_app(db))
+            app = cast(ASGIFramework, api)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
-                announce(READY.format(peer_id=home.peer_id, url=binds[0]))
+                role = " (relay)" if options.relay else ""
+                announce(READY.format(peer_id=home.peer_id, url=binds[0]) + role)
                 async for signum in signals:
                     log.info("%s: stopping", signal.Signals(signum).name)
                     break
                 stop.set()
-        finally:
-            await db.aclose()
     log.info("stopped")
+
+
+@asynccontextmanager
+async def _relay_store(home: NodeHome, options: ServeOptions) -> AsyncIterator[Any]:
+    """The store a relay serves: its own, a proxy to its upstream, or both (a cache)."""
+    if options.upstream is None:
+        store = home.open_store()
+        try:
+            yield store
+        finally:
+            await store.aclose()
+        return
+    upstream = RemoteStore.connect(
+        options.upstream,
+        transport=options.upstream_transport,
+        verify=options.upstream_verify,
+        max_frame=options.max_frame,
+    )
+    if not options.cache:
+        try:
+            yield upstream
+        finally:
+            await upstream.aclose()
+        return
+    caching = CachingStore(home.open_store(), upstream)
+    try:
+        yield caching
+    finally:
+        await caching.aclose()

@@ -45,10 +45,12 @@ class NodeHome:
         secret: str | None = None,
         environ: Mapping[str, str] = os.environ,
         kdf: KdfParams = DEFAULT_KDF_PARAMS,
+        relay: bool = False,
     ) -> NodeHome:
         """Open the home at ``path``. The keyring passphrase is ``secret``, else
         ``$LOOMDB_KEYRING_SECRET``. A new home gets a node key, a default user
-        identity and a default named key."""
+        identity and a default named key — except a relay's, which gets only its
+        node key: a relay holds no user identity and no key to read entries."""
         home = Path(path)
         if home.exists() and not home.is_dir():
             raise ValidationError(f"{home} exists and is not a directory")
@@ -62,10 +64,15 @@ class NodeHome:
             kdf=kdf,
         )
         changed = False
-        if keyring.default_user is None:
+        if relay:
+            if keyring.named_keys:
+                raise ValidationError(
+                    f"{home} holds decryption keys: a relay must not; use a new --home"
+                )
+        elif keyring.default_user is None:
             keyring.add_user(UserIdentity.generate(), default=True)
             changed = True
-        if keyring.get_named_key(DEFAULT_KEY_ID) is None:
+        if not relay and keyring.get_named_key(DEFAULT_KEY_ID) is None:
             keyring.add_named_key(NamedKey.generate(DEFAULT_KEY_ID))
             changed = True
         if changed:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from loomdb.entries.cid import CID
 from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryMeta, EntryPolicy, decode_entry
@@ -34,6 +34,9 @@ from loomdb.errors import (
     UnknownKindError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 
 EntryInput = Entry | bytes | tuple[CID, bytes]
 """What ``put_entries`` takes: a built or decoded entry, its bytes, or (claimed CID, bytes)."""
@@ -79,6 +82,35 @@ class Received:
     entry: Entry
 
 
+@dataclass(frozen=True, slots=True)
+class SetKey:
+    """A set of entries that sync reconciles: a whole space, one collection of it,
+    or one document (``document`` needs ``collection``)."""
+
+    space: str
+    collection: str | None = None
+    document: str | None = None
+
+    def __post_init__(self) -> None:
+        for what, value in (
+            ("space", self.space),
+            ("collection", self.collection),
+            ("document", self.document),
+        ):
+            if value is not None and (type(value) is not str or not value):
+                raise ValidationError(f"a set's {what} must be a non-empty string")
+        if type(self.space) is not str:
+            raise ValidationError("a set names its space")
+        if self.document is not None and self.collection is None:
+            raise ValidationError("a document set names its collection too")
+
+    @property
+    def kind(self) -> str:
+        if self.document is not None:
+            return "document"
+        return "space" if self.collection is None else "collection"
+
+
 @runtime_checkable
 class ContentAddressedStore(Protocol):
     """A set of verified entries, addressed by CID, with the indexes sync needs."""
@@ -122,6 +154,11 @@ class ContentAddressedStore(Protocol):
     async def store_head(self) -> StoreHead: ...
 
     async def count(self) -> int: ...
+
+    async def reconcile(self, requests: Sequence[ReconcileRequest]) -> list[ReconcileReply]:
+        """One Negentropy step per request, each over the entries of its set, run
+        where the entries are (a remote store forwards the messages)."""
+        ...
 
     async def aclose(self) -> None: ...
 

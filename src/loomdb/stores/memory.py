@@ -16,12 +16,15 @@ from loomdb.stores.base import (
     EntryInput,
     PutResult,
     Received,
+    SetKey,
     StoreHead,
     check_cids,
     check_limit,
     finish_results,
     prepare_batch,
 )
+from loomdb.sync.ranges import MemoryRangeIndex
+from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest, reconcile_on
 
 DocKey = tuple[str, str, str]
 
@@ -37,6 +40,8 @@ class MemoryStore:
         self._docs: dict[DocKey, list[CID]] = {}
         self._heads: dict[DocKey, set[CID]] = {}
         self._referenced: dict[DocKey, set[CID]] = {}  # CIDs named as parent within a doc
+        # Reconciliation sets kept up to date: one per space and one per collection.
+        self._sets: dict[tuple[str, str | None], MemoryRangeIndex] = {}
         self._closed = False
 
     def _check_open(self) -> None:
@@ -69,6 +74,22 @@ class MemoryStore:
         for parent in entry.parents:
             referenced.add(parent)
             heads.discard(parent)
+        item = (entry.created_at, entry.cid.digest)
+        for set_key in ((entry.space, None), (entry.space, entry.collection)):
+            self._sets.setdefault(set_key, MemoryRangeIndex()).add([item])
+
+    def _range_index(self, key: SetKey) -> MemoryRangeIndex:
+        if key.document is None:
+            return self._sets.get((key.space, key.collection)) or MemoryRangeIndex()
+        assert key.collection is not None
+        cids = self._docs.get((key.space, key.collection, key.document), [])
+        return MemoryRangeIndex(
+            (e.created_at, e.cid.digest) for e in (self._log[self._seq[c] - 1] for c in cids)
+        )
+
+    async def reconcile(self, requests: Sequence[ReconcileRequest]) -> list[ReconcileReply]:
+        self._check_open()
+        return [reconcile_on(self._range_index(r.set), r) for r in requests]
 
     async def get_entries(self, cids: Sequence[CID]) -> list[Entry | None]:
         self._check_open()

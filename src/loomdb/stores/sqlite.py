@@ -19,6 +19,11 @@ Schema (version 1)::
     entries(seq, cid, doc, kind, height, author, created_at, key_id, parents, raw)
     parent_refs(parent, doc)            CIDs named as a parent within a document
     heads(doc, cid)                     current heads of each document
+    fp_sets, fp_nodes                   fingerprint trees for sync (``stores.fingerprints``)
+
+The fingerprint trees were added without a version bump: their tables are
+created if missing, and are caught up lazily from the receipt log (``seq``),
+so a store written before them gets its trees on first use.
 
 ``created_at`` is an unsigned 64-bit HLC value; it is stored minus 2**63 so it
 fits SQLite's signed integers with its order kept.
@@ -32,24 +37,38 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio.to_thread
 
 from loomdb.entries.cid import CID, CID_SIZE
 from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryMeta, EntryPolicy, decode_entry
-from loomdb.errors import LoomError, StoreClosedError, StoreCorruptError, StoreError
+from loomdb.errors import (
+    LoomError,
+    StoreClosedError,
+    StoreCorruptError,
+    StoreError,
+    ValidationError,
+)
+from loomdb.stores import fingerprints
 from loomdb.stores.base import (
     EntryInput,
     PutResult,
     Received,
+    SetKey,
     StoreHead,
     check_cids,
     check_limit,
     finish_results,
     prepare_batch,
 )
+from loomdb.sync.ranges import MemoryRangeIndex
+from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest, reconcile_on
+
+if TYPE_CHECKING:
+    from loomdb.sync.ranges import RangeIndex
 
 log = logging.getLogger("loomdb.stores.sqlite")
 
@@ -154,6 +173,7 @@ class SQLiteStore:
             self._w = self._connect(durability)
             self._epoch = self._init_schema()
             self._r = self._connect(durability)
+        self._fingerprints = fingerprints.FingerprintIndex(self._w)
 
     def _connect(self, durability: str) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -169,6 +189,7 @@ class SQLiteStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     w.execute(statement)
+            fingerprints.create_schema(w)
             rows = dict(w.execute("SELECT key, value FROM meta").fetchall())
             if not rows:
                 rows = {"schema_version": str(SCHEMA_VERSION), "epoch": os.urandom(8).hex()}
@@ -413,6 +434,54 @@ class SQLiteStore:
         return await self._read(
             lambda: int(self._r.execute("SELECT count(*) FROM entries").fetchone()[0])
         )
+
+    # --- sync -----------------------------------------------------------------
+
+    async def with_range_index(self, set_key: SetKey, fn: Callable[[RangeIndex], T]) -> T:
+        """Run ``fn`` with a :class:`~loomdb.sync.ranges.RangeIndex` of a set's entries.
+
+        Space and collection sets are answered from their persistent fingerprint
+        trees, first caught up with every entry stored so far (one write
+        transaction); a document set from the document's entries. ``fn`` runs
+        on a worker thread, inside one read transaction, so all it reads
+        agrees; it should be quick, as other reads of this store wait for it.
+        A set that holds nothing yet is empty, not an error.
+        """
+        if not isinstance(set_key, SetKey):
+            raise ValidationError(f"expected a SetKey, got {type(set_key).__name__}")
+        if set_key.document is None:
+            await self._write(self._fingerprints.catch_up)
+        return await self._read(lambda: self._with_view(set_key, fn))
+
+    async def reconcile(self, requests: Sequence[ReconcileRequest]) -> list[ReconcileReply]:
+        """One Negentropy step per request, on this store's fingerprint trees."""
+        wanted = list(requests)
+        if any(r.set.document is None for r in wanted):
+            await self._write(self._fingerprints.catch_up)  # once for all the sets
+
+        def run() -> list[ReconcileReply]:
+            return [self._with_view(r.set, partial(reconcile_on, request=r)) for r in wanted]
+
+        return await self._read(run)
+
+    def _with_view(self, set_key: SetKey, fn: Callable[[RangeIndex], T]) -> T:
+        r = self._r
+        r.execute("BEGIN")  # one snapshot for everything fn reads
+        try:
+            index: RangeIndex
+            if set_key.document is None:
+                index = fingerprints.open_view(r, set_key.space, set_key.collection)
+            else:
+                assert set_key.collection is not None
+                index = MemoryRangeIndex(
+                    fingerprints.document_items(
+                        r, set_key.space, set_key.collection, set_key.document
+                    )
+                )
+            return fn(index)
+        finally:
+            if r.in_transaction:
+                r.execute("ROLLBACK")
 
     # --- lifecycle ------------------------------------------------------------
 

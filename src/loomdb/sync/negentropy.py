@@ -1,0 +1,715 @@
+"""Negentropy v1: range-based set reconciliation, sans-IO and wire compatible.
+
+Two peers each hold a set of items ``(timestamp, 32-byte id)`` ordered by
+timestamp then id (see :mod:`loomdb.sync.ranges`). The *initiator* sends a
+first message; the *responder* answers every message; the initiator goes on
+until it has nothing left to ask, and meanwhile learns which ids it has that
+the responder lacks (*have*) and which the responder has that it lacks (*need*).
+The protocol is Doug Hoyte's (github.com/hoytech/negentropy, docs/), also
+NIP-77's; this is an implementation of its version 1, written from the spec.
+
+Wire format (protocol version 1, byte ``0x61``)::
+
+    Message  := version(0x61) Range*
+    Range    := upperBound(Bound) mode(Varint) payload
+    mode 0   Skip:        no payload; the sender has nothing more to say here
+    mode 1   Fingerprint: 16 bytes, see :func:`fingerprint`
+    mode 2   IdList:      Varint count, then count 32-byte ids
+    Bound    := Varint(0 for infinity, else 1 + timestamp - previous timestamp)
+                Varint(prefix length, 0..32) idPrefix (implicitly zero-padded to 32)
+    Varint   := base 128, most significant digit first, high bit on all but the last
+
+The ranges of a message are adjacent and ascending: the first starts at
+:data:`~loomdb.sync.ranges.ZERO`, each starts where the previous ends, and an
+implicit Skip covers whatever the last one leaves up to infinity. Timestamps
+are delta-encoded against the previous bound *of the same message*. A peer
+that does not speak the version of a message answers with its own version
+byte alone.
+
+How each range ``[lower, upper)`` of a message is answered:
+
+* Skip: nothing to do.
+* Fingerprint: equal to ours, nothing to do; otherwise we *split* our items of
+  the range: fewer than ``2 * BUCKETS`` go out as an IdList, else the range is
+  cut into ``BUCKETS`` buckets of (nearly) equal counts, each sent as a
+  Fingerprint, the cut points being the shortest bounds that separate two
+  neighbouring items.
+* IdList, to the initiator: the range is settled; the ids we hold and the list
+  lacks are *have*, the listed ids we lack are *need*.
+* IdList, to the responder: it answers with its ids of the range (so that the
+  initiator can settle it), or with a shorter answer that says the same, see
+  ``Negentropy._answer_id_list``.
+
+Settled ranges are answered by Skips, merged, and never end a message. The
+initiator is done when its answer would be the version byte alone.
+
+Frame size limit (0 = none, else at least 4096): no message we produce is
+larger. The first range still open in a message is always answered in full,
+so each message makes progress; later ones are answered in full while room is
+left (keeping up to a quarter of the frame for the following ones), else sent
+back as our own Fingerprint of the range, for the peer to split next time (so
+it keeps its place in the peer's split), and when not even that fits, one
+Fingerprint of all our items from there to infinity ends the message. A
+responder's IdList answer too long for the frame is cut at the shortest bound
+after the last id that fits, and that same fingerprint to infinity follows.
+
+Invariants:
+
+* every message covers ``[ZERO, INFINITY)`` by adjacent ascending ranges, and
+  is at most the frame size limit;
+* a range we leave to a Skip is settled: equal fingerprints, an IdList the
+  initiator has processed, or a Skip from the peer; so an initiator reports
+  each difference exactly once;
+* the index is read only through :class:`~loomdb.sync.ranges.RangeIndex`: a
+  split costs ``2 * (BUCKETS - 1)`` ``nth`` and ``BUCKETS - 1``
+  ``fingerprint_sum`` calls, and ``items`` is called only on a range known to
+  hold fewer than ``2 * BUCKETS`` of our items, on a range the peer listed,
+  or with a limit;
+* malformed input raises :class:`~loomdb.errors.ProtocolError`, nothing else.
+
+Where this differs from the reference C++ and from nostr-tools' port (nip77),
+on the same wire format (nothing here needs the peer to be this code):
+
+* At the frame limit the reference and nostr-tools send one fingerprint to
+  infinity at once, computed over the items *after* the range they stopped at
+  but sent for a range that starts at their last emitted bound, which may be
+  further back. The two disagree: a difference in the range they stopped at
+  can be fingerprinted away (when the peer holds nothing there), and an IdList
+  range settled before it gets reported twice. We emit the pending Skip and
+  fingerprint exactly the range we send, and send unanswered ranges back one
+  by one while they fit, which keeps far more of the split (4,096-byte frames:
+  about a fifth fewer rounds in our tests).
+* A responder's answer to an IdList: the reference lists all its ids of the
+  range. When we hold every listed id, Skips over the runs we share and
+  IdLists of our other items say the same in far fewer bytes. When we lack
+  some, each lies between its neighbours in the peer's list (sent in item
+  order by every implementation), so we list the neighbours with it, and
+  cover the rest with our Fingerprints, not Skips, so that a list out of order
+  costs a round, never a difference. We send whichever answer is shorter
+  (1,000,000 against 999,900 items: 130 KB instead of 169 KB).
+* nostr-tools answers an IdList as if it were always the initiator: it reports
+  the differences through its callbacks and skips the range, so an initiator
+  talking to it never hears of the differences in the ranges it listed. We
+  answer as the reference responder does.
+* nostr-tools throws on an unsupported version; as responder we reply with
+  our version byte, as the spec says. nostr-tools decodes varints with 32-bit
+  arithmetic, so it cannot take timestamps of 2**31 or more (nostr's are
+  seconds; ours are 64-bit HLCs).
+* We decode strictly: varints minimal and below 2**64, prefixes of at most 32
+  bytes, bounds ascending, modes known, the message ending at a range's end.
+  The reference accepts non-minimal varints.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+from typing import Final
+
+from loomdb.errors import ProtocolError, ProtocolVersionError, ValidationError
+from loomdb.sync.ranges import ID_SIZE, INFINITY, MAX_TIMESTAMP, SUM_MODULUS, ZERO, Item, RangeIndex
+
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_FRAME_SIZE_LIMIT",
+    "FINGERPRINT_SIZE",
+    "ID_SIZE",
+    "MIN_FRAME_SIZE_LIMIT",
+    "MODE_FINGERPRINT",
+    "MODE_ID_LIST",
+    "MODE_SKIP",
+    "PROTOCOL_VERSION",
+    "Negentropy",
+    "decode_varint",
+    "encode_varint",
+    "fingerprint",
+]
+
+PROTOCOL_VERSION: Final = 0x61
+"""Protocol version 1. Versions are the bytes ``0x60`` (v0) to ``0x6f``."""
+FINGERPRINT_SIZE: Final = 16
+BUCKETS: Final = 16
+"""A mismatched range of at least ``2 * BUCKETS`` items is split in this many."""
+MODE_SKIP: Final = 0
+MODE_FINGERPRINT: Final = 1
+MODE_ID_LIST: Final = 2
+MIN_FRAME_SIZE_LIMIT: Final = 4096
+DEFAULT_FRAME_SIZE_LIMIT: Final = 60_000
+
+_VERSION_BYTE: Final = bytes((PROTOCOL_VERSION,))
+_ID_LIST_BELOW: Final = 2 * BUCKETS
+_MAX_U64: Final = (1 << 64) - 1
+_SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(128))
+_SKIP: Final = _SMALL_VARINTS[MODE_SKIP]
+_FINGERPRINT: Final = _SMALL_VARINTS[MODE_FINGERPRINT]
+_ID_LIST: Final = _SMALL_VARINTS[MODE_ID_LIST]
+_PADDING: Final = tuple(bytes(n) for n in range(ID_SIZE + 1))
+_ZERO_ID: Final = bytes(ID_SIZE)
+_INFINITY_BOUND: Final = b"\x00\x00"  # timestamp 0 (infinity), prefix length 0
+# The longest Bound: a 10-byte timestamp varint, the prefix length, a 32-byte prefix.
+_MAX_BOUND_SIZE: Final = 10 + 1 + ID_SIZE
+# What stopping at the frame limit may still have to write: a Skip, then a
+# Fingerprint to infinity.
+_STOP_RESERVE: Final = (_MAX_BOUND_SIZE + 1) + (len(_INFINITY_BOUND) + 1 + FINGERPRINT_SIZE)
+
+
+# --- varints and fingerprints -------------------------------------------------------------
+
+
+def encode_varint(n: int) -> bytes:
+    """The Varint of ``0 <= n < 2**64``: base 128, most significant digit first."""
+    if n < 128:
+        if n < 0:
+            raise ValueError("a varint is not negative")
+        return _SMALL_VARINTS[n]
+    out = bytearray((n & 0x7F,))
+    n >>= 7
+    while n:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    out.reverse()
+    return bytes(out)
+
+
+def decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]:
+    """Read a Varint at ``pos``: ``(value, position after it)``.
+
+    Raises ProtocolError if it is truncated, not minimal (a leading zero
+    digit), or not below 2**64."""
+    try:
+        byte = data[pos]
+    except IndexError:
+        raise ProtocolError("message truncated in a varint") from None
+    pos += 1
+    if byte < 0x80:
+        return byte, pos
+    if byte == 0x80:
+        raise ProtocolError("varint not minimal (leading zero digit)")
+    value = byte & 0x7F
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise ProtocolError("message truncated in a varint")
+        byte = data[pos]
+        pos += 1
+        value = (value << 7) | (byte & 0x7F)
+        if value > _MAX_U64:
+            raise ProtocolError("varint over 64 bits")
+        if byte < 0x80:
+            return value, pos
+
+
+def fingerprint(count: int, id_sum: int) -> bytes:
+    """The Fingerprint of a range holding ``count`` items whose ids sum (as
+    little-endian 256-bit integers) to ``id_sum``: the first 16 bytes of
+    SHA-256 of the sum (32 bytes, little-endian, mod 2**256) then Varint(count)."""
+    digest = sha256((id_sum % SUM_MODULUS).to_bytes(ID_SIZE, "little") + encode_varint(count))
+    return digest.digest()[:FINGERPRINT_SIZE]
+
+
+def _fingerprint_of(items: list[Item]) -> bytes:
+    return fingerprint(len(items), sum(int.from_bytes(item[1], "little") for item in items))
+
+
+def minimal_bound(prev: Item, curr: Item) -> Item:
+    """The least bound ``b`` (zero-padded, shortest prefix) with ``prev < b <= curr``,
+    for items ``prev < curr``."""
+    ts = curr[0]
+    if prev[0] != ts:
+        return (ts, _ZERO_ID)
+    ident = curr[1]
+    diff = int.from_bytes(prev[1], "big") ^ int.from_bytes(ident, "big")
+    keep = ID_SIZE - (diff.bit_length() - 1) // 8 if diff else ID_SIZE
+    return (ts, ident[:keep] + _PADDING[ID_SIZE - keep])
+
+
+class _BoundWriter:
+    """Encodes the bounds of one message, delta-encoding their timestamps."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def encode(self, bound: Item) -> bytes:
+        ts, ident = bound
+        if ts == MAX_TIMESTAMP:
+            self.last = MAX_TIMESTAMP
+            return _INFINITY_BOUND
+        delta = ts - self.last + 1
+        self.last = ts
+        prefix = ident.rstrip(b"\x00")
+        head = _SMALL_VARINTS[delta] if delta < 128 else encode_varint(delta)
+        return head + _SMALL_VARINTS[len(prefix)] + prefix
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+
+class Negentropy:
+    """One side of a Negentropy v1 reconciliation over ``index``.
+
+    Sans-IO and stateless between messages: it reads the index afresh for
+    each message, so one instance may serve any number of exchanges (the
+    index must not change during one exchange, or the exchange may miss the
+    change). As initiator call :meth:`initiate`, then
+    :meth:`reconcile_initiator` with each reply; as responder call
+    :meth:`reconcile` with each message.
+    """
+
+    __slots__ = ("_frame_size_limit", "_index")
+
+    def __init__(self, index: RangeIndex, frame_size_limit: int = DEFAULT_FRAME_SIZE_LIMIT) -> None:
+        if frame_size_limit != 0 and frame_size_limit < MIN_FRAME_SIZE_LIMIT:
+            raise ValidationError(
+                f"frame size limit {frame_size_limit}: 0 (none) or at least {MIN_FRAME_SIZE_LIMIT}"
+            )
+        self._index = index
+        self._frame_size_limit = frame_size_limit
+
+    @property
+    def frame_size_limit(self) -> int:
+        return self._frame_size_limit
+
+    def initiate(self) -> bytes:
+        """The first message of an exchange: our whole set, split."""
+        count, total = self._index.fingerprint_sum(ZERO, INFINITY)
+        parts = [_VERSION_BYTE]
+        self._split(ZERO, INFINITY, (count, total), _BoundWriter(), parts)
+        return b"".join(parts)
+
+    def reconcile(self, message: bytes) -> bytes:
+        """As responder: the reply to ``message`` (always one, maybe the version byte alone)."""
+        return self._answer(message, None, None)
+
+    def reconcile_initiator(self, message: bytes) -> tuple[bytes | None, list[bytes], list[bytes]]:
+        """As initiator: ``(next message or None when done, have ids, need ids)``.
+
+        *have* are ids we hold that the responder lacks, *need* ids the
+        responder holds that we lack, both learnt from this message only."""
+        have: list[bytes] = []
+        need: list[bytes] = []
+        out = self._answer(message, have, need)
+        return (None if len(out) == 1 else out), have, need
+
+    # -- internals --------------------------------------------------------------------
+
+    def _split(
+        self,
+        lower: Item,
+        upper: Item,
+        summary: tuple[int, int],
+        writer: _BoundWriter,
+        out: list[bytes],
+    ) -> None:
+        """Append the ranges that describe our items of ``[lower, upper)``
+        (``summary`` is their count and id sum): an IdList, or BUCKETS Fingerprints."""
+        count, total = summary
+        index = self._index
+        if count < _ID_LIST_BELOW:
+            items = index.items(lower, upper)
+            out.append(writer.encode(upper))
+            out.append(_ID_LIST)
+            out.append(encode_varint(len(items)))
+            out.extend([item[1] for item in items])
+            return
+        nth = index.nth
+        fingerprint_sum = index.fingerprint_sum
+        encode = writer.encode
+        per_bucket, with_extra = divmod(count, BUCKETS)
+        rank = 0
+        start = lower
+        done_count = 0
+        done_sum = 0
+        for bucket in range(BUCKETS):
+            rank += per_bucket + 1 if bucket < with_extra else per_bucket
+            end = upper
+            if rank < count:
+                prev = nth(lower, rank - 1)
+                curr = nth(prev, 1) if prev is not None else None
+                if prev is not None and curr is not None:
+                    end = minimal_bound(prev, curr)
+                    if not start < end < upper:  # an index changing under us
+                        end = upper
+            if end is upper:
+                bucket_count = count - done_count
+                bucket_sum = total - done_sum
+            else:
+                bucket_count, bucket_sum = fingerprint_sum(start, end)
+                done_count += bucket_count
+                done_sum += bucket_sum
+            out.append(encode(end))
+            out.append(_FINGERPRINT)
+            out.append(fingerprint(bucket_count, bucket_sum))
+            if end is upper:
+                return
+            start = end
+
+    def _answer(self, message: bytes, have: list[bytes] | None, need: list[bytes] | None) -> bytes:
+        if not isinstance(message, bytes | bytearray | memoryview):
+            raise ProtocolError("a negentropy message is bytes")
+        data = bytes(message)
+        if not data:
+            raise ProtocolError("empty negentropy message")
+        version = data[0]
+        if version != PROTOCOL_VERSION:
+            if not 0x60 <= version <= 0x6F:
+                raise ProtocolError(f"not a negentropy message (version byte 0x{version:02x})")
+            if have is None:
+                return _VERSION_BYTE  # the responder names the version it speaks
+            raise ProtocolVersionError(
+                f"the peer speaks negentropy version 0x{version:02x};"
+                f" this node supports 0x{PROTOCOL_VERSION:02x} (protocol v1) only"
+            )
+        ranges = _parse_ranges(data)
+        index = self._index
+        fingerprint_sum = index.fingerprint_sum
+        limit = self._frame_size_limit
+
+        # 1. Which ranges are open: a fingerprint unlike ours, or (to a
+        #    responder) an IdList. The others are settled.
+        sums: list[tuple[int, int] | None] = []
+        is_open: list[bool] = []
+        for lower, upper, mode, payload in ranges:
+            if mode == MODE_FINGERPRINT:
+                summary = fingerprint_sum(lower, upper)
+                sums.append(summary)
+                is_open.append(fingerprint(*summary) != payload)
+            else:
+                sums.append(None)
+                is_open.append(mode == MODE_ID_LIST and have is None)
+
+        # 2. Under a frame limit: what sending each open range back as a bare
+        #    fingerprint would cost, summed over the ranges after it.
+        reserve_after = _echo_reserves(ranges, is_open, limit) if limit else None
+
+        # 3. The answer, range by range.
+        writer = _BoundWriter()
+        encode = writer.encode
+        out: list[bytes] = [_VERSION_BYTE]
+        size = 1
+        skip_pending = False
+        progressed = False  # an open range was answered in full
+        for i, (lower, upper, mode, payload) in enumerate(ranges):
+            if not is_open[i]:
+                if mode == MODE_ID_LIST:
+                    assert have is not None
+                    assert need is not None
+                    self._settle(lower, upper, payload, have, need)
+                skip_pending = True
+                continue
+            saved_last = writer.last
+            piece: list[bytes] = [encode(lower), _SKIP] if skip_pending else []
+            if reserve_after is None:
+                # no frame limit: answer everything in full
+                if mode == MODE_FINGERPRINT:
+                    known = sums[i]
+                    assert known is not None
+                    self._split(lower, upper, known, writer, piece)
+                    out += piece
+                    skip_pending = False
+                else:
+                    writer.last = saved_last
+                    ours = index.items(lower, upper)
+                    reply, _, skip_pending = self._answer_id_list(
+                        lower, upper, payload, ours, writer, skip_pending=skip_pending
+                    )
+                    out += reply
+                continue
+            # the first open range is always answered in full (so every message
+            # makes progress); the others only if room is left to send the later
+            # open ranges back as fingerprints
+            room = limit - size - _STOP_RESERVE - (reserve_after[i] if progressed else 0)
+            if mode == MODE_FINGERPRINT:
+                known = sums[i]
+                assert known is not None
+                self._split(lower, upper, known, writer, piece)
+                piece_size = sum(map(len, piece))
+                if piece_size <= room:
+                    out += piece
+                    size += piece_size
+                    skip_pending = False
+                    progressed = True
+                    continue
+            else:
+                head_size = sum(map(len, piece))
+                fits = (room - head_size - _MAX_BOUND_SIZE - 1 - 5) // ID_SIZE
+                ours = index.items(lower, upper, fits + 1) if fits > 0 else []
+                if fits > 0 and len(ours) <= fits:
+                    writer.last = saved_last
+                    reply, reply_size, skip_pending = self._answer_id_list(
+                        lower, upper, payload, ours, writer, skip_pending=skip_pending
+                    )
+                    out += reply
+                    size += reply_size
+                    progressed = True
+                    continue
+                if fits > 0 and not progressed:
+                    # the first open range, and our list is too long: cut it short,
+                    # and leave the rest to a fingerprint to infinity
+                    cut = minimal_bound(ours[fits - 1], ours[fits])
+                    piece += [encode(cut), _ID_LIST, encode_varint(fits)]
+                    piece += [item[1] for item in ours[:fits]]
+                    out += piece
+                    size += sum(map(len, piece))
+                    size += self._stop(cut, False, writer, out)
+                    break
+            # no room to answer it: send it back as our fingerprint of the range,
+            # for the peer to split next time
+            writer.last = saved_last
+            known = sums[i]
+            if known is None:
+                known = sums[i] = fingerprint_sum(lower, upper)
+            piece = [encode(lower), _SKIP] if skip_pending else []
+            piece += [encode(upper), _FINGERPRINT, fingerprint(*known)]
+            piece_size = sum(map(len, piece))
+            if size + piece_size + _STOP_RESERVE <= limit:
+                out += piece
+                size += piece_size
+                skip_pending = False
+                continue
+            # not even that: one fingerprint from here to infinity ends the message
+            writer.last = saved_last
+            size += self._stop(lower, skip_pending, writer, out)
+            break
+        return b"".join(out)
+
+    def _stop(self, lower: Item, skip_pending: bool, writer: _BoundWriter, out: list[bytes]) -> int:
+        """End a message at the frame limit: Skip to ``lower`` if needed, then
+        a Fingerprint of our items in ``[lower, INFINITY)``. Returns the bytes added."""
+        added = 0
+        if skip_pending:
+            skip = writer.encode(lower)
+            out.append(skip)
+            out.append(_SKIP)
+            added += len(skip) + 1
+        count, total = self._index.fingerprint_sum(lower, INFINITY)
+        out.append(writer.encode(INFINITY))
+        out.append(_FINGERPRINT)
+        out.append(fingerprint(count, total))
+        return added + len(_INFINITY_BOUND) + 1 + FINGERPRINT_SIZE
+
+    def _answer_id_list(
+        self,
+        lower: Item,
+        upper: Item,
+        payload: bytes,
+        ours: list[Item],
+        writer: _BoundWriter,
+        *,
+        skip_pending: bool,
+    ) -> tuple[list[bytes], int, bool]:
+        """As responder, answer the peer's IdList of ``[lower, upper)`` (its ids end
+        to end in ``payload``), given all our items there.
+
+        The plain answer, the reference's, is an IdList of all our ids. Often a
+        shorter one says the same: IdLists of only the runs of our items the
+        peer lacks or that border an id we lack, and between them Skips or
+        Fingerprints. We know where every id we hold lies, so when we hold all
+        the peer listed, the runs between are Skips. An id we lack lies between
+        its neighbours in the peer's list, which every implementation sends in
+        item order; we list those neighbours around it, and cover the runs
+        between with our Fingerprints rather than Skips: if a peer ever sent
+        its list out of order, the fingerprint of the run holding that id
+        differs and the run is reconciled further, so nothing is lost. The
+        shorter answer is sent. Returns the parts, their size, and whether a
+        Skip to ``upper`` is left pending after them."""
+        encode = writer.encode
+        start_last = writer.last
+        full = [encode(lower), _SKIP] if skip_pending else []
+        full += [encode(upper), _ID_LIST, encode_varint(len(ours))]
+        full += [item[1] for item in ours]
+        full_size = sum(map(len, full))
+        if not ours:
+            if payload:
+                return full, full_size, False  # it holds items here, we none
+            writer.last = start_last
+            return [], 0, True  # neither holds any: settled
+        # which of our items to list
+        position = {item[1]: k for k, item in enumerate(ours)}
+        listed = bytearray(len(ours))
+        seen = bytearray(len(ours))
+        lacking = False  # an id we lack since the last one we hold
+        any_lacking = False
+        last_held = -1
+        for i in range(0, len(payload), ID_SIZE):
+            k = position.get(payload[i : i + ID_SIZE])
+            if k is None:
+                lacking = any_lacking = True
+                continue
+            if k <= last_held:
+                return full, full_size, False  # out of order, or listed twice
+            if lacking:
+                listed[max(last_held, 0) : k + 1] = b"\x01" * (k + 1 - max(last_held, 0))
+                lacking = False
+            seen[k] = 1
+            last_held = k
+        if lacking:
+            from_k = max(last_held, 0)
+            listed[from_k:] = b"\x01" * (len(ours) - from_k)
+        for k in range(len(ours)):
+            if not seen[k]:
+                listed[k] = 1  # the peer lacks it
+        # the answer: runs to list, and between them Skips (or Fingerprints)
+        full_last = writer.last
+        writer.last = start_last
+        compact: list[bytes] = []
+        emitted_to = lower
+        pending = skip_pending  # a Skip to emitted_to is owed
+        last = len(ours) - 1
+        gap_from = 0  # the first of our items not yet answered
+        k = 0
+        while k <= last:
+            if not listed[k]:
+                k += 1
+                continue
+            first = k
+            while k <= last and listed[k]:
+                k += 1
+            start = lower if first == 0 else minimal_bound(ours[first - 1], ours[first])
+            end = upper if k > last else minimal_bound(ours[k - 1], ours[k])
+            if start != emitted_to:
+                if any_lacking:
+                    if pending:
+                        compact += [encode(emitted_to), _SKIP]
+                    compact += [encode(start), _FINGERPRINT, _fingerprint_of(ours[gap_from:first])]
+                else:
+                    compact += [encode(start), _SKIP]
+            elif pending:
+                compact += [encode(start), _SKIP]
+            compact += [encode(end), _ID_LIST, encode_varint(k - first)]
+            compact += [item[1] for item in ours[first:k]]
+            emitted_to = end
+            pending = False
+            gap_from = k
+        if emitted_to != upper:
+            if any_lacking:
+                if pending:
+                    compact += [encode(emitted_to), _SKIP]
+                compact += [encode(upper), _FINGERPRINT, _fingerprint_of(ours[gap_from:])]
+                pending = False
+            else:
+                pending = True
+        compact_size = sum(map(len, compact))
+        if compact_size < full_size:
+            return compact, compact_size, pending
+        writer.last = full_last
+        return full, full_size, False
+
+    def _settle(
+        self, lower: Item, upper: Item, payload: bytes, have: list[bytes], need: list[bytes]
+    ) -> None:
+        """As initiator, settle ``[lower, upper)`` against the peer's full list
+        of it (``payload``: its ids, end to end)."""
+        theirs = [payload[i : i + ID_SIZE] for i in range(0, len(payload), ID_SIZE)]
+        remaining = set(theirs)
+        for _, ident in self._index.items(lower, upper):
+            if ident in remaining:
+                remaining.discard(ident)
+            else:
+                have.append(ident)
+        if remaining:
+            for ident in theirs:
+                if ident in remaining:
+                    need.append(ident)
+                    remaining.discard(ident)
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+Range = tuple[Item, Item, int, bytes]
+"""A parsed range: lower bound, upper bound, mode, payload (the fingerprint, or
+the listed ids end to end; empty for a Skip)."""
+
+
+def _parse_ranges(data: bytes) -> list[Range]:
+    """The ranges of a version-1 message (``data[0]`` is the version byte).
+
+    Raises ProtocolError on anything but a well-formed message."""
+    ranges: list[Range] = []
+    end = len(data)
+    pos = 1
+    last_ts = 0
+    prev = ZERO
+    while pos < end:
+        # the upper bound (one-byte varints inlined: most timestamps deltas, all lengths)
+        byte = data[pos]
+        if byte < 0x80:
+            encoded_ts, pos = byte, pos + 1
+        else:
+            encoded_ts, pos = decode_varint(data, pos)
+        if encoded_ts == 0 or last_ts == MAX_TIMESTAMP:
+            ts = MAX_TIMESTAMP
+        else:
+            ts = min(last_ts + encoded_ts - 1, MAX_TIMESTAMP)  # saturate, as the reference
+        last_ts = ts
+        if pos >= end:
+            raise ProtocolError("message truncated in a bound")
+        prefix_len = data[pos]
+        pos += 1
+        if prefix_len > ID_SIZE:
+            raise ProtocolError(f"bound prefix longer than {ID_SIZE} bytes")
+        if pos + prefix_len > end:
+            raise ProtocolError("message truncated in a bound prefix")
+        if ts == MAX_TIMESTAMP:
+            bound = INFINITY
+        else:
+            bound = (ts, data[pos : pos + prefix_len] + _PADDING[ID_SIZE - prefix_len])
+        pos += prefix_len
+        if bound < prev:
+            raise ProtocolError("ranges out of order")
+        # the mode and its payload
+        if pos >= end:
+            raise ProtocolError("message truncated before a mode")
+        mode = data[pos]
+        pos += 1
+        if mode == MODE_FINGERPRINT:
+            payload = data[pos : pos + FINGERPRINT_SIZE]
+            pos += FINGERPRINT_SIZE
+            if pos > end:
+                raise ProtocolError("message truncated in a fingerprint")
+        elif mode == MODE_ID_LIST:
+            count, pos = decode_varint(data, pos)
+            if count > (end - pos) // ID_SIZE:
+                raise ProtocolError(f"IdList of {count} ids overruns the message")
+            payload = data[pos : pos + count * ID_SIZE]
+            pos += count * ID_SIZE
+        elif mode == MODE_SKIP:
+            payload = b""
+        else:
+            raise ProtocolError(f"unknown range mode {mode}")
+        ranges.append((prev, bound, mode, payload))
+        prev = bound
+    return ranges
+
+
+def _varint_size(n: int) -> int:
+    return 1 if n < 128 else (n.bit_length() + 6) // 7
+
+
+def _bound_size(bound: Item, after_ts: int) -> int:
+    """The encoded size of ``bound`` written after a bound of timestamp ``after_ts``."""
+    ts, ident = bound
+    if ts == MAX_TIMESTAMP:
+        return len(_INFINITY_BOUND)
+    return _varint_size(ts - after_ts + 1) + 1 + len(ident.rstrip(b"\x00"))
+
+
+def _echo_reserves(ranges: list[Range], is_open: list[bool], limit: int) -> list[int]:
+    """For each range, the bytes that sending every open range after it back
+    as a fingerprint would take, capped at a quarter of the frame."""
+    costs = [0] * len(ranges)
+    last_ts = 0
+    for i, (lower, upper, _, _) in enumerate(ranges):
+        if is_open[i]:
+            cost = _bound_size(upper, lower[0]) + 1 + FINGERPRINT_SIZE
+            if i and not is_open[i - 1]:
+                cost += _bound_size(lower, last_ts) + 1  # the Skip before it
+            costs[i] = cost
+            last_ts = upper[0]
+    cap = limit // 4
+    reserves = [0] * len(ranges)
+    total = 0
+    for i in range(len(ranges) - 1, -1, -1):
+        reserves[i] = min(total, cap)
+        total += costs[i]
+    return reserves

@@ -1,0 +1,1 @@
+"""Transports move sync frames between a client and a node; they never read them."""
