@@ -68,7 +68,7 @@ from loomdb.stores.base import PutStatus, SetKey
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.sqlite import SQLiteStore
 from loomdb.sync import replicate, wire
-from loomdb.sync.ranges import MemoryRangeIndex
+from loomdb.sync.ranges import INFINITY, ZERO, MemoryRangeIndex
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest, reconcile_on
 from loomdb.sync.replicate import Rejection, SyncProgress, pull_changes_from, sync
 
@@ -98,6 +98,8 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
     "initial_fetch_us": ("initial sync: waiting on get replies, per entry", "µs", True),
     "initial_verify_us": ("initial sync: verify (decode + Ed25519), per entry", "µs", True),
     "initial_store_us": ("initial sync: local put_entries, per entry", "µs", True),
+    "initial_cpu_us": ("initial sync: CPU of this process (all threads), per entry", "µs", True),
+    "initial_node_cpu_us": ("initial sync: CPU of the node process, per entry", "µs", True),
     "first_resync_ms": ("first re-sync after it (local tree built)", "ms", True),
     "idle_ms": ("idle re-sync, open connection", "ms", True),
     "idle_requests": ("idle re-sync requests", "requests", True),
@@ -412,16 +414,26 @@ async def bounded(seconds: float, what: str, fn: Callable[[], Awaitable[T]]) -> 
         raise SystemExit(f"bench: {what} did not finish in {seconds} s") from None
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used; 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def initial_sync(
-    url: str, local_path: Path, n: int, out: Values, timeout: float
+    node: Node, local_path: Path, n: int, out: Values, timeout: float
 ) -> tuple[SQLiteStore, dict[str, float]]:
     """Pull everything into a fresh store; returns the store (open) and the split."""
     local = SQLiteStore(local_path)
-    remote = RemoteStore.connect(url)
+    remote = RemoteStore.connect(node.url)
     split = Split(local, remote)
     phases = Phases()
     try:
         t = clock()
+        cpu, node_cpu = time.process_time(), process_cpu(node.proc.pid)
         phases.start = t
         report = await bounded(
             timeout,
@@ -429,6 +441,7 @@ async def initial_sync(
             lambda: pull_changes_from(local, remote, SPACE, progress=phases),
         )
         secs = time.perf_counter() - t
+        cpu, node_cpu = time.process_time() - cpu, process_cpu(node.proc.pid) - node_cpu
     except BaseException:
         await local.aclose()
         raise
@@ -452,6 +465,8 @@ async def initial_sync(
     for fig, label in (("initial_fetch_us", FETCH), ("initial_verify_us", VERIFY)):
         out.add(fig, n, split.secs.get(label, 0.0) * 1e6 / n)
     out.add("initial_store_us", n, split.secs.get(STORE, 0.0) * 1e6 / n)
+    out.add("initial_cpu_us", n, cpu * 1e6 / n)
+    out.add("initial_node_cpu_us", n, node_cpu * 1e6 / n)
     extra = {
         "bytes_sent": remote.bytes_sent,
         "bytes_received": remote.bytes_received,
@@ -626,7 +641,7 @@ async def node_figures(
                 path = tmp / f"local-{n}-{rep}" / "store.db"
                 path.parent.mkdir()
                 try:
-                    local, split = await initial_sync(node.url, path, n, out, timeout)
+                    local, split = await initial_sync(node, path, n, out, timeout)
                 except LoomError as exc:
                     notes["initial_error"] = f"{type(exc).__name__}: {exc}"
                     log(f"  the initial sync FAILED: {notes['initial_error']}")
@@ -755,8 +770,8 @@ async def reconcile_figures(
     notes["sqlite_build_s"] = round(time.perf_counter() - t, 2)
     t = clock()
     mem_a, mem_b = MemoryRangeIndex(items), MemoryRangeIndex(fewer)
-    mem_a.fingerprint_sum((0, bytes(32)), (1, bytes(32)))  # build the prefix sums (untimed)
-    mem_b.fingerprint_sum((0, bytes(32)), (1, bytes(32)))
+    mem_a.fingerprint_sum(ZERO, INFINITY)  # build the prefix sums (untimed)
+    mem_b.fingerprint_sum(ZERO, INFINITY)
     notes["memory_build_s"] = round(time.perf_counter() - t, 2)
     del items, fewer
     a, b = SQLiteStore(tmp / f"a-{m}.db"), SQLiteStore(tmp / f"b-{m}.db")
@@ -834,7 +849,7 @@ async def profile_pass(args: argparse.Namespace, cached: Cached, tmp: Path) -> d
         path = tmp / "local-profile" / "store.db"
         path.parent.mkdir()
         prof.enable()
-        local, split = await initial_sync(node.url, path, n, scratch, args.timeout)
+        local, split = await initial_sync(node, path, n, scratch, args.timeout)
         prof.disable()
         result["initial"] = {"seconds_under_profiler": scratch.vals["initial_s", n][0], **split}
         log(f"  initial sync under cProfile: {scratch.vals['initial_s', n][0]:.2f} s; split:")

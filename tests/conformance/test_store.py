@@ -350,9 +350,7 @@ async def test_reconcile_finds_exactly_the_difference(
     for key in sets:
 
         def inside(e: Entry, key: SetKey = key) -> bool:
-            return (key.collection in (None, e.collection)) and (
-                key.document in (None, e.document)
-            )
+            return (key.collection in (None, e.collection)) and (key.document in (None, e.document))
 
         a, b = (store, other) if side == "initiator" else (other, store)
         have, need = await reconcile(a, b, [key], SyncProgress())

@@ -136,6 +136,14 @@ class Nodes:
         node.wait_ready()
         return node
 
+    def stop_all(self, *group: Node) -> list[int]:
+        """SIGTERM every node of ``group`` at once, then wait for each; their statuses."""
+        for node in group:
+            if node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        # not node.stop(): a second SIGTERM during the shutdown would kill the node
+        return [node.proc.wait(timeout=STOP_TIMEOUT) for node in group]
+
     def close(self) -> None:
         errors: list[BaseException] = []
         for node in self.started:

@@ -86,6 +86,7 @@ def test_every_client_command_has_help_url_and_json() -> None:
         "client doc list",
         "client doc query",
         "client doc history",
+        "client sync",
     }
     for _, sub in leaves:
         assert sub.description

@@ -393,6 +393,45 @@ def test_responder_answers_a_huge_id_list_within_the_frame() -> None:
     assert ranges[-1][2] == MODE_FINGERPRINT  # the rest, to be reconciled further
 
 
+def test_skips_of_the_peer_never_go_into_our_fingerprints() -> None:
+    # A 4 KB message of Skips and mismatched fingerprints alternating, whose full
+    # answer is far over the frame: the answer must keep every Skip of the peer
+    # out of its fingerprints (a range the initiator settled still differs until
+    # the entries move).
+    from loomdb.sync.negentropy import _BoundWriter
+
+    rng = random.Random(14)
+    ours = random_items(rng, 5000, spread=10**6)
+    writer = _BoundWriter()
+    parts = [V1]
+    bounds = sorted({(ts, bytes(32)) for ts in rng.sample(range(1, 10**6), 250)})
+    skipped: list[tuple[Item, Item]] = []
+    lower = ZERO
+    for k, bound in enumerate(bounds):
+        parts.append(writer.encode(bound))
+        if k % 2:
+            parts.append(bytes([MODE_SKIP]))
+            skipped.append((lower, bound))
+        else:
+            parts += [bytes([MODE_FINGERPRINT]), rng.randbytes(16)]  # unlike ours
+        lower = bound
+    message = b"".join(parts)
+    assert len(message) <= 4096
+    for negentropy in (Negentropy(MemoryRangeIndex(ours), 4096),):
+        for method in ("responder", "initiator"):
+            if method == "responder":
+                reply = negentropy.reconcile(message)
+            else:
+                answer, _, _ = negentropy.reconcile_initiator(message)
+                assert answer is not None
+                reply = answer
+            assert len(reply) <= 4096
+            for low, high, mode, _ in _parse_ranges(reply):
+                if mode != MODE_SKIP:
+                    assert not any(low < s_high and s_low < high for s_low, s_high in skipped)
+            check_describes(reply, MemoryRangeIndex(ours))
+
+
 # --- versions ------------------------------------------------------------------------
 
 

@@ -122,8 +122,9 @@ async def test_scopes_sync_only_what_they_name(make_entry: EntryFactory) -> None
     await pull_changes_from(b, a, SyncScope("space-1", collections=("tasks",)))
     assert await cids_of(b) == {e.cid for e in tasks}
     await pull_changes_from(b, a, SyncScope("space-1", documents=(("notes", "doc-1"),)))
-    assert await cids_of(b) == {e.cid for e in tasks + notes if e.document == "doc-1"
-                                or e.collection == "tasks"}
+    assert await cids_of(b) == {
+        e.cid for e in tasks + notes if e.document == "doc-1" or e.collection == "tasks"
+    }
     report = await pull_changes_from(b, a)  # every space
     assert await cids_of(b) == await cids_of(a)
     assert report.pulled == len(notes) // 2 + len(other_space)

@@ -523,7 +523,10 @@ class Database:
     async def put_entries(self, entries: Sequence[Any]) -> list[Any]:
         """Store entries (any form a store takes) and apply those of this space."""
         results = await self.store.put_entries(entries)
-        await self.catch_up()
+        # Shielded: a cancel arriving here (an interrupted sync) must not leave
+        # stored entries unapplied until the next write or restart.
+        with anyio.CancelScope(shield=True):
+            await self.catch_up()
         return results
 
     async def catch_up(self, batch: int = 1000) -> int:

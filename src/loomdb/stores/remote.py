@@ -30,10 +30,10 @@ from loomdb.entries.entry import Entry, EntryMeta, decode_entry
 from loomdb.errors import (
     CidMismatchError,
     EntryError,
+    FrameTooLargeError,
     ProtocolError,
     StoreClosedError,
-    TransportTimeoutError,
-    UnreachableError,
+    TransportError,
     ValidationError,
 )
 from loomdb.stores.base import (
@@ -144,7 +144,12 @@ class RemoteStore:
             self.bytes_sent += len(frame)
             try:
                 reply = await self.channel.request(frame, timeout=self.timeout)
-            except (TransportTimeoutError, UnreachableError):
+            except FrameTooLargeError:
+                raise  # the same frame would be refused again
+            except TransportError:
+                # Timed out, unreachable, or the connection was lost (e.g. the node
+                # restarted and closed an idle WebSocket): every operation is
+                # idempotent, so asking again is safe.
                 if attempt >= self.retries:
                     raise
                 await self._sleep(self.backoff * 2**attempt)

@@ -242,6 +242,51 @@ class _BoundWriter:
         return head + _SMALL_VARINTS[len(prefix)] + prefix
 
 
+class _Work:
+    """One incoming message being answered: its ranges, which are open, our
+    (count, sum) of those that came as fingerprints, the answer being written,
+    and (as initiator) the have and need ids found."""
+
+    __slots__ = ("answer", "have", "is_open", "need", "ranges", "sums")
+
+    def __init__(
+        self,
+        ranges: list[Range],
+        is_open: list[bool],
+        sums: list[tuple[int, int] | None],
+        have: list[bytes] | None,
+        need: list[bytes] | None,
+    ) -> None:
+        self.ranges = ranges
+        self.is_open = is_open
+        self.sums = sums
+        self.answer = _Message()
+        self.have = have
+        self.need = need
+
+
+class _Message:
+    """A message being written: its parts and size, its bound writer, and
+    whether a Skip is owed up to the lower bound of the range at hand."""
+
+    __slots__ = ("parts", "size", "skip_pending", "writer")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = [_VERSION_BYTE]
+        self.size = 1
+        self.writer = _BoundWriter()
+        self.skip_pending = False
+
+    def start(self, lower: Item) -> list[bytes]:
+        """The first parts of what answers a range from ``lower``: the owed Skip, if any."""
+        return [self.writer.encode(lower), _SKIP] if self.skip_pending else []
+
+    def add(self, parts: list[bytes], size: int | None = None) -> None:
+        self.parts += parts
+        self.size += sum(map(len, parts)) if size is None else size
+        self.skip_pending = False
+
+
 # --- the engine ---------------------------------------------------------------------------
 
 
@@ -361,12 +406,10 @@ class Negentropy:
                 f" this node supports 0x{PROTOCOL_VERSION:02x} (protocol v1) only"
             )
         ranges = _parse_ranges(data)
-        index = self._index
-        fingerprint_sum = index.fingerprint_sum
-        limit = self._frame_size_limit
-
-        # 1. Which ranges are open: a fingerprint unlike ours, or (to a
-        #    responder) an IdList. The others are settled.
+        # Which ranges are open: a fingerprint unlike ours, or (to a responder)
+        # an IdList. The others are settled: Skips, equal fingerprints, and (to
+        # the initiator) IdLists.
+        fingerprint_sum = self._index.fingerprint_sum
         sums: list[tuple[int, int] | None] = []
         is_open: list[bool] = []
         for lower, upper, mode, payload in ranges:
@@ -377,116 +420,167 @@ class Negentropy:
             else:
                 sums.append(None)
                 is_open.append(mode == MODE_ID_LIST and have is None)
+        work = _Work(ranges, is_open, sums, have, need)
+        if self._frame_size_limit:
+            self._answer_within_limit(work)
+        else:
+            self._answer_all(work)
+        return b"".join(work.answer.parts)
 
-        # 2. Under a frame limit: what sending each open range back as a bare
-        #    fingerprint would cost, summed over the ranges after it.
-        reserve_after = _echo_reserves(ranges, is_open, limit) if limit else None
-
-        # 3. The answer, range by range.
-        writer = _BoundWriter()
-        encode = writer.encode
-        out: list[bytes] = [_VERSION_BYTE]
-        size = 1
-        skip_pending = False
-        progressed = False  # an open range was answered in full
+    def _answer_all(self, work: _Work) -> None:
+        """No frame limit: answer every range in full."""
+        ranges, is_open, sums, answer = work.ranges, work.is_open, work.sums, work.answer
         for i, (lower, upper, mode, payload) in enumerate(ranges):
             if not is_open[i]:
-                if mode == MODE_ID_LIST:
-                    assert have is not None
-                    assert need is not None
-                    self._settle(lower, upper, payload, have, need)
-                skip_pending = True
+                self._settled(work, i)
+            elif mode == MODE_FINGERPRINT:
+                known = sums[i]
+                assert known is not None
+                parts = answer.start(lower)
+                self._split(lower, upper, known, answer.writer, parts)
+                answer.add(parts)
+            else:
+                ours = self._index.items(lower, upper)
+                parts, size, pending = self._answer_id_list(
+                    lower, upper, payload, ours, answer.writer, skip_pending=answer.skip_pending
+                )
+                answer.add(parts, size)
+                answer.skip_pending = pending
+
+    def _answer_within_limit(self, work: _Work) -> None:
+        """Answer within the frame size limit. Open ranges are answered in full
+        while that leaves room to describe all the ranges after them in
+        *segments* (see :meth:`_segments`); the first open range always is, so
+        every message makes progress. One that cannot be answered in full is
+        sent back as our fingerprint of it (the peer splits it next time), and
+        when not even that fits, the rest goes in segments."""
+        ranges, is_open, sums, answer = work.ranges, work.is_open, work.sums, work.answer
+        limit = self._frame_size_limit
+        index = self._index
+        writer = answer.writer
+        segments_from, echoes_from = _reserves(ranges, is_open)
+        progressed = False
+        for i, (lower, upper, mode, payload) in enumerate(ranges):
+            if not is_open[i]:
+                self._settled(work, i)
                 continue
-            saved_last = writer.last
-            piece: list[bytes] = [encode(lower), _SKIP] if skip_pending else []
-            if reserve_after is None:
-                # no frame limit: answer everything in full
-                if mode == MODE_FINGERPRINT:
-                    known = sums[i]
-                    assert known is not None
-                    self._split(lower, upper, known, writer, piece)
-                    out += piece
-                    skip_pending = False
-                else:
-                    writer.last = saved_last
-                    ours = index.items(lower, upper)
-                    reply, _, skip_pending = self._answer_id_list(
-                        lower, upper, payload, ours, writer, skip_pending=skip_pending
-                    )
-                    out += reply
-                continue
-            # the first open range is always answered in full (so every message
-            # makes progress); the others only if room is left to send the later
-            # open ranges back as fingerprints
-            room = limit - size - _STOP_RESERVE - (reserve_after[i] if progressed else 0)
+            rest = segments_from[i + 1]
+            # keep room for the rest in segments, or better, as echoes (up to a quarter)
+            keep = max(rest, min(echoes_from[i + 1], limit // 4))
+            room = limit - answer.size - _STOP_RESERVE
+            mark = writer.last
             if mode == MODE_FINGERPRINT:
                 known = sums[i]
                 assert known is not None
-                self._split(lower, upper, known, writer, piece)
-                piece_size = sum(map(len, piece))
-                if piece_size <= room:
-                    out += piece
-                    size += piece_size
-                    skip_pending = False
+                parts = answer.start(lower)
+                self._split(lower, upper, known, writer, parts)
+                size = sum(map(len, parts))
+                if size <= room - keep or (not progressed and size <= room):
+                    answer.add(parts, size)
                     progressed = True
                     continue
+                writer.last = mark
             else:
-                head_size = sum(map(len, piece))
-                fits = (room - head_size - _MAX_BOUND_SIZE - 1 - 5) // ID_SIZE
-                ours = index.items(lower, upper, fits + 1) if fits > 0 else []
-                if fits > 0 and len(ours) <= fits:
-                    writer.last = saved_last
-                    reply, reply_size, skip_pending = self._answer_id_list(
-                        lower, upper, payload, ours, writer, skip_pending=skip_pending
+                overhead = (_MAX_BOUND_SIZE + 1 if answer.skip_pending else 0) + _MAX_BOUND_SIZE + 6
+                fits = (room - keep - overhead) // ID_SIZE
+                ours = index.items(lower, upper, fits + 1) if fits >= 0 else None
+                if ours is not None and len(ours) <= fits:
+                    parts, size, pending = self._answer_id_list(
+                        lower, upper, payload, ours, writer, skip_pending=answer.skip_pending
                     )
-                    out += reply
-                    size += reply_size
+                    answer.add(parts, size)
+                    answer.skip_pending = pending
                     progressed = True
                     continue
-                if fits > 0 and not progressed:
-                    # the first open range, and our list is too long: cut it short,
-                    # and leave the rest to a fingerprint to infinity
-                    cut = minimal_bound(ours[fits - 1], ours[fits])
-                    piece += [encode(cut), _ID_LIST, encode_varint(fits)]
-                    piece += [item[1] for item in ours[:fits]]
-                    out += piece
-                    size += sum(map(len, piece))
-                    size += self._stop(cut, False, writer, out)
-                    break
-            # no room to answer it: send it back as our fingerprint of the range,
-            # for the peer to split next time
-            writer.last = saved_last
+                if not progressed:
+                    # the first open range, and our list of it is too long: send as
+                    # much as leaves room for the rest in segments (or at least one id)
+                    fits = max((room - segments_from[i] - overhead) // ID_SIZE, 1)
+                    ours = index.items(lower, upper, fits + 1)
+                    if len(ours) > fits:
+                        cut = minimal_bound(ours[fits - 1], ours[fits])
+                        parts = answer.start(lower)
+                        parts += [writer.encode(cut), _ID_LIST, encode_varint(fits)]
+                        parts += [item[1] for item in ours[:fits]]
+                        answer.add(parts)
+                        self._segments(work, i, cut)
+                        return
+                    parts, size, pending = self._answer_id_list(
+                        lower, upper, payload, ours, writer, skip_pending=answer.skip_pending
+                    )
+                    answer.add(parts, size)
+                    answer.skip_pending = pending
+                    progressed = True
+                    continue
+            # not answered in full: send it back as our fingerprint of it
             known = sums[i]
             if known is None:
-                known = sums[i] = fingerprint_sum(lower, upper)
-            piece = [encode(lower), _SKIP] if skip_pending else []
-            piece += [encode(upper), _FINGERPRINT, fingerprint(*known)]
-            piece_size = sum(map(len, piece))
-            if size + piece_size + _STOP_RESERVE <= limit:
-                out += piece
-                size += piece_size
-                skip_pending = False
+                known = sums[i] = index.fingerprint_sum(lower, upper)
+            parts = answer.start(lower)
+            parts += [writer.encode(upper), _FINGERPRINT, fingerprint(*known)]
+            size = sum(map(len, parts))
+            if size <= room - rest:
+                answer.add(parts, size)
                 continue
-            # not even that: one fingerprint from here to infinity ends the message
-            writer.last = saved_last
-            size += self._stop(lower, skip_pending, writer, out)
-            break
-        return b"".join(out)
+            writer.last = mark
+            self._segments(work, i, lower)
+            return
 
-    def _stop(self, lower: Item, skip_pending: bool, writer: _BoundWriter, out: list[bytes]) -> int:
-        """End a message at the frame limit: Skip to ``lower`` if needed, then
-        a Fingerprint of our items in ``[lower, INFINITY)``. Returns the bytes added."""
-        added = 0
-        if skip_pending:
-            skip = writer.encode(lower)
-            out.append(skip)
-            out.append(_SKIP)
-            added += len(skip) + 1
+    def _segments(self, work: _Work, start: int, start_bound: Item) -> None:
+        """Describe ``ranges[start:]`` (the first from ``start_bound`` on) at the
+        least cost that loses nothing: settled ranges stay Skips, and each run of
+        open ones becomes one Fingerprint of ours. The peer splits those again.
+
+        A settled range must not go into a fingerprint: one the initiator
+        settled from an IdList still differs (the entries have not moved yet),
+        so the fingerprint would differ and the range be reconciled, and its
+        differences reported, again. Only when not even this fits the frame
+        (the peer's message alternates between settled and open ranges more
+        often than our frame can say) does one fingerprint from there to
+        infinity end the message, as in the reference, and then differences
+        after it may be reported twice (never missed)."""
+        ranges, is_open, answer = work.ranges, work.is_open, work.answer
+        limit = self._frame_size_limit
+        writer = answer.writer
+        count = len(ranges)
+        i = start
+        while i < count:
+            if not is_open[i]:
+                self._settled(work, i)
+                i += 1
+                continue
+            lower = start_bound if i == start else ranges[i][0]
+            end = i
+            while end + 1 < count and is_open[end + 1]:
+                end += 1
+            upper = ranges[end][1]
+            mark = writer.last
+            parts = answer.start(lower)
+            parts += [writer.encode(upper), _FINGERPRINT]
+            parts.append(fingerprint(*self._index.fingerprint_sum(lower, upper)))
+            size = sum(map(len, parts))
+            if answer.size + size + _STOP_RESERVE > limit:
+                writer.last = mark
+                self._stop(lower, answer)
+                return
+            answer.add(parts, size)
+            i = end + 1
+
+    def _settled(self, work: _Work, i: int) -> None:
+        """Range ``i`` is settled: the initiator learns from it if it is an IdList,
+        and either way it is skipped."""
+        lower, upper, mode, payload = work.ranges[i]
+        if mode == MODE_ID_LIST and work.have is not None:
+            assert work.need is not None
+            self._settle(lower, upper, payload, work.have, work.need)
+        work.answer.skip_pending = True
+
+    def _stop(self, lower: Item, answer: _Message) -> None:
+        """End the message with one Fingerprint of our items in ``[lower, INFINITY)``."""
+        parts = answer.start(lower)
         count, total = self._index.fingerprint_sum(lower, INFINITY)
-        out.append(writer.encode(INFINITY))
-        out.append(_FINGERPRINT)
-        out.append(fingerprint(count, total))
-        return added + len(_INFINITY_BOUND) + 1 + FINGERPRINT_SIZE
+        parts += [answer.writer.encode(INFINITY), _FINGERPRINT, fingerprint(count, total)]
+        answer.add(parts)
 
     def _answer_id_list(
         self,
@@ -694,22 +788,46 @@ def _bound_size(bound: Item, after_ts: int) -> int:
     return _varint_size(ts - after_ts + 1) + 1 + len(ident.rstrip(b"\x00"))
 
 
-def _echo_reserves(ranges: list[Range], is_open: list[bool], limit: int) -> list[int]:
-    """For each range, the bytes that sending every open range after it back
-    as a fingerprint would take, capped at a quarter of the frame."""
-    costs = [0] * len(ranges)
-    last_ts = 0
-    for i, (lower, upper, _, _) in enumerate(ranges):
-        if is_open[i]:
-            cost = _bound_size(upper, lower[0]) + 1 + FINGERPRINT_SIZE
-            if i and not is_open[i - 1]:
-                cost += _bound_size(lower, last_ts) + 1  # the Skip before it
-            costs[i] = cost
-            last_ts = upper[0]
-    cap = limit // 4
-    reserves = [0] * len(ranges)
-    total = 0
-    for i in range(len(ranges) - 1, -1, -1):
-        reserves[i] = min(total, cap)
-        total += costs[i]
-    return reserves
+def _reserves(ranges: list[Range], is_open: list[bool]) -> tuple[list[int], list[int]]:
+    """For each index ``k`` (and ``len(ranges)``), the bytes needed to describe
+    ``ranges[k:]`` in segments (see ``Negentropy._segments``; an upper estimate),
+    and to send each open range of them back as a fingerprint."""
+    count = len(ranges)
+    run_end = [0] * count  # for an open range, the last of its run of open ones
+    end = -1
+    for k in range(count - 1, -1, -1):
+        if is_open[k]:
+            if k == count - 1 or not is_open[k + 1]:
+                end = k
+            run_end[k] = end
+    run_costs = [0] * count  # a run's Fingerprint (and the Skip before it), at its start
+    echo_costs = [0] * count
+    last_ts = 0  # the timestamp of the last open range's upper bound
+    for k, (lower, upper, _, _) in enumerate(ranges):
+        if not is_open[k]:
+            continue
+        skip = 0
+        if k and not is_open[k - 1]:
+            skip = _bound_size(lower, last_ts) + 1 + 2  # 2: the delta may be from further back
+        echo_costs[k] = skip + _bound_size(upper, lower[0]) + 1 + FINGERPRINT_SIZE
+        if not k or not is_open[k - 1]:
+            run_costs[k] = (
+                skip + _bound_size(ranges[run_end[k]][1], lower[0]) + 1 + FINGERPRINT_SIZE
+            )
+        last_ts = upper[0]
+    runs_from = [0] * (count + 1)
+    echoes_from = [0] * (count + 1)
+    for k in range(count - 1, -1, -1):
+        runs_from[k] = runs_from[k + 1] + run_costs[k]
+        echoes_from[k] = echoes_from[k + 1] + echo_costs[k]
+    first_skip = _MAX_BOUND_SIZE + 1  # the first Skip's bound follows who knows what
+    segments_from = [0] * (count + 1)
+    for k, (lower, _, _, _) in enumerate(ranges):
+        if is_open[k]:
+            end = run_end[k]
+            upper = ranges[end][1]
+            run = _bound_size(upper, lower[0]) + 1 + FINGERPRINT_SIZE
+            segments_from[k] = first_skip + run + runs_from[end + 1]
+        else:
+            segments_from[k] = first_skip + runs_from[k]
+    return segments_from, echoes_from

@@ -148,6 +148,11 @@ class DatabaseStore:
     async def put_entries(self, entries: Iterable[Any]) -> list[Any]:
         return await self.db.put_entries(list(entries))
 
+    async def reconcile(self, requests: Sequence[ReconcileRequest]) -> list[ReconcileReply]:
+        # A sync starts here: first apply anything stored but not yet applied.
+        await self.db.catch_up()
+        return await self.store.reconcile(requests)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 

@@ -152,4 +152,13 @@ def _reply_too_large(size: int, limit: int) -> FrameTooLargeError:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    """The first non-empty message along the exception's causes (httpx often wraps
+    an ssl or socket error in an exception with no message of its own)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
