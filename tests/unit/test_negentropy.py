@@ -332,6 +332,31 @@ def check_describes(message: bytes, index: MemoryRangeIndex) -> None:
             assert payload == b"".join(ident for _, ident in index.items(lower, upper))
 
 
+def test_settled_ranges_are_not_reconciled_again() -> None:
+    # Found by the property test: a frame-limited answer folded ranges the
+    # initiator had settled (their entries not moved yet) into one fingerprint,
+    # so they were reconciled, and their differences reported, a second time.
+    rng = random.Random(4079824230)
+    prefix = rng.randbytes(29)
+    seen: set[bytes] = set()
+    groups: list[list[Item]] = []
+    for size in (32, 44, 382):
+        group: list[Item] = []
+        while len(group) < size:
+            ident = prefix + rng.randbytes(3)
+            if ident not in seen:
+                seen.add(ident)
+                group.append((rng.randrange(3), ident))
+        groups.append(group)
+    shared, only_a, only_b = groups
+    a, b = shared + only_a, shared + only_b
+    for first, second in ((a, b), (b, a)):
+        messages, have, need = run(first, second, limit=4096)
+        assert max(map(len, messages)) <= 4096
+        assert sorted(have) == sorted(ids(first) - ids(second))
+        assert sorted(need) == sorted(ids(second) - ids(first))
+
+
 # --- frame size limits -----------------------------------------------------------------
 
 
@@ -393,18 +418,14 @@ def test_responder_answers_a_huge_id_list_within_the_frame() -> None:
     assert ranges[-1][2] == MODE_FINGERPRINT  # the rest, to be reconciled further
 
 
-def test_skips_of_the_peer_never_go_into_our_fingerprints() -> None:
-    # A 4 KB message of Skips and mismatched fingerprints alternating, whose full
-    # answer is far over the frame: the answer must keep every Skip of the peer
-    # out of its fingerprints (a range the initiator settled still differs until
-    # the entries move).
+def alternating_message(rng: random.Random, count: int) -> tuple[bytes, list[tuple[Item, Item]]]:
+    """A message of ``count`` ranges, Skips and random fingerprints alternating;
+    and its Skip ranges."""
     from loomdb.sync.negentropy import _BoundWriter
 
-    rng = random.Random(14)
-    ours = random_items(rng, 5000, spread=10**6)
     writer = _BoundWriter()
     parts = [V1]
-    bounds = sorted({(ts, bytes(32)) for ts in rng.sample(range(1, 10**6), 250)})
+    bounds = sorted({(ts, bytes(32)) for ts in rng.sample(range(1, 10**6), count)})
     skipped: list[tuple[Item, Item]] = []
     lower = ZERO
     for k, bound in enumerate(bounds):
@@ -415,21 +436,46 @@ def test_skips_of_the_peer_never_go_into_our_fingerprints() -> None:
         else:
             parts += [bytes([MODE_FINGERPRINT]), rng.randbytes(16)]  # unlike ours
         lower = bound
-    message = b"".join(parts)
+    return b"".join(parts), skipped
+
+
+@pytest.mark.parametrize("role", ["responder", "initiator"])
+def test_skips_of_the_peer_never_go_into_our_fingerprints(role: str) -> None:
+    # A 4 KB message of Skips and mismatched fingerprints alternating, whose full
+    # answer is far over the frame: the answer must keep every Skip of the peer
+    # out of its fingerprints (a range the initiator settled still differs until
+    # the entries move).
+    rng = random.Random(14)
+    ours = MemoryRangeIndex(random_items(rng, 5000, spread=10**6))
+    message, skipped = alternating_message(rng, 250)
     assert len(message) <= 4096
-    for negentropy in (Negentropy(MemoryRangeIndex(ours), 4096),):
-        for method in ("responder", "initiator"):
-            if method == "responder":
-                reply = negentropy.reconcile(message)
-            else:
-                answer, _, _ = negentropy.reconcile_initiator(message)
-                assert answer is not None
-                reply = answer
-            assert len(reply) <= 4096
-            for low, high, mode, _ in _parse_ranges(reply):
-                if mode != MODE_SKIP:
-                    assert not any(low < s_high and s_low < high for s_low, s_high in skipped)
-            check_describes(reply, MemoryRangeIndex(ours))
+    negentropy = Negentropy(ours, 4096)
+    reply = negentropy.reconcile(message) if role == "responder" else None
+    if reply is None:
+        reply, _, _ = negentropy.reconcile_initiator(message)
+    assert reply is not None
+    assert len(reply) <= 4096
+    for low, high, mode, _ in _parse_ranges(reply):
+        if mode != MODE_SKIP:
+            assert not any(low < s_high and s_low < high for s_low, s_high in skipped)
+    check_describes(reply, ours)
+
+
+def test_when_nothing_else_fits_one_fingerprint_ends_the_message() -> None:
+    # Twice as many alternations (a peer with a larger frame): not even Skips
+    # and one fingerprint per open run fit, so a fingerprint to infinity ends it.
+    rng = random.Random(15)
+    ours = MemoryRangeIndex(random_items(rng, 5000, spread=10**6))
+    message, _ = alternating_message(rng, 600)
+    assert len(message) > 4096
+    reply = Negentropy(ours, 4096).reconcile(message)
+    assert len(reply) <= 4096
+    ranges = _parse_ranges(reply)
+    assert ranges[-1][1] == INFINITY
+    assert ranges[-1][2] == MODE_FINGERPRINT
+    covered = [r for r in _parse_ranges(message) if r[0] >= ranges[-1][0]]
+    assert len(covered) > 50  # it stands for many of the message's ranges
+    check_describes(reply, ours)
 
 
 # --- versions ------------------------------------------------------------------------

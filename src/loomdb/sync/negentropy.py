@@ -45,21 +45,29 @@ initiator is done when its answer would be the version byte alone.
 
 Frame size limit (0 = none, else at least 4096): no message we produce is
 larger. The first range still open in a message is always answered in full,
-so each message makes progress; later ones are answered in full while room is
-left (keeping up to a quarter of the frame for the following ones), else sent
-back as our own Fingerprint of the range, for the peer to split next time (so
-it keeps its place in the peer's split), and when not even that fits, one
-Fingerprint of all our items from there to infinity ends the message. A
-responder's IdList answer too long for the frame is cut at the shortest bound
-after the last id that fits, and that same fingerprint to infinity follows.
+so each message makes progress. Later ones are answered in full while that
+leaves room to describe all the ranges after them; else sent back as our own
+Fingerprint of the range, for the peer to split next time (it keeps its place
+in the peer's split); and when not even that fits, the rest of the message is
+described in *segments*: the settled ranges stay Skips and each run of open
+ones becomes one Fingerprint. A responder's IdList answer too long for the
+frame is cut at the shortest bound after the last id that fits, and the rest
+follows in segments. Only if the segments do not fit either (the peer's
+message alternates between settled and open ranges more often than our frame
+can say: a peer with a larger frame; never seen in our tests between peers with
+the same limit) does one Fingerprint of everything from there to infinity end
+the message.
 
 Invariants:
 
 * every message covers ``[ZERO, INFINITY)`` by adjacent ascending ranges, and
   is at most the frame size limit;
 * a range we leave to a Skip is settled: equal fingerprints, an IdList the
-  initiator has processed, or a Skip from the peer; so an initiator reports
-  each difference exactly once;
+  initiator has processed, or a Skip from the peer; and a Skip from the peer
+  never goes into one of our fingerprints (but for that last resort), so no
+  settled range is reconciled again and the initiator reports each
+  difference exactly once;
+* every Fingerprint and IdList we send is of our items in exactly its range;
 * the index is read only through :class:`~loomdb.sync.ranges.RangeIndex`: a
   split costs ``2 * (BUCKETS - 1)`` ``nth`` and ``BUCKETS - 1``
   ``fingerprint_sum`` calls, and ``items`` is called only on a range known to
@@ -70,15 +78,17 @@ Invariants:
 Where this differs from the reference C++ and from nostr-tools' port (nip77),
 on the same wire format (nothing here needs the peer to be this code):
 
-* At the frame limit the reference and nostr-tools send one fingerprint to
-  infinity at once, computed over the items *after* the range they stopped at
-  but sent for a range that starts at their last emitted bound, which may be
-  further back. The two disagree: a difference in the range they stopped at
-  can be fingerprinted away (when the peer holds nothing there), and an IdList
-  range settled before it gets reported twice. We emit the pending Skip and
-  fingerprint exactly the range we send, and send unanswered ranges back one
-  by one while they fit, which keeps far more of the split (4,096-byte frames:
-  about a fifth fewer rounds in our tests).
+* At the frame limit the reference and nostr-tools end the message at once
+  with one fingerprint to infinity, computed over the items *after* the range
+  they stopped at but sent for a range that starts at their last emitted
+  bound, which may be further back. The two disagree, so a difference in the
+  range they stopped at can be fingerprinted away (when the peer holds nothing
+  there); and the fingerprint covers ranges that were settled but still
+  differ, which get reconciled and reported again. We fingerprint exactly the
+  ranges we send, send unanswered ranges back one by one, and keep settled
+  ranges as Skips (above): with 4,096-byte frames, 20,000 items and about 1%
+  different, 30 rounds against 40 to 46 with nostr-tools on either side;
+  with 5,000 of 23,000 different, 119 rounds instead of 218.
 * A responder's answer to an IdList: the reference lists all its ids of the
   range. When we hold every listed id, Skips over the runs we share and
   IdLists of our other items say the same in far fewer bytes. When we lack
