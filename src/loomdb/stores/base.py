@@ -267,3 +267,13 @@ def finish_results(batch: PreparedBatch, first_seq: int) -> list[PutResult]:
     for k, (i, entry) in enumerate(batch.new):
         out[i] = PutResult(entry.cid, PutStatus.ACCEPTED, seq=first_seq + k)
     return [r for r in out if r is not None]
+
+
+async def fetch_raw(store: ContentAddressedStore, cids: Sequence[CID]) -> list[bytes | None]:
+    """The entries' bytes, aligned with ``cids``. Uses the store's ``get_raw`` when it
+    has one (SQLite, memory and remote stores do: no decoding on the way out)."""
+    get_raw = getattr(store, "get_raw", None)
+    if get_raw is not None:
+        raws: list[bytes | None] = await get_raw(cids)
+        return raws
+    return [None if e is None else e.raw for e in await store.get_entries(cids)]

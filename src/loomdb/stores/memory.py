@@ -95,6 +95,10 @@ class MemoryStore:
         self._check_open()
         return [self._entry(c) for c in check_cids(cids)]
 
+    async def get_raw(self, cids: Sequence[CID]) -> list[bytes | None]:
+        self._check_open()
+        return [None if (e := self._entry(c)) is None else e.raw for c in check_cids(cids)]
+
     async def has_entries(self, cids: Sequence[CID]) -> list[bool]:
         self._check_open()
         return [c in self._seq for c in check_cids(cids)]

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from loomdb.entries.cid import CID
 from loomdb.errors import LoomError, ProtocolError
-from loomdb.stores.base import ContentAddressedStore, PutResult
+from loomdb.stores.base import ContentAddressedStore, PutResult, fetch_raw
 from loomdb.sync import wire
 from loomdb.sync.reconcile import ReconcileRequest
 
@@ -121,12 +121,12 @@ class StoreServer:
         # Fetch in slices so an over-budget reply does not read the whole request.
         step = 256
         for start in range(0, len(cids), step):
-            for entry in await self.store.get_entries(cids[start : start + step]):
-                size = 0 if entry is None else len(entry.raw) + 8
+            for raw in await fetch_raw(self.store, cids[start : start + step]):
+                size = 8 if raw is None else len(raw) + 8
                 if out and used + size > budget:
                     return out  # a prefix: the client asks again for the rest
                 used += size
-                out.append(None if entry is None else entry.raw)
+                out.append(raw)
         return out
 
     async def _has(self, args: dict[str, Any]) -> object:

@@ -337,6 +337,16 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def get_raw(self, cids: Sequence[CID]) -> list[bytes | None]:
+        """The entries' bytes as stored, aligned with ``cids`` (no decoding)."""
+        wanted = check_cids(cids)
+
+        def run() -> list[bytes | None]:
+            found = self._raw_by_cid(wanted)
+            return [found.get(c) for c in wanted]
+
+        return await self._read(run)
+
     async def has_entries(self, cids: Sequence[CID]) -> list[bool]:
         wanted = check_cids(cids)
 

@@ -48,7 +48,7 @@ import anyio.to_thread
 from loomdb.entries.cid import CID, PREFIX
 from loomdb.entries.entry import Entry, decode_entry
 from loomdb.errors import EntryError, ValidationError
-from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey
+from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, fetch_raw
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 
 if TYPE_CHECKING:
@@ -232,14 +232,6 @@ def _verify(
     return good, bad, missing
 
 
-async def _fetch_raw(store: ContentAddressedStore, cids: Sequence[CID]) -> list[bytes | None]:
-    get_raw = getattr(store, "get_raw", None)
-    if get_raw is not None:
-        raws: list[bytes | None] = await get_raw(cids)
-        return raws
-    return [None if e is None else e.raw for e in await store.get_entries(cids)]
-
-
 async def transfer(
     source: ContentAddressedStore,
     target: ContentAddressedStore,
@@ -250,28 +242,41 @@ async def transfer(
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
 ) -> None:
-    """Copy ``cids`` from ``source`` to ``target`` in batches: fetch, verify on a worker
-    thread, store; the next batch is fetched and verified while one is stored."""
+    """Copy ``cids`` from ``source`` to ``target`` in batches, in three stages that
+    overlap: fetch batch k+2, verify batch k+1 (on a worker thread), store batch k."""
     batches = [cids[i : i + batch_size] for i in range(0, len(cids), batch_size)]
+    fetched_in, fetched_out = anyio.create_memory_object_stream[
+        tuple[Sequence[CID], list[bytes | None]]
+    ](1)
     send, receive = anyio.create_memory_object_stream[tuple[list[Entry], list[Rejection], int]](1)
     side = "local" if direction == "pull" else "remote"
 
+    async def fetch() -> None:
+        async with fetched_in:
+            for batch in batches:
+                await fetched_in.send((batch, await fetch_raw(source, batch)))
+
     async def produce() -> None:
         async with send:
+            if direction == "pull":
+                # Untrusted bytes: verify here, on a worker thread, so the target
+                # stores them without verifying again (and the loop stays free).
+                async with fetched_out:
+                    async for batch, raws in fetched_out:
+                        await send.send(await anyio.to_thread.run_sync(_verify, batch, raws))
+                return
             for batch in batches:
-                if direction == "pull":
-                    # Untrusted bytes: verify here, on a worker thread, so the target
-                    # stores them without verifying again (and the loop stays free).
-                    raws = await _fetch_raw(source, batch)
-                    checked = await anyio.to_thread.run_sync(_verify, batch, raws)
-                else:
-                    # Our own entries: the remote verifies what it receives.
-                    found = await source.get_entries(batch)
-                    entries = sorted((e for e in found if e is not None), key=lambda e: e.height)
-                    checked = (entries, [], len(found) - len(entries))
-                await send.send(checked)
+                # Our own entries: the remote verifies what it receives.
+                found = await source.get_entries(batch)
+                entries = sorted((e for e in found if e is not None), key=lambda e: e.height)
+                await send.send((entries, [], len(found) - len(entries)))
 
     async with anyio.create_task_group() as tg:
+        if direction == "pull":
+            tg.start_soon(fetch)
+        else:
+            await fetched_in.aclose()
+            await fetched_out.aclose()
         tg.start_soon(produce)
         async with receive:
             async for good, bad, missing in receive:
