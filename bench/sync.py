@@ -7,7 +7,7 @@
 Figures (see bench/README.md, "Sync", for the method, the targets and the anchors):
 
 * initial sync: a relay node (``loomdb start --relay``, its store prefilled with N
-  signed, encrypted ~530-byte entries) and a fresh SQLiteStore in this process that
+  signed, encrypted 515-byte entries) and a fresh SQLiteStore in this process that
   pulls everything over loopback WebSocket (``RemoteStore.connect`` +
   ``pull_changes_from``), every entry verified; wall time, entries/s, bytes, rounds,
   and the split (reconcile / transfer; fetch, verify and store busy times);
@@ -265,7 +265,8 @@ class Node:
         self.log_path = home.parent / f"{home.name}.log"
         self._log = self.log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if k not in ("LOOMDB_KEYRING_SECRET",)}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # this interpreter's path (loomdb as it imports here), not the bench's own folder
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p) != ROOT)
         command = [sys.executable]
         if profile_to is not None:
             command += ["-m", "cProfile", "-o", str(profile_to)]
@@ -277,7 +278,11 @@ class Node:
             env=env,
             bufsize=0,
         )
-        self.url = self._wait_ready()
+        try:
+            self.url = self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave a node behind
+            raise
 
     def _wait_ready(self) -> str:
         assert self.proc.stdout is not None
@@ -400,7 +405,6 @@ class Values:
     """Every rep's value of every figure, by (figure, size)."""
 
     vals: dict[tuple[str, int], list[float]] = field(default_factory=dict)
-    notes: dict[str, Any] = field(default_factory=dict)
 
     def add(self, fig: str, size: int, value: float) -> None:
         self.vals.setdefault((fig, size), []).append(value)
@@ -554,7 +558,7 @@ async def idle_resyncs(
     for _ in range(max(3, runs // 3)):
         t = clock()
         async with RemoteStore.connect(url) as remote:
-            await bounded(timeout, "an idle re-sync", lambda r=remote: sync(local, r, SPACE))  # type: ignore[misc]
+            await bounded(timeout, "an idle re-sync", functools.partial(sync, local, remote, SPACE))
         fresh.append((time.perf_counter() - t) * 1e3)
     out.add("idle_fresh_ms", n, statistics.median(fresh))
 

@@ -20,8 +20,10 @@ from loomdb.sync.ranges import RangeIndex
 if TYPE_CHECKING:
     from loomdb.stores.base import SetKey
 
-DEFAULT_FRAME_LIMIT: Final = 60_000
-"""Negentropy frame size limit: keeps every reconcile message well under a transport frame."""
+DEFAULT_FRAME_LIMIT: Final = 1_000_000
+"""Negentropy frame size limit. Well under a transport frame (8 MiB), and large enough
+that an empty side learns ~31,000 ids per round (a 60 KB limit needed 54 rounds for
+100k ids); a server clamps it to what its frames carry."""
 
 
 @dataclass(frozen=True, slots=True)

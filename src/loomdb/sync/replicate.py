@@ -47,7 +47,7 @@ import anyio.to_thread
 
 from loomdb.entries.cid import CID, PREFIX
 from loomdb.entries.entry import Entry, decode_entry
-from loomdb.errors import EntryError, ValidationError
+from loomdb.errors import EntryError, ProtocolError, ValidationError
 from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, fetch_raw
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from loomdb.documents.database import Database
 
 DEFAULT_BATCH: Final = 1000
-MAX_ROUNDS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +187,8 @@ async def reconcile(
     active: list[tuple[SetKey, bytes]] = [
         (s, r.message) for s, r in zip(sets, starts, strict=True) if r.message is not None
     ]
+    last: dict[SetKey, bytes] = {}
     while active:
-        if state.rounds >= MAX_ROUNDS:
-            raise ValidationError(f"reconciliation did not finish in {MAX_ROUNDS} rounds")
         answers = await remote.reconcile(
             [ReconcileRequest(s, m, initiator=False) for s, m in active]
         )
@@ -203,9 +201,15 @@ async def reconcile(
         )
         next_active = []
         for (s, _), reply in zip(active, replies, strict=True):
+            found = len(have) + len(need)
             have.update(dict.fromkeys(reply.have))
             need.update(dict.fromkeys(reply.need))
             if reply.message is not None:
+                # Rounds are bounded by progress, not by a count: a round that
+                # learns nothing and sends the same message again never ends.
+                if reply.message == last.get(s) and len(have) + len(need) == found:
+                    raise ProtocolError(f"reconciliation of {s} makes no progress")
+                last[s] = reply.message
                 next_active.append((s, reply.message))
         active = next_active
         if progress is not None:
