@@ -308,11 +308,10 @@ async def test_nobody_listening_is_unreachable(harness: Harness) -> None:
         await channel.request(b"hello", timeout=WAIT)
 
 
+@pytest.mark.parametrize("harness", ["https", "wss"], indirect=True)  # the TLS kinds
 async def test_a_certificate_that_is_not_trusted_is_unreachable(
     harness: Harness, other_tls_files: TlsFiles
 ) -> None:
-    if harness.kind not in ("https", "wss"):
-        pytest.skip("TLS only")
     for verify in (True, str(other_tls_files.cert)):  # system authorities; another node's cert
         channel = harness.channel(verify=verify)
         with anyio.fail_after(WAIT), pytest.raises(UnreachableError):
