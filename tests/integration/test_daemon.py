@@ -8,9 +8,6 @@ a finally.
 from __future__ import annotations
 
 import json
-import os
-import re
-import select
 import signal
 import socket
 import subprocess
@@ -26,73 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.nodes import STOP_TIMEOUT, Node
+from tests.integration.nodes import node_env as _env
 from tests.support import run_python
 
 pytestmark = pytest.mark.integration
 
-READY = re.compile(rb"ready, API at (http://\S+)")
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 PEOPLE_SCHEMA = {"fields": {"name": {"type": "string", "required": True}, "age": "int"}}
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOOMDB_KEYRING_SECRET", "LOOMDB_URL")}
-    env.update(extra)
-    return env
-
-
-class Node:
-    """One `loomdb start` subprocess on a free port of 127.0.0.1."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.log = home.parent / f"{home.name}-{time.monotonic_ns()}.log"
-        self.url = ""
-        self._stderr = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomdb", "start", "--home", str(home), "--api", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=_env(),
-            bufsize=0,
-        )
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        out = b""
-        deadline = time.monotonic() + timeout
-        while (found := READY.search(out)) is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"node not ready in {timeout} s: {out!r} {self.stderr()}")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise AssertionError(f"node exited before ready: {self.stderr()}")
-                out += chunk
-        self.url = found.group(1).decode()
-        return self.url
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=STOP_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/api/v0", timeout=20.0, trust_env=False)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from loomdb.api.errors import INVALID_REQUEST, RequestError
 from loomdb.api.validation import check, read_json
 from loomdb.errors import LoomError
 from loomdb.stores.remote import RemoteStore
@@ -79,8 +80,6 @@ def sync_run_route(local: object, default_space: str | None, connect: Connect) -
         check(BODY_SCHEMA, body)
         documents = body.get("documents", [])
         if any(len(d) != 2 for d in documents):
-            from loomdb.api.errors import INVALID_REQUEST, RequestError
-
             raise RequestError(422, INVALID_REQUEST, "a document is [collection, document]")
         scope = SyncScope(
             body.get("space", default_space),

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,11 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        query = {k: v for k, v in params.items() if v is not None}
+    @contextmanager
+    def _translate(self, silence: str) -> Iterator[None]:
+        """httpx's errors as LoomErrors; ``silence`` says what a read time-out means."""
         try:
-            response = self._http.request(method, path, json=body, params=query)
+            yield
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise ValidationError(f"bad --url {self.url!r}: {exc}") from None
         except httpx.ConnectError:
@@ -84,11 +86,14 @@ class ApiClient:
                 "(is 'loomdb start' running? set --url or $LOOMDB_URL)"
             ) from None
         except httpx.TimeoutException:
-            raise UnreachableError(
-                f"no answer from {self.url} within {self._http.timeout.read} s"
-            ) from None
+            raise UnreachableError(silence) from None
         except httpx.HTTPError as exc:
             raise UnreachableError(f"talking to {self.url} failed: {exc}") from None
+
+    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        with self._translate(f"no answer from {self.url} within {self._http.timeout.read} s"):
+            response = self._http.request(method, path, json=body, params=query)
         if response.status_code == 204:
             return None
         try:
@@ -106,38 +111,31 @@ class ApiClient:
         """POST ``body`` and yield the JSON objects of an NDJSON reply as they come;
         waits at most ``idle_timeout`` seconds for each line."""
         timeout = httpx.Timeout(self._http.timeout.connect, read=idle_timeout)
-        try:
-            with self._http.stream("POST", path, json=body, timeout=timeout) as response:
-                if response.is_error:
-                    response.read()
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        data = None
-                    raise self._error(response.status_code, data)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.ConnectError:
-            raise UnreachableError(
-                f"cannot reach a loomdb node at {self.url}: connection refused "
-                "(is 'loomdb start' running? set --url or $LOOMDB_URL)"
-            ) from None
-        except httpx.TimeoutException:
-            raise UnreachableError(f"{self.url} sent nothing for {idle_timeout} s") from None
-        except httpx.HTTPError as exc:
-            raise UnreachableError(f"talking to {self.url} failed: {exc}") from None
+        with (
+            self._translate(f"{self.url} sent nothing for {idle_timeout} s"),
+            self._http.stream("POST", path, json=body, timeout=timeout) as response,
+        ):
+            if response.is_error:
+                response.read()
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                raise self._error(response.status_code, data)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
-    def error_of(self, error: dict[str, Any]) -> LoomError:
-        return self._by_code.get(str(error.get("code")), LoomError)(str(error.get("message")))
+    def error_of(self, error: dict[str, Any], fallback: type[LoomError] = LoomError) -> LoomError:
+        """The LoomError an API error body ``{code, message}`` names."""
+        return self._by_code.get(str(error.get("code")), fallback)(str(error.get("message")))
 
     def _error(self, status: int, data: Any) -> LoomError:
         error = data.get("error") if isinstance(data, dict) else None
         if not isinstance(error, dict):
             return UnreachableError(f"{self.url} answered HTTP {status}: is it a loomdb node?")
-        code, message = str(error.get("code")), str(error.get("message"))
         fallback = ValidationError if 400 <= status < 500 else LoomError
-        return self._by_code.get(code, fallback)(message)
+        return self.error_of(error, fallback)
 
 
 def _seg(text: str) -> str:

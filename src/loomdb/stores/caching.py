@@ -33,6 +33,7 @@ from loomdb.stores.base import (
     StoreHead,
 )
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
+from loomdb.sync.replicate import SyncProgress, reconcile, transfer
 
 
 class CachingStore:
@@ -127,8 +128,6 @@ class CachingStore:
 
     async def refresh(self, sets: Sequence[SetKey]) -> None:
         """Pull into the cache what upstream holds in ``sets`` (if not fresh enough)."""
-        from loomdb.sync.replicate import SyncProgress, reconcile, transfer
-
         async with self._refresh_lock:
             now = self._clock()
             stale = [

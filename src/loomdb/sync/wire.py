@@ -175,13 +175,6 @@ def decode_reply(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Any:
 # --- typed fields ---------------------------------------------------------------
 
 
-def field(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = args.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ProtocolError(f"argument {name!r} is missing or of the wrong type")
-    return value
-
-
 def uint(args: Mapping[str, Any], name: str, default: int | None = None) -> int:
     value = args.get(name, default)
     if type(value) is not int or value < 0:
@@ -190,14 +183,9 @@ def uint(args: Mapping[str, Any], name: str, default: int | None = None) -> int:
 
 
 def text(args: Mapping[str, Any], name: str) -> str:
-    value: str = field(args, name, str)
-    return value
-
-
-def optional_text(args: Mapping[str, Any], name: str) -> str | None:
     value = args.get(name)
-    if value is not None and type(value) is not str:
-        raise ProtocolError(f"argument {name!r} must be a string or null")
+    if type(value) is not str:
+        raise ProtocolError(f"argument {name!r} must be a string")
     return value
 
 

@@ -28,6 +28,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, runtime_checkable
 
+import anyio
+
+from loomdb.errors import TransportError, TransportTimeoutError
+from loomdb.transports.endpoint import check_frame_size
+
 DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
 """Largest frame a transport carries by default (8 MiB)."""
 
@@ -48,3 +53,33 @@ class RequestChannel(Protocol):
     async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes: ...
 
     async def aclose(self) -> None: ...
+
+
+class SerialChannel:
+    """What every channel does around one exchange: the size rule (1), one request
+    at a time, the closed check and the time-out (2). Subclasses supply
+    ``_exchange``, which carries one frame and returns the reply."""
+
+    def __init__(self, peer: str, max_frame: int) -> None:
+        self._peer = peer  # how errors name the other side
+        self._max_frame = max_frame
+        self._lock = anyio.Lock()
+        self._closed = False
+
+    @property
+    def max_frame(self) -> int:
+        return self._max_frame
+
+    async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        check_frame_size(frame, self._max_frame, "request")
+        try:
+            with anyio.fail_after(timeout):
+                async with self._lock:
+                    if self._closed:
+                        raise TransportError(f"the channel to {self._peer} is closed")
+                    return await self._exchange(frame)
+        except TimeoutError:
+            raise TransportTimeoutError(f"no reply from {self._peer} within {timeout} s") from None
+
+    async def _exchange(self, frame: bytes) -> bytes:
+        raise NotImplementedError

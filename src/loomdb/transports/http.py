@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 import httpx
 
 from loomdb.errors import (
@@ -25,8 +24,8 @@ from loomdb.errors import (
     TransportTimeoutError,
     UnreachableError,
 )
-from loomdb.transports.base import DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT
-from loomdb.transports.endpoint import SYNC_MEDIA_TYPE, check_frame_size, sync_endpoint
+from loomdb.transports.base import DEFAULT_MAX_FRAME, SerialChannel
+from loomdb.transports.endpoint import SYNC_MEDIA_TYPE, sync_endpoint
 from loomdb.transports.tls import Verify, verify_context
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -38,7 +37,7 @@ _HEADERS = {
 }
 
 
-class HttpChannel:
+class HttpChannel(SerialChannel):
     """A :class:`~loomdb.transports.base.RequestChannel` to a node's HTTP API.
 
     ``url`` is the node's base URL (``http://host:port`` or ``https://…``, as
@@ -55,32 +54,15 @@ class HttpChannel:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        super().__init__(url, max_frame)
         self._endpoint = sync_endpoint(url, websocket=False)
         self.url = url
-        self._max_frame = max_frame
         self._client = httpx.AsyncClient(
             verify=verify_context(verify) if self._endpoint.secure else True,
             timeout=httpx.Timeout(None, connect=connect_timeout),  # fail_after bounds the rest
             limits=httpx.Limits(max_connections=1),
             transport=transport,
         )
-        self._lock = anyio.Lock()
-        self._closed = False
-
-    @property
-    def max_frame(self) -> int:
-        return self._max_frame
-
-    async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-        check_frame_size(frame, self._max_frame, "request")
-        try:
-            with anyio.fail_after(timeout):
-                async with self._lock:  # one request at a time, as on every channel
-                    if self._closed:
-                        raise TransportError(f"the channel to {self.url} is closed")
-                    return await self._exchange(frame)
-        except TimeoutError:
-            raise TransportTimeoutError(f"no reply from {self.url} within {timeout} s") from None
 
     async def aclose(self) -> None:
         self._closed = True

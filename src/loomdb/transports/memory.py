@@ -34,11 +34,10 @@ from loomdb.errors import (
     AddressInUseError,
     FrameTooLargeError,
     TransportError,
-    TransportTimeoutError,
     UnreachableError,
     ValidationError,
 )
-from loomdb.transports.base import DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT, FrameHandler
+from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler, SerialChannel
 from loomdb.transports.endpoint import check_frame_size
 
 Delay = tuple[float, float]
@@ -238,31 +237,17 @@ class MemoryNetwork:
         return reply
 
 
-class MemoryChannel:
+class MemoryChannel(SerialChannel):
     """A :class:`~loomdb.transports.base.RequestChannel` on a :class:`MemoryNetwork`."""
 
     def __init__(self, network: MemoryNetwork, src: str, dst: str, max_frame: int) -> None:
+        super().__init__(repr(dst), max_frame)
         self._network = network
         self.src = src
         self.dst = dst
-        self._max_frame = max_frame
-        self._lock = anyio.Lock()
-        self._closed = False
 
-    @property
-    def max_frame(self) -> int:
-        return self._max_frame
-
-    async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-        check_frame_size(frame, self._max_frame, "request")
-        try:
-            with anyio.fail_after(timeout):
-                async with self._lock:  # one request at a time, as on every channel
-                    if self._closed:
-                        raise TransportError(f"the channel to {self.dst!r} is closed")
-                    return await self._network._exchange(self.src, self.dst, frame, self._max_frame)
-        except TimeoutError:
-            raise TransportTimeoutError(f"no reply from {self.dst!r} within {timeout} s") from None
+    async def _exchange(self, frame: bytes) -> bytes:
+        return await self._network._exchange(self.src, self.dst, frame, self._max_frame)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -40,11 +40,10 @@ from wsproto.utilities import ProtocolError
 from loomdb.errors import (
     FrameTooLargeError,
     TransportError,
-    TransportTimeoutError,
     UnreachableError,
 )
-from loomdb.transports.base import DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT
-from loomdb.transports.endpoint import SyncEndpoint, check_frame_size, sync_endpoint
+from loomdb.transports.base import DEFAULT_MAX_FRAME, SerialChannel
+from loomdb.transports.endpoint import SyncEndpoint, sync_endpoint
 from loomdb.transports.tls import Verify, verify_context
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -65,7 +64,7 @@ _STREAM_ERRORS = (
 )
 
 
-class WebSocketChannel:
+class WebSocketChannel(SerialChannel):
     """A :class:`~loomdb.transports.base.RequestChannel` over one WebSocket.
 
     ``url``: the node's base URL, ``ws://``/``wss://`` or ``http://``/``https://``
@@ -81,42 +80,28 @@ class WebSocketChannel:
         verify: Verify = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
+        super().__init__(url, max_frame)
         self._endpoint = sync_endpoint(url, websocket=True)
         self.url = url
-        self._max_frame = max_frame
         self._ssl = verify_context(verify) if self._endpoint.secure else None
         self._connect_timeout = connect_timeout
         self._connection: _Connection | None = None
-        self._lock = anyio.Lock()
-        self._closed = False
-
-    @property
-    def max_frame(self) -> int:
-        return self._max_frame
 
     @property
     def connected(self) -> bool:
         """Whether a connection is open (for tests: a time-out must drop it)."""
         return self._connection is not None
 
-    async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-        check_frame_size(frame, self._max_frame, "request")
+    async def _exchange(self, frame: bytes) -> bytes:
         try:
-            with anyio.fail_after(timeout):
-                async with self._lock:  # one request in flight on the connection
-                    if self._closed:
-                        raise TransportError(f"the channel to {self.url} is closed")
-                    try:
-                        if self._connection is None:
-                            self._connection = await self._connect()
-                        return await self._connection.exchange(frame)
-                    except BaseException:
-                        # Time-out, cancellation or error: the connection's state is
-                        # unknown (a reply may still come), so it is never reused.
-                        await self._drop()
-                        raise
-        except TimeoutError:
-            raise TransportTimeoutError(f"no reply from {self.url} within {timeout} s") from None
+            if self._connection is None:
+                self._connection = await self._connect()
+            return await self._connection.exchange(frame)
+        except BaseException:
+            # Time-out, cancellation or error: the connection's state is
+            # unknown (a reply may still come), so it is never reused.
+            await self._drop()
+            raise
 
     async def aclose(self) -> None:
         self._closed = True
