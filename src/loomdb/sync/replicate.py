@@ -286,7 +286,11 @@ async def transfer(
             async for good, bad, missing in receive:
                 state.rejected.extend(bad)
                 state.missing += missing
-                results = await target.put_entries(good) if good else []
+                # Shielded: a store write runs on a worker thread and commits even if
+                # its caller is cancelled, so a cancel waits for the batch in flight.
+                # When the sync returns (or is cancelled), all it stored is counted.
+                with anyio.CancelScope(shield=True):
+                    results = await target.put_entries(good) if good else []
                 for result in results:
                     if result.status is PutStatus.ACCEPTED:
                         if direction == "pull":
