@@ -40,6 +40,15 @@ map this tree to exit codes and status codes in one table each, keyed by
     │   ├── ProtocolError            a message that does not parse or breaks the protocol
     │   ├── ProtocolVersionError     no protocol version in common (names the supported ones)
     │   └── RemoteError              the other side refused a request (carries its code)
+    ├── TrustError                 membership, roles and keys of a managed space
+    │   ├── NotMemberError           the author/user is not in the space's directory
+    │   ├── RevokedError             the user was revoked (from a point in time on)
+    │   ├── ForbiddenError           a member without the role this needs
+    │   └── NotAdminError            a directory entry not signed by an admin
+    ├── AuthError                  authentication on a transport
+    │   ├── AuthRequiredError        no token, or an invalid one (HTTP 401)
+    │   ├── ChallengeError           a replayed, expired, foreign or badly signed challenge
+    │   └── TokenError               an expired, foreign or tampered token
     └── DocumentError              the document layer (CRDT, collections, queries)
         ├── SchemaError              a value breaks its collection's schema, or a bad schema
         ├── QueryError               a query the database cannot run (bad field, operator)
@@ -289,3 +298,61 @@ class RemoteError(SyncError):
     def __init__(self, message: str, remote_code: str = "loom") -> None:
         super().__init__(message)
         self.remote_code = remote_code
+
+
+# --- trust and authentication --------------------------------------------------------
+
+
+class TrustError(LoomError):
+    """Membership, roles and keys of a managed space (its tenant directory)."""
+
+    code = "trust"
+
+
+class NotMemberError(TrustError):
+    """The author of an entry, or the user asking, is not in the space's directory."""
+
+    code = "trust.not_member"
+
+
+class RevokedError(TrustError):
+    """The user was revoked; entries made from the revocation on are refused."""
+
+    code = "trust.revoked"
+
+
+class ForbiddenError(TrustError):
+    """A member without the role this needs (write to a collection, read a space…)."""
+
+    code = "trust.forbidden"
+
+
+class NotAdminError(TrustError):
+    """A directory entry whose author was not an admin of the space when it was made."""
+
+    code = "trust.not_admin"
+
+
+class AuthError(LoomError):
+    """Authentication on a transport (challenge-response and tokens)."""
+
+    code = "auth"
+
+
+class AuthRequiredError(AuthError):
+    """The request needs a valid token (HTTP 401)."""
+
+    code = "auth.required"
+
+
+class ChallengeError(AuthError):
+    """A challenge answer that is replayed, expired, issued by another server, or
+    not signed by the user's key."""
+
+    code = "auth.challenge"
+
+
+class TokenError(AuthError):
+    """A token that is expired, issued by another server, or tampered with."""
+
+    code = "auth.token"

@@ -32,17 +32,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loomdb.errors import (
+    AuthError,
     ConflictError,
     LoomError,
     NotFoundError,
     QueryError,
     SchemaError,
+    TrustError,
     ValidationError,
 )
 
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[LoomError], int]] = [  # first match wins
+    (AuthError, 401),
+    (TrustError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
     (ValidationError, 422),

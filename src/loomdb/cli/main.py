@@ -19,6 +19,7 @@ import anyio
 
 from loomdb.cli.client import add_client_parser
 from loomdb.errors import (
+    AuthError,
     CryptoKeyError,
     DocumentError,
     EntryError,
@@ -27,6 +28,7 @@ from loomdb.errors import (
     NotFoundError,
     StoreError,
     TransportError,
+    TrustError,
     ValidationError,
 )
 from loomdb.node.home import NodeHome, default_home
@@ -41,6 +43,8 @@ EXIT_CODES: list[tuple[type[LoomError], int]] = [  # first match wins
     (TransportError, 7),
     (NotFoundError, 8),
     (DocumentError, 9),
+    (TrustError, 10),
+    (AuthError, 11),
     (LoomError, 1),
 ]
 DEFAULT_API = "127.0.0.1:9181"

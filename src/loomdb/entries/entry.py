@@ -62,7 +62,10 @@ class Kind(StrEnum):
     SCHEMA = "schema"
 
 
-DEFAULT_KINDS: Final = frozenset(k.value for k in Kind)
+DIRECTORY_KIND: Final = "directory"
+"""Entries of a space's tenant directory (public, admin-signed; see :mod:`loomdb.trust`)."""
+
+DEFAULT_KINDS: Final = frozenset(k.value for k in Kind) | {DIRECTORY_KIND}
 
 
 @dataclass(frozen=True, slots=True)

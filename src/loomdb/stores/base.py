@@ -30,6 +30,7 @@ from loomdb.errors import (
     CidMismatchError,
     EntryError,
     EntryTooLargeError,
+    LoomError,
     TooManyParentsError,
     UnknownKindError,
     ValidationError,
@@ -54,7 +55,8 @@ class PutResult:
 
     cid: CID
     status: PutStatus
-    error: EntryError | None = None
+    error: LoomError | None = None
+    """An EntryError (the entry itself is bad) or a TrustError (its author may not write)."""
     seq: int | None = None  # where an accepted entry stands in the store's receipt order
 
     @property

@@ -1,0 +1,1 @@
+"""Trust: spaces with a tenant directory, enforcement on receive, authentication, key grants."""

@@ -1,0 +1,121 @@
+"""``DirectoryBook``: the directories of every managed space a node holds.
+
+The book is loaded from the node's store and kept current by the guarded store
+(:mod:`loomdb.trust.guard`), which hands it every directory entry it stores.
+Each change refolds that space's directory (directories are small: a fold of
+a thousand entries takes milliseconds), so the state is always the pure
+function of the stored entries that :func:`~loomdb.trust.directory.fold` defines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from loomdb.entries.cid import CID
+from loomdb.entries.entry import Entry
+from loomdb.errors import NotMemberError, RevokedError, ValidationError
+from loomdb.stores.base import ContentAddressedStore
+from loomdb.trust.directory import DirectoryState, fold
+from loomdb.trust.spaces import DIRECTORY_COLLECTION, DIRECTORY_DOCUMENT, parse_space_id
+
+log = logging.getLogger("loomdb.trust")
+
+Listener = Callable[[str], None]
+"""Called with a space id after its directory changed."""
+
+
+class DirectoryBook:
+    """Directory states by space id, plus the checks every node runs on receive."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[CID, Entry]] = {}
+        self._states: dict[str, DirectoryState] = {}
+        self._listeners: list[Listener] = []
+
+    async def load(self, store: ContentAddressedStore) -> None:
+        """Read every managed space's directory entries from ``store``."""
+        for space in await store.list_spaces():
+            try:
+                managed = parse_space_id(space)
+            except ValidationError:
+                continue
+            if managed is None:
+                continue
+            metas = await store.list_entries(space, DIRECTORY_COLLECTION, DIRECTORY_DOCUMENT)
+            found = await store.get_entries([m.cid for m in metas])
+            self.add([e for e in found if e is not None], notify=False)
+
+    def on_change(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def spaces(self) -> list[str]:
+        """Managed spaces with a genesis entry, sorted."""
+        return sorted(s for s, st in self._states.items() if st.genesis is not None)
+
+    def state(self, space: str) -> DirectoryState | None:
+        """The directory of ``space`` (None: open space, or none held)."""
+        return self._states.get(space)
+
+    def entries(self, space: str) -> list[Entry]:
+        return list(self._entries.get(space, {}).values())
+
+    def scratch(self, space: str) -> DirectoryState:
+        """A state to check a batch against: the current one, or an empty one
+        (it accepts only the genesis). :class:`ValidationError` for a bad id."""
+        managed = parse_space_id(space)
+        if managed is None:
+            raise ValidationError(f"{space!r} is an open space: it has no directory")
+        return fold(managed, self._entries.get(space, {}).values())
+
+    def check_member(self, user_id: str) -> None:
+        """A :data:`~loomdb.trust.principal.MemberCheck`: may ``user_id`` authenticate
+        here? It must be a current member of at least one space."""
+        revoked = False
+        for state in self._states.values():
+            try:
+                state.check_member(user_id)
+                return
+            except RevokedError:
+                revoked = True
+            except NotMemberError:
+                pass
+        if revoked:
+            raise RevokedError(f"user {user_id} was revoked")
+        raise NotMemberError(f"user {user_id} is not a member of any space this node holds")
+
+    def describe(self, user_id: str | None) -> dict[str, Any]:
+        """What ``user_id`` may reach, per space: ``{"*": roles, coll: roles}``."""
+        out: dict[str, Any] = {}
+        if user_id is None:
+            return out
+        for space, state in self._states.items():
+            roles = state.roles_now(user_id)
+            if roles:
+                out[space] = {c: sorted(r) for c, r in roles.items()}
+        return out
+
+    # --- changing ------------------------------------------------------------------------
+
+    def add(self, entries: Iterable[Entry], *, notify: bool = True) -> None:
+        """Take stored directory entries in and refold the spaces they touch."""
+        touched: set[str] = set()
+        for entry in entries:
+            held = self._entries.setdefault(entry.space, {})
+            if entry.cid not in held:
+                held[entry.cid] = entry
+                touched.add(entry.space)
+        for space in touched:
+            managed = parse_space_id(space)
+            assert managed is not None
+            state = fold(managed, self._entries[space].values())
+            self._states[space] = state
+            for cid, reason in state.ignored.items():
+                log.debug("space %s: directory entry %s does not count: %s", space, cid, reason)
+        if notify:
+            for space in sorted(touched):
+                for listener in self._listeners:
+                    listener(space)
