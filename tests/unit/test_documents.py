@@ -16,6 +16,7 @@ from loomdb.documents.views import SCHEMA_DOC
 from loomdb.entries.entry import build_entry
 from loomdb.errors import (
     ConflictError,
+    MissingKeyError,
     NotFoundError,
     QueryError,
     SchemaError,
@@ -330,8 +331,8 @@ async def test_entry_without_key_waits(tmp_path: Path) -> None:
         await a.collection("c").create({"secret": 1}, id="d")
         await b.put_entries([e.raw for e in await all_entries(a)])
         assert await b.store.count() == await a.store.count()
-        with pytest.raises(NotFoundError):
-            await b.collection("c").get("d")
+        with pytest.raises(MissingKeyError, match="no key 'team@1'"):
+            await b.collection("c").get("d")  # held but unreadable: "no key", not "not found"
         assert (await b.stats())["states"] == {"pending": 1}
         await a.collection("c").update("d", {"secret": 2})
         await b.put_entries([e.raw for e in await all_entries(a)])

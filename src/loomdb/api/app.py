@@ -22,12 +22,19 @@ from starlette.routing import BaseRoute, Route
 
 from loomdb.api.errors import EXCEPTION_HANDLERS
 from loomdb.api.routes import ENDPOINTS, PREFIX, Call, Endpoint, relay_node_info
-from loomdb.api.sync import sync_routes
+from loomdb.api.sync import fixed, sync_routes
 from loomdb.api.validation import MAX_BODY_BYTES, check, parse_query, read_json
+from loomdb.errors import NotFoundError
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
+from loomdb.trust.principal import Principal
+
+SPACE_HEADER = "x-loomdb-space"
+"""Names the space a document request works on (default: the node's space)."""
 
 if TYPE_CHECKING:
     from loomdb.documents import Database
+    from loomdb.node.databases import NodeDatabases
+    from loomdb.trust.auth import AuthService
 
 
 def create_app(
@@ -37,6 +44,9 @@ def create_app(
     sync_handler: FrameHandler | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
     extra_routes: Sequence[BaseRoute] = (),
+    sync_handler_for: Callable[[Principal], FrameHandler] | None = None,
+    auth: AuthService | None = None,
+    databases: NodeDatabases | None = None,
 ) -> Starlette:
     """The API app serving ``db`` (the caller opens and closes it) and, with a
     ``sync_handler``, sync frames of at most ``max_frame`` bytes.
@@ -51,11 +61,18 @@ def create_app(
             by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
         # One route per path, so a wrong method gets a 405 naming every allowed one.
         routes = [
-            Route(path, _serve(db, methods, max_body_bytes), methods=list(methods), name=path)
+            Route(
+                path,
+                _serve(db, methods, max_body_bytes, databases),
+                methods=list(methods),
+                name=path,
+            )
             for path, methods in by_path.items()
         ]
     if sync_handler is not None:
-        routes += sync_routes(sync_handler, max_frame)
+        sync_handler_for = fixed(sync_handler)
+    if sync_handler_for is not None:
+        routes += sync_routes(sync_handler_for, max_frame, auth)
     routes += extra_routes
     app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
     app.state.db = db
@@ -63,16 +80,25 @@ def create_app(
 
 
 def _serve(
-    db: Database, methods: Mapping[str, Endpoint], max_body_bytes: int
+    db: Database,
+    methods: Mapping[str, Endpoint],
+    max_body_bytes: int,
+    databases: NodeDatabases | None,
 ) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
+        target = db
+        space = request.headers.get(SPACE_HEADER)
+        if space and space != db.space:
+            if databases is None:
+                raise NotFoundError(f"this API serves space {db.space!r} only, not {space!r}")
+            target = await databases.get(space)
         endpoint = methods["GET" if request.method == "HEAD" else request.method]
         query = parse_query(request.query_params.multi_items(), endpoint.query)
         body = None
         if endpoint.body is not None:
             body = await read_json(request, max_body_bytes)
             check(endpoint.body, body)
-        result = await endpoint.handler(Call(db, request.path_params, query, body))
+        result = await endpoint.handler(Call(target, request.path_params, query, body))
         if endpoint.status == 204:
             return Response(status_code=204)
         return JSONResponse(result, status_code=endpoint.status)

@@ -9,6 +9,7 @@ sees a traceback for a LoomError or a bad argument.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import sys
@@ -128,6 +129,7 @@ def cmd_start(args: argparse.Namespace) -> None:
         cache=args.cache,
         upstream_transport=args.upstream_transport,
         upstream_verify=args.upstream_cafile or not args.upstream_insecure,
+        space=args.space,
     )
 
 
@@ -174,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--relay",
         action="store_true",
         help="store and forward entries only: no database, no keys (a blind relay)",
+    )
+    p.add_argument(
+        "--space",
+        default=os.environ.get("LOOMDB_SPACE") or "main",
+        help="the space the document API works on by default (default: $LOOMDB_SPACE, else main)",
     )
     p.add_argument("--upstream", metavar="URL", help="relay: forward every request to this node")
     p.add_argument("--cache", action="store_true", help="relay with --upstream: keep copies")

@@ -19,6 +19,7 @@ Invariants (each one is tested):
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import os
 import uuid
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import loro
@@ -78,6 +79,30 @@ from loomdb.node.home import NodeHome
 from loomdb.stores.base import ContentAddressedStore, PutStatus
 
 DEFAULT_SPACE: Final = "main"
+SPACE_SEPARATOR: Final = "~"  # in the id of a managed space (loomdb.trust.spaces)
+DIRECTORY_COLLECTION: Final = "$directory"  # a managed space's tenant directory (loomdb.trust)
+
+
+class WritePolicy(Protocol):
+    """What a managed space adds to local writes (``loomdb.trust.admin.NodeTrust``)."""
+
+    def key_for(self, space: str, collection: str) -> NamedKey:
+        """The key new entries of ``collection`` use; MissingKeyError when not held."""
+        ...
+
+    def check_write(self, space: str, collection: str, at: int) -> None:
+        """Raise the TrustError that forbids this node's user to write, if any."""
+        ...
+
+
+def views_file(home: Path, space: str) -> Path:
+    """The views of ``space``: ``views.db`` for the default space, else one file per space."""
+    if space == DEFAULT_SPACE:
+        return home / "views.db"
+    digest = hashlib.sha256(space.encode("utf-8")).hexdigest()[:20]
+    return home / "views" / f"{digest}.db"
+
+
 DOC_KINDS: Final = frozenset(k.value for k in Kind)
 MAX_ANCESTRY_WALK: Final = 100_000
 
@@ -144,6 +169,8 @@ class Database:
         random: RandomSource = os.urandom,
         cache_size: int = 2048,
         key: NamedKey | None = None,
+        policy: WritePolicy | None = None,
+        close_store: bool = True,
     ) -> None:
         self.home = home
         self.store = store
@@ -152,7 +179,9 @@ class Database:
         self._hlc = HybridLogicalClock(clock or SystemClock())
         self._random = random
         self._author = home.user.signing_key
-        self._key = key or home.default_key
+        self._key = key
+        self._policy = policy if SPACE_SEPARATOR in space else None
+        self._close_store = close_store
         self._cache: OrderedDict[int, _Live] = OrderedDict()
         self._cache_size = max(1, cache_size)
         self._lock = anyio.Lock()
@@ -173,13 +202,17 @@ class Database:
         random: RandomSource = os.urandom,
         cache_size: int = 2048,
         key: NamedKey | None = None,
+        policy: WritePolicy | None = None,
+        close_store: bool = True,
     ) -> Database:
         """Open the database of a node home (a path or a :class:`NodeHome`).
 
         ``store`` defaults to the home's SQLite store; ``key`` (default: the
         home's default key) encrypts what this database writes."""
         node = home if isinstance(home, NodeHome) else NodeHome.open(Path(home))
-        views = Views(node.path / "views.db")
+        path = views_file(node.path, space)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        views = Views(path)
         db = cls(
             node,
             store or node.open_store(),
@@ -189,6 +222,8 @@ class Database:
             random=random,
             cache_size=cache_size,
             key=key,
+            policy=policy,
+            close_store=close_store,
         )
         try:
             await db._attach()
@@ -209,7 +244,8 @@ class Database:
         self._closed = True
         self._cache.clear()
         self._views.close()
-        await self.store.aclose()
+        if self._close_store:
+            await self.store.aclose()
 
     async def _attach(self) -> None:
         head = await self.store.store_head()
@@ -220,6 +256,14 @@ class Database:
                 self._views.set_meta("cursor", "0")
             self._cursor = int(self._views.get_meta("cursor") or 0)
         await self.catch_up()
+
+    def _key_for(self, collection: str, at: int) -> NamedKey:
+        """The key of a new entry, once this node's user is known to be allowed to
+        write it (managed spaces; TrustError or MissingKeyError when not)."""
+        if self._policy is None:
+            return self._key or self.home.default_key
+        self._policy.check_write(self.space, collection, at)
+        return self._key or self._policy.key_for(self.space, collection)
 
     @property
     def peer_id(self) -> str:
@@ -430,6 +474,8 @@ class Database:
             live = await self._live(change.collection, change.document, pinned)
             if check is not None:
                 check(change, live)
+            created_at = self._hlc.now()
+            key = self._key_for(change.collection, created_at)
             if live.salt is None:
                 live.salt = self._random(crdt.SALT_SIZE)
                 live.peer = crdt.writer_peer(
@@ -455,9 +501,9 @@ class Database:
                 document=change.document,
                 kind=change.kind,
                 payload=crdt.encode_payload(live.salt, delta),
-                created_at=self._hlc.now(),
+                created_at=created_at,
                 parents=live.heads,
-                key=self._key,
+                key=key,
                 policy=DEFAULT_POLICY,
                 random=self._random,
             )
@@ -536,7 +582,14 @@ class Database:
             got = await self.store.scan(self._cursor, batch)
             if not got:
                 return applied
-            mine = [r.entry for r in got if r.entry.space == self.space]
+            mine = []
+            for r in got:
+                if r.entry.space != self.space:
+                    continue
+                if r.entry.collection == DIRECTORY_COLLECTION:
+                    self._hlc.observe(r.entry.created_at)  # later writes come after grants
+                else:
+                    mine.append(r.entry)
             async with self._lock:
                 applied += await self._ingest(mine)
                 with self._views.tx():
@@ -729,6 +782,11 @@ class Database:
             coll = self._views.coll_id(collection, create=False)
             did = self._views.doc_id(coll, doc_id, create=False) if coll is not None else None
             row = self._views.doc(did) if did is not None else None
+        if did is not None:
+            with self._views.lock:
+                no_key = self._views.missing_key(did)
+            if no_key is not None:
+                raise MissingKeyError(f"document {doc_id!r} in {collection!r}: {no_key}")
         if row is None or not row.heads:
             raise NotFoundError(f"no document {doc_id!r} in {collection!r}")
         return row

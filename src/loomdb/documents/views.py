@@ -400,6 +400,15 @@ class Views:
         ).fetchall()
         return [CID(r[0]) for r in rows]
 
+    def missing_key(self, doc: int) -> str | None:
+        """Why an entry of ``doc`` waits for a key ("no key …"), if one does."""
+        row = self._db.execute(
+            "SELECT reason FROM states WHERE doc = ? AND state = ? AND reason LIKE 'no key %' "
+            "LIMIT 1",
+            (doc, PENDING),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def count_states(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, count(*) FROM states GROUP BY state").fetchall()
         return {STATE_NAMES[s]: n for s, n in rows}

@@ -38,16 +38,26 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
 from loomdb.api import create_app
+from loomdb.api.auth import auth_routes
+from loomdb.api.sync import fixed
 from loomdb.api.sync_run import sync_run_route
+from loomdb.api.trust import trust_routes
 from loomdb.documents import Database
-from loomdb.errors import AddressInUseError, ValidationError
+from loomdb.documents.database import DEFAULT_SPACE
+from loomdb.errors import AddressInUseError, LoomError, ValidationError
+from loomdb.node.databases import NodeDatabases
 from loomdb.node.home import NodeHome
 from loomdb.stores.caching import CachingStore
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
-from loomdb.sync.replicate import DatabaseStore
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
 from loomdb.transports.tls import TlsFiles, Verify
+from loomdb.trust.access import Access
+from loomdb.trust.admin import NodeTrust
+from loomdb.trust.auth import AuthService
+from loomdb.trust.book import DirectoryBook
+from loomdb.trust.guard import GuardedStore
+from loomdb.trust.principal import Principal
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 9181
@@ -78,6 +88,7 @@ class ServeOptions:
     cache: bool = False
     upstream_transport: str = "ws"
     upstream_verify: Verify = True
+    space: str = DEFAULT_SPACE
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -121,6 +132,7 @@ def run_daemon(
     cache: bool = False,
     upstream_transport: str = "ws",
     upstream_verify: Verify = True,
+    space: str = DEFAULT_SPACE,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Raises LoomError for a bad home or port,
     or TLS files that do not load.
@@ -134,8 +146,18 @@ def run_daemon(
         raise ValidationError("--upstream and --cache are for a relay: add --relay")
     if cache and not upstream:
         raise ValidationError("--cache keeps copies of an upstream's entries: add --upstream URL")
+    if relay and space != DEFAULT_SPACE:
+        raise ValidationError("a relay serves every space it is given: drop --space")
     options = ServeOptions(
-        tls, sync_handler, max_frame, relay, upstream, cache, upstream_transport, upstream_verify
+        tls,
+        sync_handler,
+        max_frame,
+        relay,
+        upstream,
+        cache,
+        upstream_transport,
+        upstream_verify,
+        space,
     )
     sock = listen_socket(api_host, api_port)  # first: a busy port creates nothing
     try:
@@ -159,20 +181,37 @@ async def serve_node(
     # Opened first: a signal during start-up still stops the node in order.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with AsyncExitStack() as stack:
-            db: Database | None = None
             if options.relay:
-                local = await stack.enter_async_context(_relay_store(home, options))
-                space = None
+                base = await stack.enter_async_context(_relay_store(home, options))
             else:
-                db = await Database.open(home)
-                stack.push_async_callback(db.aclose)
-                local = DatabaseStore(db)
-                space = db.space
+                base = home.open_store()
+                stack.push_async_callback(base.aclose)
+            book = DirectoryBook()
+            try:
+                await book.load(base)
+            except LoomError as exc:  # a passthrough whose upstream is down: learn as we go
+                log.warning("cannot read the spaces' directories yet: %s", exc.message)
+            guarded = GuardedStore(base, book)
+            trust = NodeTrust(home, guarded, book)
+            databases: NodeDatabases | None = None
+            local: Any = guarded
+            space = None
+            if not options.relay:
+                databases = NodeDatabases(home, guarded, trust, options.space)
+                stack.push_async_callback(databases.aclose)
+                await databases.start()
+                local, space = databases, options.space
+            db = None if databases is None else databases.default
+            auth = AuthService(home.keyring.node_key, book.check_member)
+            server = StoreServer(
+                local,
+                max_frame=options.max_frame,
+                relay=options.relay,
+                access=lambda principal: Access(book, principal),
+            )
+            handler_for: Callable[[Principal], FrameHandler] = server.handler_for
             if options.sync_handler is not None and db is not None:
-                handler = options.sync_handler(db)
-            else:
-                server = StoreServer(local, max_frame=options.max_frame, relay=options.relay)
-                handler = server.handle
+                handler_for = fixed(options.sync_handler(db))
             config = Config()
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
             config.graceful_timeout = GRACE_SECONDS
@@ -192,14 +231,22 @@ async def serve_node(
                     transport=body.get("transport", "ws"),
                     verify=verify,
                     max_frame=options.max_frame,
+                    identity=home.user,
                 )
 
             api = create_app(
                 db,
-                sync_handler=handler,
+                sync_handler_for=handler_for,
+                auth=auth,
                 max_frame=options.max_frame,
-                extra_routes=[sync_run_route(local, space, connect)],
+                databases=databases,
+                extra_routes=[
+                    sync_run_route(local, space, connect),
+                    *auth_routes(auth),
+                    *trust_routes(),
+                ],
             )
+            api.state.trust = trust
             # Starlette's ASGI types are looser than Hypercorn's; the app is ASGI 3.
             app = cast(ASGIFramework, api)
             stop = trio.Event()
@@ -229,6 +276,7 @@ async def _relay_store(home: NodeHome, options: ServeOptions) -> AsyncIterator[A
         transport=options.upstream_transport,
         verify=options.upstream_verify,
         max_frame=options.max_frame,
+        identity=home.user,  # signs in upstream as the relay's user
     )
     if not options.cache:
         try:

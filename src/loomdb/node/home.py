@@ -49,8 +49,8 @@ class NodeHome:
     ) -> NodeHome:
         """Open the home at ``path``. The keyring passphrase is ``secret``, else
         ``$LOOMDB_KEYRING_SECRET``. A new home gets a node key, a default user
-        identity and a default named key — except a relay's, which gets only its
-        node key: a relay holds no user identity and no key to read entries."""
+        identity and a default named key — except a relay's, which gets no named
+        key: a relay holds no key to read entries."""
         home = Path(path)
         if home.exists() and not home.is_dir():
             raise ValidationError(f"{home} exists and is not a directory")
@@ -64,12 +64,13 @@ class NodeHome:
             kdf=kdf,
         )
         changed = False
-        if relay:
-            if keyring.named_keys:
-                raise ValidationError(
-                    f"{home} holds decryption keys: a relay must not; use a new --home"
-                )
-        elif keyring.default_user is None:
+        if relay and keyring.named_keys:
+            raise ValidationError(
+                f"{home} holds decryption keys: a relay must not; use a new --home"
+            )
+        if keyring.default_user is None:
+            # A relay's user only signs in to other nodes and is listed in directories
+            # with the relay role; no key is ever granted to it.
             keyring.add_user(UserIdentity.generate(), default=True)
             changed = True
         if not relay and keyring.get_named_key(DEFAULT_KEY_ID) is None:

@@ -50,6 +50,8 @@ from loomdb.entries.entry import Entry, decode_entry
 from loomdb.errors import EntryError, ProtocolError, ValidationError
 from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, fetch_raw
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
+from loomdb.trust.directory import PULLERS
+from loomdb.trust.spaces import ALL, DIRECTORY_COLLECTION, is_managed
 
 if TYPE_CHECKING:
     from loomdb.documents.database import Database
@@ -183,6 +185,9 @@ async def reconcile(
     """Run Negentropy over every set at once; ``(have, need)`` as CIDs, de-duplicated."""
     have: dict[bytes, None] = {}
     need: dict[bytes, None] = {}
+    # Directory entries go first: the receiver checks the rest against them.
+    first_have: dict[bytes, None] = {}
+    first_need: dict[bytes, None] = {}
     starts = await local.reconcile([ReconcileRequest(s) for s in sets])
     active: list[tuple[SetKey, bytes]] = [
         (s, r.message) for s, r in zip(sets, starts, strict=True) if r.message is not None
@@ -204,6 +209,9 @@ async def reconcile(
             found = len(have) + len(need)
             have.update(dict.fromkeys(reply.have))
             need.update(dict.fromkeys(reply.need))
+            if s.collection == DIRECTORY_COLLECTION:
+                first_have.update(dict.fromkeys(reply.have))
+                first_need.update(dict.fromkeys(reply.need))
             if reply.message is not None:
                 # Rounds are bounded by progress, not by a count: a round that
                 # learns nothing and sends the same message again never ends.
@@ -214,7 +222,9 @@ async def reconcile(
         active = next_active
         if progress is not None:
             progress(state)
-    return [cid_of_id(i) for i in have], [cid_of_id(i) for i in need]
+    have_all = [*first_have, *(i for i in have if i not in first_have)]
+    need_all = [*first_need, *(i for i in need if i not in first_need)]
+    return [cid_of_id(i) for i in have_all], [cid_of_id(i) for i in need_all]
 
 
 def _verify(
@@ -311,8 +321,42 @@ async def _scope_sets(
     if scope is None or isinstance(scope, str):
         scope = SyncScope(scope)
     if scope.space is not None:
-        return scope.sets()
-    return scope.sets([*await a.list_spaces(), *await b.list_spaces()])
+        sets = scope.sets()
+    else:
+        sets = scope.sets([*await a.list_spaces(), *await b.list_spaces()])
+    if any(is_managed(s.space) for s in sets):
+        for store in (a, b):
+            access = getattr(store, "access", None)
+            if access is not None:
+                sets = narrow_sets(sets, await access())
+        directories = [SetKey(s.space, DIRECTORY_COLLECTION) for s in sets if is_managed(s.space)]
+        sets = list(dict.fromkeys([*directories, *sets]))
+    return sets
+
+
+def narrow_sets(sets: Sequence[SetKey], access: dict[str, Any] | None) -> list[SetKey]:
+    """The parts of ``sets`` a remote's ``access`` reply lets us pull: a whole space
+    becomes the collections we may read when we may not read all of it."""
+    if access is None:
+        return list(sets)
+    spaces = access.get("spaces") or {}
+    out: list[SetKey] = []
+    for key in sets:
+        if not is_managed(key.space):
+            if access.get("open_spaces", True):
+                out.append(key)
+            continue
+        roles: dict[str, list[str]] = spaces.get(key.space) or {}
+        pullable = {c for c, r in roles.items() if PULLERS & set(r)}
+        if not roles:
+            continue
+        if ALL in pullable or key.collection == DIRECTORY_COLLECTION:
+            out.append(key)
+        elif key.collection is None:
+            out += [SetKey(key.space, c) for c in sorted(pullable)]
+        elif key.collection in pullable:
+            out.append(key)
+    return out
 
 
 async def _run(

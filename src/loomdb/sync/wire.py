@@ -59,6 +59,7 @@ DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
 OPS: Final = frozenset(
     {
         "hello",
+        "access",
         "put",
         "get",
         "has",
