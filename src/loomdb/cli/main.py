@@ -9,9 +9,9 @@ sees a traceback for a LoomError or a bad argument.
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
