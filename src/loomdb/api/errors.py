@@ -15,6 +15,9 @@ Statuses (first match in :data:`STATUS_BY_ERROR` wins):
 * 422: the request was read but the database refused its content: a bad name or
   value (``validation``), a schema violation or a bad schema (``document.schema``),
   a query it cannot run (``document.query``);
+* 401 ``auth.*``: no valid token (sync with a managed space, the token route);
+* 403 ``trust.*`` (not a member, revoked, no role) and ``key.missing`` ("no key":
+  the document's entries are held but this node was not granted their key);
 * 404 ``document.not_found`` / ``route.not_found``, 405 ``route.method``,
   409 ``document.conflict``, 413 ``request.too_large``, 415 ``request.media_type``
   (a sync frame sent without its content type);
@@ -35,6 +38,7 @@ from loomdb.errors import (
     AuthError,
     ConflictError,
     LoomError,
+    MissingKeyError,
     NotFoundError,
     QueryError,
     SchemaError,
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[LoomError], int]] = [  # first match wins
     (AuthError, 401),
     (TrustError, 403),
+    (MissingKeyError, 403),  # "no key": the entries are held, this node may not read them
     (NotFoundError, 404),
     (ConflictError, 409),
     (ValidationError, 422),

@@ -17,7 +17,7 @@ from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry
 from loomdb.errors import NotMemberError, RevokedError, ValidationError
 from loomdb.stores.base import ContentAddressedStore
-from loomdb.trust.directory import DirectoryState, fold
+from loomdb.trust.directory import DirectoryState, fold, fold_order
 from loomdb.trust.spaces import DIRECTORY_COLLECTION, DIRECTORY_DOCUMENT, parse_space_id
 
 log = logging.getLogger("loomdb.trust")
@@ -69,7 +69,8 @@ class DirectoryBook:
         managed = parse_space_id(space)
         if managed is None:
             raise ValidationError(f"{space!r} is an open space: it has no directory")
-        return fold(managed, self._entries.get(space, {}).values())
+        state = self._states.get(space)
+        return DirectoryState(managed) if state is None else state.copy()
 
     def check_member(self, user_id: str) -> None:
         """A :data:`~loomdb.trust.principal.MemberCheck`: may ``user_id`` authenticate
@@ -102,16 +103,29 @@ class DirectoryBook:
 
     def add(self, entries: Iterable[Entry], *, notify: bool = True) -> None:
         """Take stored directory entries in and refold the spaces they touch."""
-        touched: set[str] = set()
+        fresh: dict[str, list[Entry]] = {}
         for entry in entries:
             held = self._entries.setdefault(entry.space, {})
             if entry.cid not in held:
                 held[entry.cid] = entry
-                touched.add(entry.space)
-        for space in touched:
+                fresh.setdefault(entry.space, []).append(entry)
+        touched = set(fresh)
+        for space, new in fresh.items():
             managed = parse_space_id(space)
             assert managed is not None
-            state = fold(managed, self._entries[space].values())
+            state = self._states.get(space)
+            new.sort(key=fold_order)
+            if state is not None and all(_after(state, e) for e in new[:1]):
+                # The usual case, entries appended after the heads: apply them in order
+                # (the same result as a refold, which sorts them after the rest).
+                for entry in new:
+                    state.apply(entry)
+                parents = {p for e in new for p in e.parents}
+                state.heads = [h for h in state.heads if h.cid not in parents] + [
+                    e for e in new if not any(e.cid in o.parents for o in new)
+                ]
+            else:
+                state = fold(managed, self._entries[space].values())
             self._states[space] = state
             for cid, reason in state.ignored.items():
                 log.debug("space %s: directory entry %s does not count: %s", space, cid, reason)
@@ -119,3 +133,10 @@ class DirectoryBook:
             for space in sorted(touched):
                 for listener in self._listeners:
                     listener(space)
+
+
+def _after(state: DirectoryState, entry: Entry) -> bool:
+    """Does ``entry`` sort after every entry ``state`` was folded from? (Then applying
+    it to the state equals folding everything again.)"""
+    last = state.last_order
+    return last is None or fold_order(entry) > last

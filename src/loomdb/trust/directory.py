@@ -198,6 +198,23 @@ class DirectoryState:
     applied: list[CID] = field(default_factory=list)
     ignored: dict[CID, str] = field(default_factory=dict)
     heads: list[Entry] = field(default_factory=list)
+    last_order: tuple[int, int, bytes] | None = None
+    """The fold order of the last entry applied."""
+
+    def copy(self) -> DirectoryState:
+        """An independent copy (to try a batch against without changing this state)."""
+        return DirectoryState(
+            self.space,
+            dict(self.users),
+            {k: list(v) for k, v in self.roles.items()},
+            dict(self.revoked),
+            dict(self.keys),
+            self.genesis,
+            list(self.applied),
+            dict(self.ignored),
+            list(self.heads),
+            self.last_order,
+        )
 
     # --- questions -----------------------------------------------------------------
 
@@ -334,6 +351,9 @@ class DirectoryState:
 
     def apply(self, entry: Entry) -> None:
         """Fold one entry in (call in fold order)."""
+        order = fold_order(entry)
+        if self.last_order is None or order > self.last_order:
+            self.last_order = order
         try:
             op = decode_op(entry.payload) if entry.kind == DIRECTORY_KIND else None
         except ValidationError as exc:
