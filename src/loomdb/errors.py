@@ -48,7 +48,8 @@ map this tree to exit codes and status codes in one table each, keyed by
     ├── AuthError                  authentication on a transport
     │   ├── AuthRequiredError        no token, or an invalid one (HTTP 401)
     │   ├── ChallengeError           a replayed, expired, foreign or badly signed challenge
-    │   └── TokenError               an expired, foreign or tampered token
+    │   ├── TokenError               an expired, foreign or tampered token
+    │   └── NoLoginError             the node offers no login (anonymous use only)
     └── DocumentError              the document layer (CRDT, collections, queries)
         ├── SchemaError              a value breaks its collection's schema, or a bad schema
         ├── QueryError               a query the database cannot run (bad field, operator)
@@ -356,3 +357,9 @@ class TokenError(AuthError):
     """A token that is expired, issued by another server, or tampered with."""
 
     code = "auth.token"
+
+
+class NoLoginError(AuthError):
+    """The node offers no login (an older node): only anonymous use is possible."""
+
+    code = "auth.no_login"

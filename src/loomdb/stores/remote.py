@@ -31,11 +31,14 @@ from loomdb.errors import (
     CidMismatchError,
     EntryError,
     FrameTooLargeError,
+    LoomError,
     ProtocolError,
     StoreClosedError,
     TransportError,
+    TrustError,
     ValidationError,
 )
+from loomdb.identity.user import UserIdentity
 from loomdb.stores.base import (
     EntryInput,
     PutResult,
@@ -47,6 +50,7 @@ from loomdb.stores.base import (
 )
 from loomdb.sync import wire
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
+from loomdb.transports.auth import ChallengeLogin
 from loomdb.transports.base import DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT, RequestChannel
 from loomdb.transports.http import HttpChannel
 from loomdb.transports.tls import Verify
@@ -56,9 +60,10 @@ FRAME_OVERHEAD: Final = 64 * 1024
 PER_ENTRY_OVERHEAD: Final = 16
 
 
-def _entry_errors() -> dict[str, type[EntryError]]:
-    found: dict[str, type[EntryError]] = {}
-    todo: list[type[EntryError]] = [EntryError]
+def _entry_errors() -> dict[str, type[LoomError]]:
+    """The errors a store may give for one refused entry, by code."""
+    found: dict[str, type[LoomError]] = {}
+    todo: list[type[LoomError]] = [EntryError, TrustError]
     while todo:
         cls = todo.pop()
         found[cls.code] = cls
@@ -116,15 +121,33 @@ class RemoteStore:
         transport: str = "ws",
         verify: Verify = True,
         max_frame: int = DEFAULT_MAX_FRAME,
+        identity: UserIdentity | None = None,
+        expected_server: str | None = None,
         **options: Any,
     ) -> RemoteStore:
         """A RemoteStore to the node at ``url`` (its base URL) over WebSocket
-        (``transport="ws"``, the default) or HTTP POSTs (``"http"``)."""
+        (``transport="ws"``, the default) or HTTP POSTs (``"http"``).
+
+        With an ``identity``, requests carry a token got by challenge-response
+        (:class:`~loomdb.transports.auth.ChallengeLogin`) and act as that user;
+        ``expected_server`` (the node's Peer ID) refuses a challenge from anyone
+        else. Without one they are anonymous — and so are they with one the node
+        does not know (a user in none of its directories, or a node with no login):
+        anonymous requests reach the node's open spaces only."""
+        login = None
+        if identity is not None:
+            login = ChallengeLogin(
+                url,
+                identity,
+                verify=verify,
+                expected_server=expected_server,
+                anonymous_if_stranger=True,
+            )
         channel: RequestChannel
         if transport == "ws":
-            channel = WebSocketChannel(url, max_frame=max_frame, verify=verify)
+            channel = WebSocketChannel(url, max_frame=max_frame, verify=verify, token_source=login)
         elif transport == "http":
-            channel = HttpChannel(url, max_frame=max_frame, verify=verify)
+            channel = HttpChannel(url, max_frame=max_frame, verify=verify, token_source=login)
         else:
             raise ValidationError(f"transport is 'ws' or 'http', not {transport!r}")
         return cls(channel, **options)
@@ -327,6 +350,16 @@ class RemoteStore:
         if type(got) is not list or len(got) != 2 or type(got[1]) is not int:
             raise ProtocolError("a head reply is [epoch, seq]")
         return StoreHead(str(got[0]), got[1])
+
+    async def access(self) -> dict[str, Any] | None:
+        """What this connection may reach on the remote (see :mod:`loomdb.trust.access`):
+        None when unrestricted. Asked once per store."""
+        if not hasattr(self, "_access"):
+            got = await self.call("access")
+            if got is not None and not isinstance(got, dict):
+                raise ProtocolError("an access reply is a map or null")
+            self._access: dict[str, Any] | None = got
+        return self._access
 
     async def count(self) -> int:
         got = await self.call("count")

@@ -47,7 +47,7 @@ import anyio.to_thread
 
 from loomdb.entries.cid import CID, PREFIX
 from loomdb.entries.entry import Entry, decode_entry
-from loomdb.errors import EntryError, ProtocolError, ValidationError
+from loomdb.errors import EntryError, ForbiddenError, ProtocolError, ValidationError
 from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, fetch_raw
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 from loomdb.trust.directory import PULLERS
@@ -327,8 +327,13 @@ async def _scope_sets(
     if any(is_managed(s.space) for s in sets):
         for store in (a, b):
             access = getattr(store, "access", None)
-            if access is not None:
-                sets = narrow_sets(sets, await access())
+            if access is None:
+                continue
+            reach = await access()
+            sets = narrow_sets(sets, reach)
+            if scope.space is not None and not sets:
+                who = (reach or {}).get("user") or "an anonymous client (not in its directory)"
+                raise ForbiddenError(f"{who} may not sync space {scope.space} with this node")
         directories = [SetKey(s.space, DIRECTORY_COLLECTION) for s in sets if is_managed(s.space)]
         sets = list(dict.fromkeys([*directories, *sets]))
     return sets

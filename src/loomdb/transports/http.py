@@ -9,22 +9,24 @@ Errors of httpx never escape (rule 3 of :mod:`loomdb.transports.base`): a
 refused or failed connection, TLS included, is ``UnreachableError``; a time-out
 ``TransportTimeoutError``; a 413 or an over-size reply ``FrameTooLargeError``;
 any other status ``TransportError`` naming it.
+
+With a token source, every request carries ``Authorization: Bearer <token>``;
+a 401 is the node refusing it (rule 5 of :mod:`loomdb.transports.base`).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import httpx
 
 from loomdb.errors import (
+    AuthError,
     FrameTooLargeError,
     TransportError,
     TransportTimeoutError,
     UnreachableError,
 )
-from loomdb.transports.base import DEFAULT_MAX_FRAME, SerialChannel
+from loomdb.transports.auth import TokenSource, api_error, auth_error
+from loomdb.transports.base import DEFAULT_MAX_FRAME, SerialChannel, TokenRefused, describe
 from loomdb.transports.endpoint import SYNC_MEDIA_TYPE, sync_endpoint
 from loomdb.transports.tls import Verify, verify_context
 
@@ -43,6 +45,7 @@ class HttpChannel(SerialChannel):
     ``url`` is the node's base URL (``http://host:port`` or ``https://…``, as
     ``loomdb client --url`` takes). ``verify``: see :data:`loomdb.transports.tls.Verify`.
     ``transport`` replaces the network (``httpx.ASGITransport(app)`` in tests).
+    ``token_source`` gives the bearer token to send (none: the request is anonymous).
     """
 
     def __init__(
@@ -53,8 +56,9 @@ class HttpChannel(SerialChannel):
         verify: Verify = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        token_source: TokenSource | None = None,
     ) -> None:
-        super().__init__(url, max_frame)
+        super().__init__(url, max_frame, token_source)
         self._endpoint = sync_endpoint(url, websocket=False)
         self.url = url
         self._client = httpx.AsyncClient(
@@ -69,19 +73,21 @@ class HttpChannel(SerialChannel):
         await self._client.aclose()
 
     async def _exchange(self, frame: bytes) -> bytes:
+        token = await self._bearer()
+        headers = _HEADERS if token is None else {**_HEADERS, "authorization": f"Bearer {token}"}
         try:
             async with self._client.stream(
-                "POST", self._endpoint.url, content=frame, headers=_HEADERS
+                "POST", self._endpoint.url, content=frame, headers=headers
             ) as response:
                 if response.status_code != 200:
                     raise await self._refusal(response)
                 return await self._read_reply(response)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise UnreachableError(f"cannot reach {self.url}: {_reason(exc)}") from None
+            raise UnreachableError(f"cannot reach {self.url}: {describe(exc)}") from None
         except httpx.TimeoutException as exc:
-            raise TransportTimeoutError(f"{self.url} timed out: {_reason(exc)}") from None
+            raise TransportTimeoutError(f"{self.url} timed out: {describe(exc)}") from None
         except (httpx.HTTPError, httpx.StreamError, OSError) as exc:
-            raise TransportError(f"exchange with {self.url} failed: {_reason(exc)}") from None
+            raise TransportError(f"exchange with {self.url} failed: {describe(exc)}") from None
 
     async def _read_reply(self, response: httpx.Response) -> bytes:
         media_type = response.headers.get("content-type", "").partition(";")[0].strip()
@@ -107,8 +113,12 @@ class HttpChannel(SerialChannel):
             body += chunk
             if len(body) > _ERROR_BODY_LIMIT:
                 break
-        detail = _error_detail(bytes(body[:_ERROR_BODY_LIMIT]))
+        error = api_error(bytes(body[:_ERROR_BODY_LIMIT]))
+        detail = f"{error[0]}: {error[1]}" if error else _start(body)
         status = response.status_code
+        if status == 401:
+            refusal = auth_error(*error) if error else AuthError(f"{self.url} answered 401")
+            return TokenRefused(refusal)
         if status == 413:
             return FrameTooLargeError(f"{self.url} refused the request as too large: {detail}")
         if status == 404:
@@ -118,29 +128,10 @@ class HttpChannel(SerialChannel):
         return TransportError(f"{self.url} answered {status} {response.reason_phrase}: {detail}")
 
 
-def _error_detail(body: bytes) -> str:
-    """The ``code: message`` of an API error body, or the start of any other body."""
-    try:
-        parsed: Any = json.loads(body)
-        error = parsed["error"]
-        return f"{error['code']}: {error['message']}"
-    except (ValueError, TypeError, KeyError):
-        text = body[:200].decode("utf-8", "replace").strip()
-        return text or "no details"
+def _start(body: bytes | bytearray) -> str:
+    """The start of a body that is not an API error, for a message."""
+    return bytes(body[:200]).decode("utf-8", "replace").strip() or "no details"
 
 
 def _reply_too_large(size: int, limit: int) -> FrameTooLargeError:
     return FrameTooLargeError(f"the reply is {size} bytes or more, over the limit of {limit}")
-
-
-def _reason(exc: BaseException) -> str:
-    """The first non-empty message along the exception's causes (httpx often wraps
-    an ssl or socket error in an exception with no message of its own)."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            break
-        if str(seen):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return type(exc).__name__

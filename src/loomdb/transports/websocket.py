@@ -14,6 +14,12 @@ for the caller to judge.
 A reply is reassembled from its fragments up to ``max_frame`` bytes and no
 further: a longer one closes the connection with 1009 and raises
 ``FrameTooLargeError``. The node closes with 1009 a request over its own limit.
+
+With a token source, the handshake carries ``Authorization: Bearer <token>``.
+The node refuses a token with close 4401 (at once, or before the frame it will
+not handle once the token expired or its user was revoked); the reason is
+``code: message``. The channel then connects again with a new token and sends
+the request once more (rule 5 of :mod:`loomdb.transports.base`).
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError
 
 from loomdb.errors import (
+    AuthError,
     FrameTooLargeError,
     TransportError,
     UnreachableError,
 )
-from loomdb.transports.base import DEFAULT_MAX_FRAME, SerialChannel
+from loomdb.transports.auth import TokenSource, api_error, auth_error, auth_error_from_reason
+from loomdb.transports.base import DEFAULT_MAX_FRAME, SerialChannel, TokenRefused
 from loomdb.transports.endpoint import SyncEndpoint, sync_endpoint
 from loomdb.transports.tls import Verify, verify_context
 
@@ -50,6 +58,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4401  # the node refused the token (see loomdb.api.sync)
 _RECEIVE_SIZE = 64 * 1024
 _REJECT_BODY_LIMIT = 64 * 1024
 _CLOSE_GRACE = 1.0  # seconds a polite close may take before the socket is just dropped
@@ -70,6 +79,7 @@ class WebSocketChannel(SerialChannel):
     ``url``: the node's base URL, ``ws://``/``wss://`` or ``http://``/``https://``
     (mapped to ``ws``/``wss``). ``verify``: see :data:`loomdb.transports.tls.Verify`.
     ``connect_timeout`` bounds the TCP, TLS and WebSocket handshakes together.
+    ``token_source`` gives the bearer token for the handshake (none: anonymous).
     """
 
     def __init__(
@@ -79,8 +89,9 @@ class WebSocketChannel(SerialChannel):
         max_frame: int = DEFAULT_MAX_FRAME,
         verify: Verify = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        token_source: TokenSource | None = None,
     ) -> None:
-        super().__init__(url, max_frame)
+        super().__init__(url, max_frame, token_source)
         self._endpoint = sync_endpoint(url, websocket=True)
         self.url = url
         self._ssl = verify_context(verify) if self._endpoint.secure else None
@@ -116,6 +127,7 @@ class WebSocketChannel(SerialChannel):
 
     async def _connect(self) -> _Connection:
         endpoint = self._endpoint
+        token = await self._bearer()  # the login has its own time-out
         stream: anyio.abc.ByteStream | None = None
         try:
             with anyio.fail_after(self._connect_timeout):
@@ -129,7 +141,7 @@ class WebSocketChannel(SerialChannel):
                         tls_hostname=endpoint.host,
                         tls_standard_compatible=False,  # WebSocket close ends the stream
                     )
-                return await _handshake(stream, endpoint, self._max_frame)
+                return await _handshake(stream, endpoint, self._max_frame, token)
         except TimeoutError:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
@@ -147,10 +159,12 @@ class WebSocketChannel(SerialChannel):
 
 
 async def _handshake(
-    stream: anyio.abc.ByteStream, endpoint: SyncEndpoint, max_frame: int
+    stream: anyio.abc.ByteStream, endpoint: SyncEndpoint, max_frame: int, token: str | None
 ) -> _Connection:
     ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send(ws.send(Request(host=endpoint.netloc, target=endpoint.path)))
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    request = Request(host=endpoint.netloc, target=endpoint.path, extra_headers=headers)
+    await stream.send(ws.send(request))
     rejected: RejectConnection | None = None
     body = bytearray()
     while True:
@@ -169,9 +183,15 @@ async def _handshake(
                     raise _rejection(endpoint, rejected, bytes(body))
 
 
-def _rejection(endpoint: SyncEndpoint, event: RejectConnection, body: bytes) -> TransportError:
+def _rejection(
+    endpoint: SyncEndpoint, event: RejectConnection, body: bytes
+) -> TransportError | TokenRefused:
     status = event.status_code
     detail = body[:200].decode("utf-8", "replace").strip() or "no details"
+    if status == 401:  # a node may refuse the handshake itself rather than close 4401
+        error = api_error(body)
+        refusal = auth_error(*error) if error else AuthError(f"{endpoint.url} answered 401")
+        return TokenRefused(refusal)
     if status == 404:
         return TransportError(
             f"{endpoint.url} has no sync endpoint (404: {detail}); is it a loomdb node?"
@@ -219,11 +239,19 @@ class _Connection:
             ) from None
 
     async def _receive(self) -> list[Event]:
+        # Events already received first: a close sent right after the handshake
+        # (4401) may have come in the same read as the handshake's answer, and the
+        # node may have hung up since.
+        pending = list(self.ws.events())
+        if pending:
+            return pending
         data = await self.stream.receive(_RECEIVE_SIZE)  # EndOfStream: the node hung up
         self.ws.receive_data(data)
         return list(self.ws.events())
 
-    def _closed_by_node(self, event: CloseConnection) -> TransportError:
+    def _closed_by_node(self, event: CloseConnection) -> TransportError | TokenRefused:
+        if event.code == CLOSE_UNAUTHORIZED:
+            return TokenRefused(auth_error_from_reason(event.reason))
         reason = f" ({event.reason})" if event.reason else ""
         if event.code == CLOSE_TOO_BIG:
             return FrameTooLargeError(
