@@ -87,6 +87,22 @@ def test_every_client_command_has_help_url_and_json() -> None:
         "client doc query",
         "client doc history",
         "client sync",
+        "client identity",
+        *(
+            f"client space {c}"
+            for c in [
+                "create",
+                "list",
+                "join",
+                "users",
+                "invite",
+                "revoke",
+                "grant",
+                "ungrant",
+                "rotate",
+                "invitation",
+            ]
+        ),
     }
     for _, sub in leaves:
         assert sub.description

@@ -31,6 +31,8 @@ from loomdb.errors import LoomError, UnreachableError, ValidationError
 
 DEFAULT_URL = "http://127.0.0.1:9181"
 URL_ENV = "LOOMDB_URL"
+SPACE_ENV = "LOOMDB_SPACE"
+SPACE_HEADER = "X-Loomdb-Space"
 API_PREFIX = "/api/v0"
 TIMEOUT_SECONDS = 30.0
 
@@ -53,8 +55,12 @@ class ApiClient:
         *,
         timeout: float = TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
+        space: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        if space is not None and not (space.isascii() and space.isprintable() and space):
+            raise ValidationError(f"bad --space {space!r}: a space id is printable ASCII")
+        headers = {SPACE_HEADER: space} if space is not None else None
         try:
             # No proxies from the environment: a node is addressed directly.
             self._http = httpx.Client(
@@ -62,6 +68,7 @@ class ApiClient:
                 timeout=timeout,
                 transport=transport,
                 trust_env=False,
+                headers=headers,
             )
         except httpx.InvalidURL as exc:
             raise ValidationError(f"bad --url {url!r}: {exc}") from None
@@ -290,10 +297,15 @@ def show_node(info: dict[str, Any]) -> None:
 # --- commands ---------------------------------------------------------------------
 
 
+def api_client(args: argparse.Namespace) -> ApiClient:
+    """The client of the node at ``--url``, addressing ``--space`` (if given)."""
+    return ApiClient(args.url, space=args.space)
+
+
 def _run(
     args: argparse.Namespace, call: Callable[[ApiClient], Any], show: Callable[[Any], None]
 ) -> None:
-    with ApiClient(args.url) as api:
+    with api_client(args) as api:
         answer = call(api)
     if args.json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
@@ -342,7 +354,7 @@ def cmd_doc_update(args: argparse.Namespace) -> None:
 
 
 def cmd_doc_delete(args: argparse.Namespace) -> None:
-    with ApiClient(args.url) as api:
+    with api_client(args) as api:
         api.call("DELETE", _doc(args.collection, args.id))
     if args.json:
         print(json.dumps({"deleted": True, "collection": args.collection, "id": args.id}))
@@ -402,7 +414,7 @@ def cmd_sync(args: argparse.Namespace) -> None:
         body["insecure"] = True
     show_bar = not args.json and not args.quiet and sys.stderr.isatty()
     final: dict[str, Any] | None = None
-    with ApiClient(args.url) as api:
+    with api_client(args) as api:
         for event in api.stream("/sync/run", body, idle_timeout=args.idle_timeout):
             if event.get("event") == "error":
                 if show_bar:
@@ -448,6 +460,11 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
         help=f"the node's API (default: ${URL_ENV} or {DEFAULT_URL})",
     )
     common.add_argument("--json", action="store_true", help="print the API's JSON")
+    common.add_argument(
+        "--space",
+        default=os.environ.get(SPACE_ENV) or None,
+        help=f"the space to address (default: ${SPACE_ENV}, else the node's; sync: all on a relay)",
+    )
 
     help_ = "talk to a running node over its HTTP API"
     client: argparse.ArgumentParser = sub.add_parser("client", help=help_, description=help_)
@@ -535,7 +552,6 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
         help="only copy what this node has",
     )
     p.set_defaults(direction="both")
-    p.add_argument("--space", help="the space to sync (default: the node's; all on a relay)")
     p.add_argument(
         "--collection", action="append", default=[], help="only this collection (repeatable)"
     )
@@ -558,4 +574,7 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up when the node reports nothing for this long (default 300)",
     )
+    from loomdb.cli.trust import add_trust_commands  # here: it imports this module
+
+    add_trust_commands(groups, command)
     return client

@@ -86,7 +86,7 @@ DIRECTORY_COLLECTION: Final = "$directory"  # a managed space's tenant directory
 class WritePolicy(Protocol):
     """What a managed space adds to local writes (``loomdb.trust.admin.NodeTrust``)."""
 
-    def key_for(self, space: str, collection: str) -> NamedKey:
+    async def key_for(self, space: str, collection: str) -> NamedKey:
         """The key new entries of ``collection`` use; MissingKeyError when not held."""
         ...
 
@@ -257,13 +257,13 @@ class Database:
             self._cursor = int(self._views.get_meta("cursor") or 0)
         await self.catch_up()
 
-    def _key_for(self, collection: str, at: int) -> NamedKey:
+    async def _key_for(self, collection: str, at: int) -> NamedKey:
         """The key of a new entry, once this node's user is known to be allowed to
         write it (managed spaces; TrustError or MissingKeyError when not)."""
         if self._policy is None:
             return self._key or self.home.default_key
         self._policy.check_write(self.space, collection, at)
-        return self._key or self._policy.key_for(self.space, collection)
+        return self._key or await self._policy.key_for(self.space, collection)
 
     @property
     def peer_id(self) -> str:
@@ -475,7 +475,7 @@ class Database:
             if check is not None:
                 check(change, live)
             created_at = self._hlc.now()
-            key = self._key_for(change.collection, created_at)
+            key = await self._key_for(change.collection, created_at)
             if live.salt is None:
                 live.salt = self._random(crdt.SALT_SIZE)
                 live.peer = crdt.writer_peer(

@@ -192,7 +192,7 @@ async def serve_node(
             except LoomError as exc:  # a passthrough whose upstream is down: learn as we go
                 log.warning("cannot read the spaces' directories yet: %s", exc.message)
             guarded = GuardedStore(base, book)
-            trust = NodeTrust(home, guarded, book)
+            trust = NodeTrust(home, guarded, book, relay=options.relay)
             databases: NodeDatabases | None = None
             local: Any = guarded
             space = None

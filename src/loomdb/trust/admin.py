@@ -146,10 +146,12 @@ class NodeTrust:
         book: DirectoryBook,
         *,
         clock: Clock | None = None,
+        relay: bool = False,
     ) -> None:
         self.home = home
         self.store = store
         self.book = book
+        self.relay = relay
         self._hlc = HybridLogicalClock(clock or SystemClock())
 
     # --- identity ----------------------------------------------------------------------
@@ -253,13 +255,21 @@ class NodeTrust:
         return made
 
     def _need_admin(self, state: DirectoryState, collection: str = ALL) -> None:
+        self._not_relay()
         if not state.is_admin(self.user_id, collection):
             raise ForbiddenError(
                 f"this node's user {self.user_id} is not an admin of {collection!r} "
                 f"in space {state.space.space}"
             )
 
+    def _not_relay(self) -> None:
+        if self.relay:
+            raise ForbiddenError(
+                "a relay holds no keys, so it administers no space: use a full node"
+            )
+
     async def create_space(self, name: str) -> dict[str, Any]:
+        self._not_relay()
         space = make_space_id(name, self.user_id)
         if self.book.state(space) is not None and self._state(space).genesis is not None:
             raise ConflictError(f"space {space} exists already")
@@ -322,11 +332,14 @@ class NodeTrust:
         _check_roles([role])
         if user not in state.users:
             raise NotFoundError(f"user {user} is not in space {space}")
-        could_read = self._readable_scopes(state, user)
         held = state.roles_now(user).get(collection, frozenset())
         op = {"op": "role", "user": user, "coll": collection, "roles": sorted(held - {role})}
         await self._append(space, [op])
-        lost = could_read - self._readable_scopes(self._state(space), user)
+        # Every key it holds a grant of and may no longer read rotates.
+        state = self._state(space)
+        readable = self._readable_scopes(state, user)
+        granted = {k.collection for k in state.keys.values() if user in k.grants}
+        lost = {c for c in granted if ALL not in readable and c not in readable}
         rotated = [await self._rotate(space, scope) for scope in sorted(lost)]
         return {"user": user, "roles": _roles_json(self._state(space), user), "rotated": rotated}
 
@@ -395,7 +408,9 @@ class NodeTrust:
         record = state.users[user]
         ops = []
         for version in sorted(state.keys.values(), key=lambda k: (k.collection, k.version)):
-            if version.collection not in scopes or user in version.grants:
+            if user in version.grants:
+                continue
+            if ALL not in scopes and version.collection not in scopes:
                 continue
             key = self.home.keyring.get_named_key(version.kid)
             if key is None:
@@ -408,7 +423,9 @@ class NodeTrust:
 
     def refresh_keys(self) -> list[str]:
         """Unwrap every key granted to this node's user that the keyring lacks."""
-        added = []
+        added: list[str] = []
+        if self.relay:
+            return added  # a relay takes no key, whatever a directory grants it
         user = self.home.user
         for space in self.book.spaces():
             state = self._state(space)
@@ -427,9 +444,18 @@ class NodeTrust:
             self.home.keyring.save()
         return added
 
-    def key_for(self, space: str, collection: str) -> NamedKey:
-        """The key new entries of ``collection`` in a managed ``space`` use."""
+    async def key_for(self, space: str, collection: str) -> NamedKey:
+        """The key new entries of ``collection`` in a managed ``space`` use. An admin
+        writing to a collection that has no key of its own makes one first, so each
+        collection's entries can be shared with that collection's readers alone."""
         state = self._state(space)
+        if (
+            not self.relay
+            and not state.key_versions(collection)
+            and state.is_admin(self.user_id, collection)
+        ):
+            await self._rotate(space, collection)
+            state = self._state(space)
         version = state.current_key(collection)
         if version is None:
             raise MissingKeyError(f"no key: space {space} has no key for {collection!r} yet")
