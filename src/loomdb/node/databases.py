@@ -98,5 +98,30 @@ class NodeDatabases:
             await db.catch_up()
         return await self.store.reconcile(requests)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
+
+def _delegate(name: str) -> Any:
+    async def method(self: NodeDatabases, *args: Any) -> Any:
+        return await getattr(self.store, name)(*args)
+
+    method.__name__ = name
+    return method
+
+
+# Real attributes, not __getattr__: isinstance() against the runtime-checkable store
+# protocol looks attributes up statically from Python 3.12 on.
+for _name in (
+    "get_entries",
+    "get_raw",
+    "has_entries",
+    "get_metadata",
+    "heads",
+    "list_spaces",
+    "list_collections",
+    "list_documents",
+    "list_entries",
+    "missing_parents",
+    "scan",
+    "store_head",
+    "count",
+):
+    setattr(NodeDatabases, _name, _delegate(_name))

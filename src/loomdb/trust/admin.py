@@ -287,8 +287,11 @@ class NodeTrust:
         label: str | None = None,
     ) -> dict[str, Any]:
         state = self._state(space)
-        self._need_admin(state, collection)
         record = decode_card(card)
+        # Adding (or changing) a user is the space admin's; a collection admin may give
+        # a listed user roles on its collection.
+        known = state.users.get(record.user_id)
+        self._need_admin(state, collection if known is not None and label is None else ALL)
         if label is not None:
             record = UserRecord(record.user_id, record.x25519, record.devices, label)
         wanted = _check_roles(roles)
@@ -338,8 +341,7 @@ class NodeTrust:
         # Every key it holds a grant of and may no longer read rotates.
         state = self._state(space)
         readable = self._readable_scopes(state, user)
-        granted = {k.collection for k in state.keys.values() if user in k.grants}
-        lost = {c for c in granted if ALL not in readable and c not in readable}
+        lost = {c for c in _held_scopes(state, user) if ALL not in readable and c not in readable}
         rotated = [await self._rotate(space, scope) for scope in sorted(lost)]
         return {"user": user, "roles": _roles_json(self._state(space), user), "rotated": rotated}
 
@@ -358,7 +360,7 @@ class NodeTrust:
         at = self._hlc.now() if effective_at is None else effective_at
         if type(at) is not int or at < 0:
             raise ValidationError("effective_at is an HLC time (a non-negative integer)")
-        scopes = {k.collection for k in state.keys.values() if user in k.grants}
+        scopes = _held_scopes(state, user)
         await self._append(space, [{"op": "revoke", "user": user, "from": at}])
         rotated = [await self._rotate(space, scope) for scope in sorted(scopes)]
         return {"user": user, "revoked_from": at, "rotated": rotated}
@@ -489,6 +491,12 @@ class NodeTrust:
     def may_pull(self, space: str, user: str) -> bool:
         every, colls = self._state(space).readable(user)
         return every or bool(colls)
+
+
+def _held_scopes(state: DirectoryState, user: str) -> set[str]:
+    """The scopes whose latest key version ``user`` holds (what rotation must replace)."""
+    scopes = {k.collection for k in state.keys.values()}
+    return {c for c in scopes if user in state.key_versions(c)[-1].grants}
 
 
 def _key_op(version: KeyVersion, grants: Mapping[str, bytes]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry
 from loomdb.errors import NotMemberError, RevokedError, ValidationError
 from loomdb.stores.base import ContentAddressedStore
-from loomdb.trust.directory import DirectoryState, fold, fold_order
+from loomdb.trust.directory import DirectoryState, decode_op, fold, fold_order
 from loomdb.trust.spaces import DIRECTORY_COLLECTION, DIRECTORY_DOCUMENT, parse_space_id
 
 log = logging.getLogger("loomdb.trust")
@@ -101,6 +101,23 @@ class DirectoryBook:
 
     # --- changing ------------------------------------------------------------------------
 
+    def appends_only(self, entries: Iterable[Entry]) -> bool:
+        """Do ``entries`` only append to their spaces' directories (each sorts after
+        what the state was folded from, and none revokes anybody)? Then applying
+        them one by one gives what a fold of everything would."""
+        by_space: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_space.setdefault(entry.space, []).append(entry)
+        for space, new in by_space.items():
+            state = self._states.get(space)
+            if state is None or not self._appends(state, new):
+                return False
+        return True
+
+    @staticmethod
+    def _appends(state: DirectoryState, new: list[Entry]) -> bool:
+        return all(_after(state, e) and not _revokes(e) for e in new)
+
     def add(self, entries: Iterable[Entry], *, notify: bool = True) -> None:
         """Take stored directory entries in and refold the spaces they touch."""
         fresh: dict[str, list[Entry]] = {}
@@ -115,7 +132,7 @@ class DirectoryBook:
             assert managed is not None
             state = self._states.get(space)
             new.sort(key=fold_order)
-            if state is not None and all(_after(state, e) for e in new[:1]):
+            if state is not None and self._appends(state, new):
                 # The usual case, entries appended after the heads: apply them in order
                 # (the same result as a refold, which sorts them after the rest).
                 for entry in new:
@@ -140,3 +157,11 @@ def _after(state: DirectoryState, entry: Entry) -> bool:
     it to the state equals folding everything again.)"""
     last = state.last_order
     return last is None or fold_order(entry) > last
+
+
+def _revokes(entry: Entry) -> bool:
+    """Is ``entry`` a revocation? (One may reach back before entries already folded.)"""
+    try:
+        return decode_op(entry.payload).get("op") == "revoke"
+    except ValidationError:
+        return False

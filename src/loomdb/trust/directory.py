@@ -137,7 +137,11 @@ def decode_op(payload: bytes) -> dict[str, Any]:
         raise ValidationError(f"a directory operation is not CBOR: {exc}") from None
     if not isinstance(op, dict) or op.get("op") not in OPS:
         raise ValidationError(f"a directory operation is a map whose 'op' is one of {OPS}")
-    if encode_op(op) != payload:
+    try:
+        canonical = encode_op(op) == payload
+    except Exception:  # cbor2 cannot re-encode what it decoded (a cyclic value)
+        canonical = False
+    if not canonical:
         raise ValidationError("a directory operation must be canonical CBOR")
     shape = {
         "genesis": {"op", "name", "user"},
@@ -331,6 +335,8 @@ class DirectoryState:
         if ADMIN not in self.roles_at(author, scope, entry.created_at):
             return f"author {author} was not an admin of {scope!r} at this entry's time"
         target = op["user"].user_id if op["op"] == "user" else op.get("user")
+        if op["op"] == "user" and target == self.space.root and author != self.space.root:
+            return "only the root changes its own record"
         if op["op"] == "user" and target in self.revoked:
             return f"user {target} was revoked; a revoked key cannot come back"
         if op["op"] in ("role", "revoke") and target not in self.users:
@@ -410,9 +416,24 @@ def fold_order(entry: Entry) -> tuple[int, int, bytes]:
 def fold(space: ManagedSpace, entries: Iterable[Entry]) -> DirectoryState:
     """The state of ``space``'s directory given these entries (any order, duplicates ok)."""
     unique = {e.cid: e for e in entries if e.space == space.space}
-    state = DirectoryState(space)
-    for entry in sorted(unique.values(), key=fold_order):
-        state.apply(entry)
+    ordered = sorted(unique.values(), key=fold_order)
+    late: set[CID] = set()  # ops whose author turned out revoked before they were made
+    while True:
+        state = DirectoryState(space)
+        for entry in ordered:
+            if entry.cid in late:
+                state.ignored[entry.cid] = "its author was revoked before this entry's time"
+                continue
+            state.apply(entry)
+        found = set()
+        for cid in state.applied:
+            entry = unique[cid]
+            start = state.revoked.get(user_id_from_public_key(entry.author))
+            if start is not None and entry.created_at >= start:
+                found.add(cid)
+        if found <= late:
+            break
+        late |= found  # grows every round: ends within len(entries) rounds
     parents = {p for e in unique.values() for p in e.parents}
     state.heads = [e for e in unique.values() if e.cid not in parents]
     return state

@@ -30,6 +30,7 @@ from loomdb.errors import (
     ForbiddenError,
     LoomError,
     MalformedEntryError,
+    NotAdminError,
     NotMemberError,
     TrustError,
     ValidationError,
@@ -46,8 +47,8 @@ from loomdb.stores.base import (
 )
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 from loomdb.trust.book import DirectoryBook
-from loomdb.trust.directory import fold_order
-from loomdb.trust.spaces import DIRECTORY_COLLECTION, is_managed
+from loomdb.trust.directory import fold, fold_order
+from loomdb.trust.spaces import DIRECTORY_COLLECTION, is_managed, parse_space_id
 
 
 class GuardedStore:
@@ -112,6 +113,20 @@ class GuardedStore:
                 continue
             forward.append((i, entry))
             admitted.append(entry)
+        if admitted and not self.book.appends_only(admitted):
+            # Checked one by one, an op can pass that the fold of the whole set ignores
+            # (its author's revocation arrived in this batch, later in fold order).
+            for space in {e.space for e in admitted}:
+                managed = parse_space_id(space)
+                assert managed is not None
+                mine = [e for e in admitted if e.space == space]
+                final = fold(managed, [*self.book.entries(space), *mine])
+                late = {e.cid for e in mine if e.cid in final.ignored}
+                for i, item in forward:
+                    if isinstance(item, Entry) and item.cid in late:
+                        results[i] = _refused(item.cid, NotAdminError(final.ignored[item.cid]))
+                forward = [(i, e) for i, e in forward if _cid_of(e) not in late]
+                admitted = [e for e in admitted if e.cid not in late]
         if admitted:
             # Store the directory first: content in this batch is checked against it.
             stored = await self._forward(forward, results)

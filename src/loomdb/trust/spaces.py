@@ -25,8 +25,8 @@ DIRECTORY_DOCUMENT: Final = "log"
 ALL: Final = "*"
 """The collection scope meaning every collection of the space."""
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_KEY_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class ManagedSpace:
 
 
 def check_space_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValidationError(
             f"space name {name!r}: 1-63 characters a-z 0-9 . _ -, starting with a letter or digit"
         )
@@ -85,7 +85,7 @@ def key_name(collection: str) -> str:
 
 def make_key_id(space: str, name: str, version: int) -> str:
     """``<name>.<space tag>@<version>``: unique across the spaces a keyring holds."""
-    if not _KEY_NAME.match(name):
+    if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
         raise ValidationError(f"key name {name!r}: 1-32 characters a-z 0-9 -")
     if type(version) is not int or version < 1:
         raise ValidationError("a key version is an integer >= 1")
