@@ -65,6 +65,18 @@ messages are for people and may change.
 from __future__ import annotations
 
 
+def errors_by_code(*roots: type[LoomError]) -> dict[str, type[LoomError]]:
+    """Every class under ``roots`` (included) by its ``code``: how a refusal's code
+    that crossed the wire becomes its exception again."""
+    found: dict[str, type[LoomError]] = {}
+    todo = list(roots)
+    while todo:
+        cls = todo.pop()
+        found[cls.code] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
 class LoomError(Exception):
     """Root of every error loomdb raises on purpose."""
 

@@ -31,12 +31,12 @@ from loomdb.errors import (
     CidMismatchError,
     EntryError,
     FrameTooLargeError,
-    LoomError,
     ProtocolError,
     StoreClosedError,
     TransportError,
     TrustError,
     ValidationError,
+    errors_by_code,
 )
 from loomdb.identity.user import UserIdentity
 from loomdb.stores.base import (
@@ -60,18 +60,8 @@ FRAME_OVERHEAD: Final = 64 * 1024
 PER_ENTRY_OVERHEAD: Final = 16
 
 
-def _entry_errors() -> dict[str, type[LoomError]]:
-    """The errors a store may give for one refused entry, by code."""
-    found: dict[str, type[LoomError]] = {}
-    todo: list[type[LoomError]] = [EntryError, TrustError]
-    while todo:
-        cls = todo.pop()
-        found[cls.code] = cls
-        todo.extend(cls.__subclasses__())
-    return found
-
-
-_ENTRY_ERRORS: Final = _entry_errors()
+# The errors a store may give for one refused entry, by code.
+_ENTRY_ERRORS: Final = errors_by_code(EntryError, TrustError)
 
 
 def put_result_from_wire(cid: CID, value: object) -> PutResult:

@@ -33,6 +33,7 @@ from loomdb.errors import (
     TrustError,
     UnreachableError,
     ValidationError,
+    errors_by_code,
 )
 from loomdb.identity.user import UserIdentity
 from loomdb.transports.base import describe
@@ -55,17 +56,7 @@ class TokenSource(Protocol):
         ...
 
 
-def _codes() -> dict[str, type[LoomError]]:
-    found: dict[str, type[LoomError]] = {}
-    todo: list[type[LoomError]] = [AuthError, TrustError]
-    while todo:
-        cls = todo.pop()
-        found[cls.code] = cls
-        todo.extend(cls.__subclasses__())
-    return found
-
-
-_ERRORS_BY_CODE: Final = _codes()
+_ERRORS_BY_CODE: Final = errors_by_code(AuthError, TrustError)
 
 
 def auth_error(code: str, message: str) -> LoomError:
