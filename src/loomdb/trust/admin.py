@@ -43,7 +43,6 @@ from loomdb.node.home import NodeHome
 from loomdb.stores.base import ContentAddressedStore, PutStatus
 from loomdb.trust.book import DirectoryBook
 from loomdb.trust.directory import (
-    PULLERS,
     READERS,
     ROLES,
     DirectoryState,
@@ -488,10 +487,6 @@ class NodeTrust:
         self.refresh_keys()
         return self.space_info(space)
 
-    def may_pull(self, space: str, user: str) -> bool:
-        every, colls = self._state(space).readable(user)
-        return every or bool(colls)
-
 
 def _held_scopes(state: DirectoryState, user: str) -> set[str]:
     """The scopes whose latest key version ``user`` holds (what rotation must replace)."""
@@ -523,7 +518,6 @@ def _roles_json(state: DirectoryState, user: str) -> dict[str, list[str]]:
 
 
 __all__ = [
-    "PULLERS",
     "NodeTrust",
     "decode_card",
     "decode_invitation",

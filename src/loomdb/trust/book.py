@@ -2,15 +2,16 @@
 
 The book is loaded from the node's store and kept current by the guarded store
 (:mod:`loomdb.trust.guard`), which hands it every directory entry it stores.
-Each change refolds that space's directory (directories are small: a fold of
-a thousand entries takes milliseconds), so the state is always the pure
-function of the stored entries that :func:`~loomdb.trust.directory.fold` defines.
+Entries that only append to a directory (they sort after the rest and revoke
+nobody) are applied to its state; any other change refolds the space. Either
+way the state is the pure function of the stored entries that
+:func:`~loomdb.trust.directory.fold` defines.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from loomdb.entries.cid import CID
@@ -22,9 +23,6 @@ from loomdb.trust.spaces import DIRECTORY_COLLECTION, DIRECTORY_DOCUMENT, parse_
 
 log = logging.getLogger("loomdb.trust")
 
-Listener = Callable[[str], None]
-"""Called with a space id after its directory changed."""
-
 
 class DirectoryBook:
     """Directory states by space id, plus the checks every node runs on receive."""
@@ -32,7 +30,6 @@ class DirectoryBook:
     def __init__(self) -> None:
         self._entries: dict[str, dict[CID, Entry]] = {}
         self._states: dict[str, DirectoryState] = {}
-        self._listeners: list[Listener] = []
 
     async def load(self, store: ContentAddressedStore) -> None:
         """Read every managed space's directory entries from ``store``."""
@@ -45,10 +42,7 @@ class DirectoryBook:
                 continue
             metas = await store.list_entries(space, DIRECTORY_COLLECTION, DIRECTORY_DOCUMENT)
             found = await store.get_entries([m.cid for m in metas])
-            self.add([e for e in found if e is not None], notify=False)
-
-    def on_change(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+            self.add([e for e in found if e is not None])
 
     # --- reading -----------------------------------------------------------------------
 
@@ -118,7 +112,7 @@ class DirectoryBook:
     def _appends(state: DirectoryState, new: list[Entry]) -> bool:
         return all(_after(state, e) and not _revokes(e) for e in new)
 
-    def add(self, entries: Iterable[Entry], *, notify: bool = True) -> None:
+    def add(self, entries: Iterable[Entry]) -> None:
         """Take stored directory entries in and refold the spaces they touch."""
         fresh: dict[str, list[Entry]] = {}
         for entry in entries:
@@ -126,7 +120,6 @@ class DirectoryBook:
             if entry.cid not in held:
                 held[entry.cid] = entry
                 fresh.setdefault(entry.space, []).append(entry)
-        touched = set(fresh)
         for space, new in fresh.items():
             managed = parse_space_id(space)
             assert managed is not None
@@ -138,18 +131,16 @@ class DirectoryBook:
                 for entry in new:
                     state.apply(entry)
                 parents = {p for e in new for p in e.parents}
-                state.heads = [h for h in state.heads if h.cid not in parents] + [
-                    e for e in new if not any(e.cid in o.parents for o in new)
-                ]
+                state.heads = [e for e in [*state.heads, *new] if e.cid not in parents]
             else:
                 state = fold(managed, self._entries[space].values())
             self._states[space] = state
-            for cid, reason in state.ignored.items():
-                log.debug("space %s: directory entry %s does not count: %s", space, cid, reason)
-        if notify:
-            for space in sorted(touched):
-                for listener in self._listeners:
-                    listener(space)
+            for entry in new:  # what the fold ignores of what just arrived
+                if entry.cid in state.ignored:
+                    reason = state.ignored[entry.cid]
+                    log.debug(
+                        "space %s: directory entry %s does not count: %s", space, entry.cid, reason
+                    )
 
 
 def _after(state: DirectoryState, entry: Entry) -> bool:

@@ -87,10 +87,8 @@ class GuardedStore:
         held = {c for c, h in zip(known, await self.inner.has_entries(known), strict=True) if h}
         batch = prepare_batch(items, lambda _: held, self.policy)
         results: list[PutResult | None] = list(batch.results)
-        duplicate = PutStatus.DUPLICATE
-        forward: list[tuple[int, EntryInput]] = [
-            (i, items[i]) for i, r in enumerate(results) if r is not None and r.status is duplicate
-        ]
+        # Held entries already have their DUPLICATE result; only new ones go on.
+        forward: list[tuple[int, EntryInput]] = []
         directory = sorted(
             ((i, e) for i, e in batch.new if _is_directory(e)), key=lambda t: fold_order(t[1])
         )
@@ -125,7 +123,9 @@ class GuardedStore:
                 for i, item in forward:
                     if isinstance(item, Entry) and item.cid in late:
                         results[i] = _refused(item.cid, NotAdminError(final.ignored[item.cid]))
-                forward = [(i, e) for i, e in forward if _cid_of(e) not in late]
+                forward = [
+                    (i, e) for i, e in forward if not (isinstance(e, Entry) and e.cid in late)
+                ]
                 admitted = [e for e in admitted if e.cid not in late]
         if admitted:
             # Store the directory first: content in this batch is checked against it.
