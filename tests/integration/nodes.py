@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from loomdb.node.runtime import TOKEN_FILE
 from loomdb.transports.tls import client_context
 
 READY = re.compile(rb"ready, API at (https?://\S+)")
@@ -93,11 +94,22 @@ class Node:
             self.proc.stdout.close()
         self._stderr.close()
 
-    def http(self, cafile: Path | None = None) -> httpx.Client:
-        """A client of the node's API (trusting ``cafile`` for an https node)."""
+    @property
+    def token(self) -> str:
+        """The node's admin token (``loomdb start`` made it in the home)."""
+        return (self.home / TOKEN_FILE).read_text().strip()
+
+    def http(self, cafile: Path | None = None, *, admin: bool = True) -> httpx.Client:
+        """A client of the node's API (trusting ``cafile`` for an https node), with
+        the admin token unless ``admin`` is false (a stranger's client)."""
         verify: Any = True if cafile is None else client_context(cafile)
+        headers = {"Authorization": f"Bearer {self.token}"} if admin else {}
         return httpx.Client(
-            base_url=f"{self.url}/api/v0", timeout=30.0, trust_env=False, verify=verify
+            base_url=f"{self.url}/api/v0",
+            timeout=30.0,
+            trust_env=False,
+            verify=verify,
+            headers=headers,
         )
 
     @property

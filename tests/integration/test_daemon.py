@@ -160,8 +160,8 @@ def test_l2_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> 
     increments = [0] * writers
     stop = threading.Event()
 
-    def write(n: int, url: str) -> None:
-        with httpx.Client(base_url=f"{url}/api/v0", timeout=10.0, trust_env=False) as http:
+    def write(n: int, node: Node) -> None:
+        with node.http() as http:
             i = 0
             while not stop.is_set() and i < 10_000:
                 try:
@@ -186,13 +186,13 @@ def test_l2_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> 
     threads: list[threading.Thread] = []
     node = Node(home)
     try:
-        url = node.wait_ready()
+        node.wait_ready()
         with node.http() as http:
             for n in range(writers):
                 value = {"n": {"$counter": 0}}
                 r = http.post("/collections/kill/docs", json={"id": f"c{n}", "value": value})
                 assert r.status_code == 201
-        threads += [threading.Thread(target=write, args=(n, url)) for n in range(writers)]
+        threads += [threading.Thread(target=write, args=(n, node)) for n in range(writers)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
@@ -225,12 +225,12 @@ def test_l2_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> 
 # --- L3 ---------------------------------------------------------------------------
 
 
-def _concurrently(url: str, jobs: list[Callable[[httpx.Client], Any]]) -> list[Any]:
+def _concurrently(node: Node, jobs: list[Callable[[httpx.Client], Any]]) -> list[Any]:
     """Run each job on its own HTTP client and thread, all released at once."""
     barrier = threading.Barrier(len(jobs), timeout=20)
 
     def run(job: Callable[[httpx.Client], Any]) -> Any:
-        with httpx.Client(base_url=f"{url}/api/v0", timeout=20.0, trust_env=False) as http:
+        with node.http() as http:
             http.get("/node")  # connect before the race
             barrier.wait()
             return job(http)
@@ -261,17 +261,17 @@ def test_l3_concurrent_edits_of_one_document(node: Node) -> None:
         ]
 
     # different fields: both survive
-    assert _concurrently(node.url, [set_field("a", 1), set_field("b", 2)]) == [200, 200]
+    assert _concurrently(node, [set_field("a", 1), set_field("b", 2)]) == [200, 200]
     # the same field: one value, the same for every reader
-    assert _concurrently(node.url, [set_field("title", "x"), set_field("title", "y")]) == [200] * 2
+    assert _concurrently(node, [set_field("title", "x"), set_field("title", "y")]) == [200] * 2
     # counters: concurrent increments sum
-    done = _concurrently(node.url, [increments(15), increments(15), increments(10)])
+    done = _concurrently(node, [increments(15), increments(15), increments(10)])
     assert all(s == 200 for statuses in done for s in statuses)
     # text: concurrent inserts interleave, nothing lost
-    done = _concurrently(node.url, [typing("abcdef"), typing("UVWXYZ")])
+    done = _concurrently(node, [typing("abcdef"), typing("UVWXYZ")])
     assert all(s == 200 for statuses in done for s in statuses)
 
-    readers = _concurrently(node.url, [lambda h: h.get(doc).json()["value"]] * 3)
+    readers = _concurrently(node, [lambda h: h.get(doc).json()["value"]] * 3)
     final = readers[0]
     assert readers == [final] * 3
     assert final["a"] == 1
@@ -386,10 +386,11 @@ def test_the_api_answers_json_errors_over_real_http(node: Node) -> None:
         r = http.get("/no/such/route")
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "route.not_found"
-        r = http.post("/collections", content=b"{not json")
+        as_json = {"content-type": "application/json"}
+        r = http.post("/collections", content=b"{not json", headers=as_json)
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "request.json"
-        r = http.post("/collections", content=b"x" * (4 * 1024 * 1024 + 1))
+        r = http.post("/collections", content=b"x" * (4 * 1024 * 1024 + 1), headers=as_json)
         assert r.status_code == 413
         assert r.json()["error"]["code"] == "request.too_large"
         assert http.get(f"{node.url}/openapi.json").json()["openapi"].startswith("3.1")

@@ -74,6 +74,9 @@ class ChunkedBody(httpx.AsyncByteStream):
             raise StopAsyncIteration from None
 
 
+AS_JSON = {"content-type": "application/json"}
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -345,8 +348,25 @@ async def test_wrong_json_types_are_400(api: httpx.AsyncClient, body: Any, fragm
 
 @pytest.mark.parametrize("content", [b"{bad", b"", b"   ", b"NaN", b"\xff\xfe\x00", b"[" * 100_000])
 async def test_malformed_json_is_400(api: httpx.AsyncClient, content: bytes) -> None:
-    r = await api.post(f"{API}/collections", content=content)
+    r = await api.post(f"{API}/collections", content=content, headers=AS_JSON)
     assert_error(r, 400, "request.json")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b"],
+)
+async def test_bodies_not_sent_as_json_are_415(
+    api: httpx.AsyncClient, content_type: str | None
+) -> None:
+    """What a web page can POST to another origin without a preflight, refused."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = b'{"name": "from-a-page"}'
+    r = await api.post(f"{API}/collections", content=body, headers=headers)
+    assert_error(r, 415, "request.media_type")
+    assert (await api.get(f"{API}/collections")).json() == {"collections": []}
+    ok = {"content-type": "application/json; charset=utf-8"}
+    assert (await api.post(f"{API}/collections", content=body, headers=ok)).status_code == 201
 
 
 async def test_bad_values_are_refused_by_the_database(api: httpx.AsyncClient) -> None:
@@ -382,7 +402,9 @@ async def test_oversized_bodies_are_413(db: Database) -> None:
 
         # No length: counted as it streams. The server stops reading early.
         body = ChunkedBody([b'{"name": "', *[b"x" * 200] * 10, b'"}'])
-        request = httpx.Request("POST", api.base_url.join(f"{API}/collections"), stream=body)
+        request = httpx.Request(
+            "POST", api.base_url.join(f"{API}/collections"), stream=body, headers=AS_JSON
+        )
         assert "content-length" not in request.headers
         assert_error(await api.send(request), 413, "request.too_large")
         small = await api.post(f"{API}/collections", json={"name": "fits"})
@@ -391,7 +413,8 @@ async def test_oversized_bodies_are_413(db: Database) -> None:
 
 async def test_the_default_limit_is_4_mib(api: httpx.AsyncClient) -> None:
     body = json.dumps({"name": "x" * (4 * 1024 * 1024)}).encode()
-    assert_error(await api.post(f"{API}/collections", content=body), 413, "request.too_large")
+    r = await api.post(f"{API}/collections", content=body, headers=AS_JSON)
+    assert_error(r, 413, "request.too_large")
 
 
 async def test_library_errors_are_500_without_a_traceback(

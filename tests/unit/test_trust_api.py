@@ -158,9 +158,13 @@ async def test_bad_space_bodies(
 @pytest.mark.anyio
 async def test_bodies_that_are_not_json_or_too_large(tmp_path: Path) -> None:
     async with _api(_trust(tmp_path / "a"), max_body_bytes=1024) as api:
-        r = await api.post(f"{API}/spaces", content=b"{nope", headers={"content-type": "x"})
+        as_json = {"content-type": "application/json"}
+        r = await api.post(f"{API}/spaces", content=b"{nope", headers=as_json)
         assert_error(r, 400, "request.json")
-        assert_error(await api.post(f"{API}/spaces"), 400, "request.json")  # name is required
+        r = await api.post(f"{API}/spaces", content=b'{"name": "t"}', headers={"content-type": "x"})
+        assert_error(r, 415, "request.media_type")
+        r = await api.post(f"{API}/spaces", headers=as_json)  # name is required
+        assert_error(r, 400, "request.json")
         big = {"invitation": "loomdb-invite1:" + "A" * 2000}
         assert_error(await api.post(f"{API}/spaces/join", json=big), 413, "request.too_large")
         assert_error(await api.get(f"{API}/spaces", params={"x": "1"}), 400, "request.invalid")
@@ -389,13 +393,17 @@ async def test_revoke_and_rotate_take_an_empty_body(peers: tuple[Peer, Peer], te
     a, b = peers
     await join(b, await invite(a, b, team, ["read"]))
     before = (await a.api.get(f"{API}/spaces")).json()["spaces"][0]["key"]
-    r = await a.api.post(f"{API}/spaces/{team}/keys/rotate")  # no body at all
+    path = f"{API}/spaces/{team}/keys/rotate"
+    # no body and no content type: what a web page may send anywhere; refused
+    assert_error(await a.api.post(path), 415, "request.media_type")
+    as_json = {"content-type": "application/json"}
+    r = await a.api.post(path, headers=as_json)  # no body at all, declared JSON
     assert r.status_code == 200, r.text
     assert r.json()["key"] != before
     assert r.json()["key"].endswith("@2")
     r = await a.api.post(f"{API}/spaces/{team}/keys/rotate", json={"collection": "notes"})
     assert r.json()["key"].startswith("c-") and r.json()["key"].endswith("@1")
-    r = await a.api.post(f"{API}/spaces/{team}/users/{b.user}/revoke")
+    r = await a.api.post(f"{API}/spaces/{team}/users/{b.user}/revoke", headers=as_json)
     assert r.status_code == 200, r.text
     assert r.json()["revoked_from"] > 0
 

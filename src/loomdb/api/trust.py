@@ -27,7 +27,14 @@ from starlette.routing import BaseRoute, Route
 
 from loomdb.api.errors import ROUTE_NOT_FOUND, RequestError
 from loomdb.api.routes import PREFIX
-from loomdb.api.validation import MAX_BODY_BYTES, Schema, check, parse_query, read_json
+from loomdb.api.validation import (
+    MAX_BODY_BYTES,
+    Schema,
+    check,
+    parse_query,
+    read_json,
+    require_json,
+)
 from loomdb.trust.directory import ROLES
 from loomdb.trust.spaces import ALL
 
@@ -257,5 +264,6 @@ async def _read_body(request: Request, schema: Schema, limit: int) -> Any:
     declared = request.headers.get("content-length")
     absent = declared == "0" or (declared is None and "transfer-encoding" not in request.headers)
     if absent and not schema.get("required"):
+        await require_json(request, limit)  # even empty: a page's bodiless POST is "simple"
         return {}
     return await read_json(request, limit)

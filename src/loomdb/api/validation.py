@@ -3,9 +3,9 @@
 The request schemas in the route table are what the OpenAPI document shows and
 what :func:`check` enforces, so the two cannot drift. :func:`check` knows the
 small subset of JSON Schema those schemas use: ``type``, ``properties``,
-``required``, ``additionalProperties: false``, ``items``, ``minimum``,
-``maximum``, ``minLength``, ``enum``. Anything deeper (a document's value, a
-collection schema) is left to the database, which checks it itself.
+``required``, ``additionalProperties: false``, ``items``, ``maxItems``,
+``minimum``, ``maximum``, ``minLength``, ``enum``. Anything deeper (a document's
+value, a collection schema) is left to the database, which checks it itself.
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from typing import Any
 
 from starlette.requests import Request
 
-from loomdb.api.errors import INVALID_REQUEST, MALFORMED_JSON, TOO_LARGE, RequestError
+from loomdb.api.errors import (
+    INVALID_REQUEST,
+    MALFORMED_JSON,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    RequestError,
+)
 
 Schema = Mapping[str, Any]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+JSON_MEDIA_TYPE = "application/json"
 DRAIN_BYTES = 16 * 1024 * 1024  # how much of a refused body is read (and dropped) at most
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -80,8 +87,26 @@ async def _drain(request: Request, limit: int) -> None:
             return
 
 
+async def require_json(request: Request, limit: int = MAX_BODY_BYTES) -> None:
+    """415 unless the request says ``Content-Type: application/json``.
+
+    A web page can send a cross-origin ``text/plain``, form or multipart POST
+    without asking first (no CORS preflight), but not a JSON one: so a JSON
+    route that takes only JSON cannot be driven by a page. The body of a refused
+    request is drained first, so the client sees the 415, not a reset."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        await _drain(request, limit)
+        shown = media_type or "none"
+        raise RequestError(
+            415, UNSUPPORTED_MEDIA_TYPE, f"send the body as {JSON_MEDIA_TYPE} (got {shown})"
+        )
+
+
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-    """The request's body parsed as JSON; 413 past ``limit`` bytes, 400 if not JSON."""
+    """The request's body parsed as JSON; 415 unless it is sent as JSON, 413 past
+    ``limit`` bytes, 400 if not JSON."""
+    await require_json(request, limit)
     body = await read_body(request, limit)
     if not body.strip():
         raise RequestError(400, MALFORMED_JSON, "the request needs a JSON body")
@@ -143,6 +168,8 @@ def check(schema: Schema, value: Any, where: str = "body") -> None:
             elif schema.get("additionalProperties", True) is False:
                 known = ", ".join(properties) or "none"
                 raise _invalid(f"{where}: unknown field {name!r} (known: {known})")
+    if isinstance(value, list) and len(value) > schema.get("maxItems", len(value)):
+        raise _invalid(f"{where}: at most {schema['maxItems']} items, got {len(value)}")
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             check(schema["items"], item, f"{where}[{i}]")

@@ -28,6 +28,7 @@ import httpx
 
 from loomdb.clock import hlc_to_seconds
 from loomdb.errors import LoomError, UnreachableError, ValidationError
+from loomdb.node.runtime import find_token
 
 DEFAULT_URL = "http://127.0.0.1:9181"
 URL_ENV = "LOOMDB_URL"
@@ -56,11 +57,16 @@ class ApiClient:
         timeout: float = TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
         space: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: the node's admin token (default: :func:`find_token` for ``url``)."""
         self.url = url.rstrip("/")
         if space is not None and not (space.isascii() and space.isprintable() and space):
             raise ValidationError(f"bad --space {space!r}: a space id is printable ASCII")
-        headers = {SPACE_HEADER: space} if space is not None else None
+        headers = {SPACE_HEADER: space} if space is not None else {}
+        token = find_token(self.url) if token is None else token
+        if token:  # found for this URL only: never sent to another node
+            headers["Authorization"] = f"Bearer {token}"
         try:
             # No proxies from the environment: a node is addressed directly.
             self._http = httpx.Client(

@@ -130,6 +130,7 @@ def cmd_start(args: argparse.Namespace) -> None:
         upstream_transport=args.upstream_transport,
         upstream_verify=args.upstream_cafile or not args.upstream_insecure,
         space=args.space,
+        allow_hosts=tuple(args.api_allow_host),
     )
 
 
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=DEFAULT_API,
         help=f"where to serve the API; port 0: any free port (default {DEFAULT_API})",
+    )
+    p.add_argument(
+        "--api-allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="a Host name or address the API answers to besides loopback and the one it is "
+        "bound to (repeatable; '*': any, e.g. behind a reverse proxy)",
     )
     p.add_argument(
         "--relay",

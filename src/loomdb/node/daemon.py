@@ -39,6 +39,7 @@ from hypercorn.typing import ASGIFramework
 
 from loomdb.api import create_app
 from loomdb.api.auth import auth_routes
+from loomdb.api.guard import GuardPolicy, LocalGuard, allowed_hosts
 from loomdb.api.sync import fixed
 from loomdb.api.sync_run import sync_run_route
 from loomdb.api.trust import trust_routes
@@ -47,6 +48,7 @@ from loomdb.documents.database import DEFAULT_SPACE
 from loomdb.errors import AddressInUseError, LoomError, ValidationError
 from loomdb.node.databases import NodeDatabases
 from loomdb.node.home import NodeHome
+from loomdb.node.runtime import admin_token, register
 from loomdb.stores.caching import CachingStore
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
@@ -89,6 +91,7 @@ class ServeOptions:
     upstream_transport: str = "ws"
     upstream_verify: Verify = True
     space: str = DEFAULT_SPACE
+    allow_hosts: tuple[str, ...] = ()  # names the API answers to besides loopback
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -133,6 +136,7 @@ def run_daemon(
     upstream_transport: str = "ws",
     upstream_verify: Verify = True,
     space: str = DEFAULT_SPACE,
+    allow_hosts: tuple[str, ...] = (),
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Raises LoomError for a bad home or port,
     or TLS files that do not load.
@@ -158,6 +162,7 @@ def run_daemon(
         upstream_transport,
         upstream_verify,
         space,
+        tuple(allow_hosts),
     )
     sock = listen_socket(api_host, api_port)  # first: a busy port creates nothing
     try:
@@ -212,6 +217,7 @@ async def serve_node(
             handler_for: Callable[[Principal], FrameHandler] = server.handler_for
             if options.sync_handler is not None and db is not None:
                 handler_for = fixed(options.sync_handler(db))
+            bound_host = sock.getsockname()[0]
             config = Config()
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
             config.graceful_timeout = GRACE_SECONDS
@@ -247,17 +253,25 @@ async def serve_node(
                 ],
             )
             api.state.trust = trust
+            policy = GuardPolicy(
+                allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
+            )
             # Starlette's ASGI types are looser than Hypercorn's; the app is ASGI 3.
-            app = cast(ASGIFramework, api)
+            app = cast(ASGIFramework, LocalGuard(api, policy))
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
                 role = " (relay)" if options.relay else ""
-                announce(READY.format(peer_id=home.peer_id, url=binds[0]) + role)
-                async for signum in signals:
-                    log.info("%s: stopping", signal.Signals(signum).name)
-                    break
-                stop.set()
+                registration = register(binds[0], policy.admin_token or "", home.path)
+                try:
+                    announce(READY.format(peer_id=home.peer_id, url=binds[0]) + role)
+                    async for signum in signals:
+                        log.info("%s: stopping", signal.Signals(signum).name)
+                        break
+                    stop.set()
+                finally:
+                    if registration is not None:
+                        registration.remove()
     log.info("stopped")
 
 
