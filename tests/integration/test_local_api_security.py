@@ -187,3 +187,40 @@ def test_the_cli_finds_the_token_and_sends_it_only_to_its_node(node: Node) -> No
     assert request.startswith(b"GET /api/v0/node")
     assert b"authorization" not in request.lower()
     assert node.token.encode() not in request
+
+
+def _nested(depth: int, open_: str = '{"a": ', close: str = "}") -> str:
+    return '{"value": ' + open_ * depth + "1" + close * depth + "}"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "code"),
+    [
+        ("GET", f"/collections/c/docs?offset={2**70}", None, 400, "request.invalid"),
+        ("GET", f"/collections/c/docs?offset={2**63}", None, 400, "request.invalid"),
+        ("POST", "/collections/c/query", json.dumps({"offset": 2**70}), 400, "request.invalid"),
+        ("POST", "/collections/c/docs", _nested(1000), 400, "request.json"),
+        ("POST", "/collections/c/docs", _nested(1000, "[", "]"), 400, "request.json"),
+        ("POST", "/collections/c/docs", _nested(300), 400, "request.json"),
+        ("POST", "/collections/c/docs", _nested(40), 422, "validation"),
+        # just under the 4 MiB body limit: the entry it makes is over the 1 MiB entry limit
+        (
+            "POST",
+            "/collections/c/docs",
+            json.dumps({"value": {"big": "x" * (4 * 1024 * 1024 - 100)}}),
+            413,
+            "entry.too_large",
+        ),
+        ("POST", "/spaces", json.dumps({"name": {"a": [[[[]]]]}}), 400, "request.invalid"),
+        ("POST", "/sync/run", _nested(500), 400, "request.json"),
+    ],
+)
+def test_client_input_never_yields_a_500(
+    node: Node, method: str, path: str, content: str | None, status: int, code: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    with node.http() as http:
+        r = http.request(method, path, content=content, headers=headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text[:300]
+        assert http.get("/node").status_code == 200  # and the node is fine
+    assert "Traceback" not in node.stderr()

@@ -13,9 +13,12 @@ import pytest
 from starlette.routing import Route
 
 from loomdb.api import create_app
+from loomdb.api.auth import auth_routes
 from loomdb.api.errors import STATUS_BY_ERROR, status_of
 from loomdb.api.openapi import COMPONENTS, openapi_document
 from loomdb.api.routes import ENDPOINTS
+from loomdb.api.sync_run import sync_run_route
+from loomdb.api.trust import TRUST_ENDPOINTS, trust_routes
 from loomdb.documents import Database
 from loomdb.errors import (
     ChangeRefusedError,
@@ -27,6 +30,7 @@ from loomdb.errors import (
     StoreError,
     ValidationError,
 )
+from loomdb.trust.auth import AuthService
 
 pytestmark = pytest.mark.anyio
 
@@ -469,16 +473,35 @@ async def test_openapi_describes_every_route(api: httpx.AsyncClient, db: Databas
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.1")
+    # every route the daemon serves (serve_node composes the same parts)
+    auth = AuthService(db.home.keyring.node_key, lambda user: None)
+
+    async def no_remote(body: Any) -> Any:
+        raise AssertionError("not called")
+
+    async def echo(frame: bytes) -> bytes:
+        return frame
+
+    full = create_app(
+        db,
+        sync_handler=echo,
+        auth=auth,
+        extra_routes=[sync_run_route(db, None, no_remote), *auth_routes(auth), *trust_routes()],
+    )
     served = {
         (route.path, method)
-        for route in create_app(db).routes
+        for route in full.routes
         if isinstance(route, Route)
         for method in route.methods or ()
         if method != "HEAD"
     }
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     assert served == documented
-    assert len(served) == len(ENDPOINTS)
+    assert len(served) == len(ENDPOINTS) + len(TRUST_ENDPOINTS) + 4
+    # the admin token everywhere but the public routes
+    assert doc["security"] == [{"adminToken": []}]
+    public = {path for path, ops in doc["paths"].items() if "security" in ops.get("post", {})}
+    assert public == {"/api/v0/sync", "/api/v0/auth/challenge", "/api/v0/auth/token"}
 
     refs: list[str] = []
 

@@ -447,9 +447,34 @@ def test_pending_challenges_are_bounded_oldest_dropped_first() -> None:
     assert service.pending == 0
 
 
+def test_a_flood_from_one_client_never_evicts_another_clients_challenge() -> None:
+    service = make_service(max_pending=100, max_pending_per_client=8)
+    owner = service.challenge("192.0.2.1")
+    flood = [service.challenge("198.51.100.7") for _ in range(10_000)]
+    assert service.pending == 9  # the owner's one and the flood's newest 8
+    assert service.issue_token(answer_challenge(owner, ALICE))["user"] == ALICE.user_id
+    assert service.issue_token(answer_challenge(flood[-1], ALICE))["user"] == ALICE.user_id
+    with pytest.raises(ChallengeError, match="unknown"):
+        service.issue_token(answer_challenge(flood[0], ALICE))
+
+
+def test_many_clients_fill_the_set_and_the_greediest_loses_first() -> None:
+    service = make_service(max_pending=10, max_pending_per_client=8)
+    owner = service.challenge("owner")
+    greedy = [service.challenge("greedy") for _ in range(8)]
+    others = [service.challenge(f"c{i}") for i in range(5)]
+    assert service.pending == 10
+    # the greedy client lost its 4 oldest; the owner and every other client kept theirs
+    assert service.issue_token(answer_challenge(owner, ALICE))
+    for kept in [*greedy[4:], *others[-1:]]:
+        assert service.issue_token(answer_challenge(kept, ALICE))
+    with pytest.raises(ChallengeError, match="unknown"):
+        service.issue_token(answer_challenge(greedy[0], ALICE))
+
+
 def test_expired_challenges_are_pruned() -> None:
     clock = ManualClock()
-    service = make_service(clock=clock, challenge_ttl_ms=1000)
+    service = make_service(clock=clock, challenge_ttl_ms=1000, max_pending_per_client=100)
     for _ in range(50):
         service.challenge()
     clock.advance(999)
@@ -460,7 +485,9 @@ def test_expired_challenges_are_pruned() -> None:
     assert service.pending == 2  # the one from 999 ms, and the new one
 
 
-@pytest.mark.parametrize("name", ["challenge_ttl_ms", "token_ttl_s", "max_pending"])
+@pytest.mark.parametrize(
+    "name", ["challenge_ttl_ms", "token_ttl_s", "max_pending", "max_pending_per_client"]
+)
 @pytest.mark.parametrize("value", [0, -1, True])
 def test_limits_must_be_positive(name: str, value: int) -> None:
     limits: dict[str, Any] = {name: value}

@@ -86,19 +86,20 @@ def _serve(
     databases: NodeDatabases | None,
 ) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
-        target = db
-        space = request.headers.get(SPACE_HEADER)
-        if space and space != db.space:
-            if databases is None:
-                raise NotFoundError(f"this API serves space {db.space!r} only, not {space!r}")
-            target = await databases.get(space)
         endpoint = methods["GET" if request.method == "HEAD" else request.method]
         query = parse_query(request.query_params.multi_items(), endpoint.query)
         body = None
         if endpoint.body is not None:
             body = await read_json(request, max_body_bytes)
             check(endpoint.body, body)
-        result = await endpoint.handler(Call(target, request.path_params, query, body))
+        space = request.headers.get(SPACE_HEADER)
+        if not space or space == db.space:
+            result = await endpoint.handler(Call(db, request.path_params, query, body))
+        elif databases is None:
+            raise NotFoundError(f"this API serves space {db.space!r} only, not {space!r}")
+        else:
+            async with databases.using(space) as target:
+                result = await endpoint.handler(Call(target, request.path_params, query, body))
         if endpoint.status == 204:
             return Response(status_code=204)
         return JSONResponse(result, status_code=endpoint.status)

@@ -29,7 +29,8 @@ def auth_routes(service: AuthService) -> list[BaseRoute]:
     """``POST`` routes for a challenge and for a token in exchange for its answer."""
 
     async def challenge(request: Request) -> Response:
-        return JSONResponse(service.challenge(), headers=_NO_STORE)
+        client = request.client.host if request.client is not None else ""
+        return JSONResponse(service.challenge(client), headers=_NO_STORE)
 
     async def token(request: Request) -> Response:
         answer = await read_json(request, MAX_ANSWER_BYTES)

@@ -29,6 +29,9 @@ Schema = Mapping[str, Any]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 JSON_MEDIA_TYPE = "application/json"
+MAX_JSON_DEPTH = 64
+"""Containers nested deeper are refused before anything walks them recursively
+(a document's values nest at most 32 levels)."""
 DRAIN_BYTES = 16 * 1024 * 1024  # how much of a refused body is read (and dropped) at most
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -111,11 +114,35 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     if not body.strip():
         raise RequestError(400, MALFORMED_JSON, "the request needs a JSON body")
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        value = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, MALFORMED_JSON, f"the body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise RequestError(400, MALFORMED_JSON, "the body is nested too deeply") from None
+        value = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(
+            400, MALFORMED_JSON, f"the body is nested deeper than {MAX_JSON_DEPTH} levels"
+        )
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value``'s containers nest, without recursion (so without limit).
+    Stops looking past :data:`MAX_JSON_DEPTH`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest if isinstance(value, dict | list) else 0
 
 
 def _too_large(limit: int) -> RequestError:

@@ -156,11 +156,14 @@ def parse_sort(sort: object) -> list[Sort]:
     return out
 
 
+MAX_OFFSET = (1 << 63) - 1  # what SQLite's INTEGER holds
+
+
 def check_page(limit: object, offset: object) -> tuple[int, int]:
     if type(limit) is not int or not 0 <= limit <= MAX_LIMIT:
         raise QueryError(f"limit must be an integer from 0 to {MAX_LIMIT}")
-    if type(offset) is not int or offset < 0:
-        raise QueryError("offset must be a non-negative integer")
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise QueryError(f"offset must be an integer from 0 to {MAX_OFFSET}")
     return limit, offset
 
 
