@@ -23,6 +23,7 @@ import pytest
 
 from loomdb.errors import UnreachableError, ValidationError
 from loomdb.node.daemon import run_daemon
+from loomdb.node.runtime import TOKEN_FILE
 from loomdb.transports.http import HttpChannel
 from loomdb.transports.tls import TlsFiles, client_context, self_signed_cert
 from loomdb.transports.websocket import WebSocketChannel
@@ -104,7 +105,13 @@ def test_a_node_serves_https_and_wss_with_a_self_signed_certificate(tmp_path: Pa
     tls = self_signed_cert(tmp_path / "tls")
     with tls_node(tmp_path / "home", tls) as (proc, url):
         assert url.startswith("https://127.0.0.1:")
-        with httpx.Client(verify=client_context(tls.cert), timeout=20, trust_env=False) as http:
+        token = (tmp_path / "home" / TOKEN_FILE).read_text().strip()
+        with httpx.Client(
+            verify=client_context(tls.cert),
+            timeout=20,
+            trust_env=False,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as http:
             node = http.get(f"{url}/api/v0/node").json()
             assert node["relay"] is False
             assert node["peer_id"].startswith("12D3KooW")
