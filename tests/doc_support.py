@@ -1,4 +1,9 @@
-"""Helpers for document-layer tests: nodes that share a key, and moving entries."""
+"""Helpers for document-layer tests: nodes given each other's keys, and moving entries.
+
+Every home makes its own default key, as a real node does, so two nodes read each
+other's documents only when a test gives them the keys, as a user would: with
+:meth:`Keyring.import_key` (:func:`share_keys`), or by making a home write with
+a key the test hands to several (``make_home(path, key)``)."""
 
 from __future__ import annotations
 
@@ -7,30 +12,36 @@ from pathlib import Path
 
 from loomdb.documents import Database
 from loomdb.entries.entry import Entry
-from loomdb.identity.keyring import Keyring
 from loomdb.identity.keys import NamedKey
-from loomdb.node.home import DEFAULT_KEY_ID, NodeHome
+from loomdb.node.home import NodeHome
 from loomdb.stores import MemoryStore
 
 
 def make_home(path: Path, key: NamedKey | None = None) -> NodeHome:
-    """A node home; with ``key``, its default key is that one (nodes that share it
-    can read each other's documents)."""
+    """A node home (with its own default key); with ``key``, it also holds ``key`` and
+    writes its open spaces with it, so homes given the same key read each other."""
+    home = NodeHome.open(path, environ={})
     if key is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        ring = Keyring.open(path / "keyring.json", None)
-        ring.add_named_key(key)
-        ring.save()
-    return NodeHome.open(path)
+        home.keyring.import_key(key)
+        home.keyring.set_default_key(key.key_id)
+        home.keyring.save()
+    return home
+
+
+def share_keys(*homes: NodeHome) -> None:
+    """Give every home the default key of every other (saved in their keyrings)."""
+    keys = [home.default_key for home in homes]
+    for home in homes:
+        for key in keys:
+            home.keyring.import_key(key)
+        home.keyring.save()
 
 
 async def open_peers(tmp: Path, n: int, memory: bool = False) -> list[Database]:
-    key = NamedKey.generate(DEFAULT_KEY_ID)
-    dbs = []
-    for i in range(n):
-        home = make_home(tmp / f"node{i}", key)
-        dbs.append(await Database.open(home, store=MemoryStore() if memory else None))
-    return dbs
+    """``n`` databases of homes that hold each other's default keys."""
+    homes = [make_home(tmp / f"node{i}") for i in range(n)]
+    share_keys(*homes)
+    return [await Database.open(h, store=MemoryStore() if memory else None) for h in homes]
 
 
 async def all_entries(db: Database) -> list[Entry]:

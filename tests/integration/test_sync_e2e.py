@@ -39,7 +39,6 @@ from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry, decode_entry
 from loomdb.errors import LoomError, NotFoundError, RemoteError, SignatureError
 from loomdb.identity.keys import NamedKey
-from loomdb.node.home import DEFAULT_KEY_ID
 from loomdb.stores import MemoryStore
 from loomdb.stores.base import PutStatus, SetKey
 from loomdb.stores.remote import RemoteStore
@@ -73,8 +72,9 @@ SOAK = os.environ.get("LOOMDB_SOAK") == "1"
 
 @pytest.fixture(scope="module")
 def key() -> NamedKey:
-    """The named key the full nodes of this module share (so they read each other)."""
-    return NamedKey.generate(DEFAULT_KEY_ID)
+    """A key every full node of this module is given and writes with, so they read
+    each other's documents (each also has its own default key, unused here)."""
+    return NamedKey.generate_fingerprinted("shared")
 
 
 @pytest.fixture
@@ -135,8 +135,9 @@ def assert_blind(relay: Node, marker: str) -> None:
     ring = json.loads((relay.home / "keyring.json").read_text())
     assert ring["encryption"] == "none"  # so the check below sees what it holds
     keys = ring["keys"]
-    assert set(keys) == {"node_key", "users", "default_user", "named_keys"}
-    assert keys["named_keys"] == []
+    fields = {"node_key", "users", "default_user", "named_keys", "default_key", "other_keys"}
+    assert set(keys) == fields
+    assert keys["named_keys"] == keys["other_keys"] == [] and keys["default_key"] is None
     # Its one user identity signs it in to other nodes; nothing can be granted to it
     # without a directory listing it with a read role.
     assert [u["user_id"] for u in keys["users"]] == [keys["default_user"]]

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from loomdb.documents import Counter, Database, Text
 from loomdb.identity.keys import NamedKey
-from loomdb.node.home import DEFAULT_KEY_ID
 from loomdb.stores import MemoryStore
 from tests.doc_support import all_entries, exchange, make_home
 
@@ -59,7 +58,7 @@ async def _scenario(seed: int, tmp: Path, key: NamedKey) -> tuple[list[bytes], d
             await db.aclose()
 
 
-_KEY = NamedKey.generate(DEFAULT_KEY_ID)
+_KEY = NamedKey.generate_fingerprinted("team")  # every writer and reader is given it
 
 
 @cache

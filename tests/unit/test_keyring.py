@@ -303,7 +303,7 @@ def _edit(path: Path, secret: str | None, edit: Any) -> None:
     write_doc(path, doc)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", True, None])
+@pytest.mark.parametrize("version", [3, 0, "1", True, None])
 def test_unknown_format_version_is_corrupt(path: Path, version: Any) -> None:
     _edit(path, SECRET, lambda doc: doc.update(version=version))
     with pytest.raises(KeyringCorruptError, match="version"):

@@ -12,7 +12,7 @@ import pytest
 from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry, build_entry
 from loomdb.errors import ForbiddenError, RemoteError
-from loomdb.node.home import DEFAULT_KEY_ID, NodeHome
+from loomdb.node.home import NodeHome
 from loomdb.stores import MemoryStore
 from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey
 from loomdb.stores.remote import RemoteStore
@@ -265,7 +265,7 @@ async def test_a_relay_pulls_everything_and_holds_no_key(world: World) -> None:
     assert await cids_of(relay.store) == expected
     assert relay.home.keyring.named_keys == {}
     assert relay.refresh_keys() == []
-    assert DEFAULT_KEY_ID not in relay.home.keyring.named_keys
+    assert relay.home.keyring.named_keys == {} and relay.home.keyring.default_key is None
 
 
 # --- a revoked user ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from loomdb.errors import (
 )
 from loomdb.identity.keys import NamedKey
 from loomdb.identity.user import UserIdentity
-from loomdb.node.home import DEFAULT_KEY_ID, NodeHome
+from loomdb.node.home import NodeHome
 from loomdb.stores import MemoryStore
 from loomdb.trust.admin import (
     CARD_PREFIX,
@@ -77,7 +77,7 @@ def state_of(node: NodeTrust, space: str) -> DirectoryState:
 
 def granted_keys(node: NodeTrust) -> set[str]:
     """The named keys of the node's keyring, its own default key aside."""
-    return set(node.home.keyring.named_keys) - {DEFAULT_KEY_ID}
+    return set(node.home.keyring.named_keys) - {node.home.default_key.key_id}
 
 
 def grants_to(state: DirectoryState, user: str) -> set[str]:
@@ -130,7 +130,10 @@ async def test_the_keyring_keeps_new_keys_on_disk(make_node: MakeNode, tmp_path:
     a = make_node("a")
     space = (await a.create_space("team"))["space"]
     reopened = NodeHome.open(tmp_path / "a", environ={})
-    assert set(reopened.keyring.named_keys) == {DEFAULT_KEY_ID, make_key_id(space, "space", 1)}
+    assert set(reopened.keyring.named_keys) == {
+        reopened.default_key.key_id,
+        make_key_id(space, "space", 1),
+    }
 
 
 # --- adding users and joining -----------------------------------------------------------------

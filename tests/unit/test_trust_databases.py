@@ -19,7 +19,7 @@ from loomdb.errors import (
     ValidationError,
 )
 from loomdb.node.databases import NodeDatabases
-from loomdb.node.home import DEFAULT_KEY_ID, NodeHome
+from loomdb.node.home import NodeHome
 from loomdb.stores import SQLiteStore
 from loomdb.sync.replicate import SyncScope, sync
 from loomdb.trust.admin import NodeTrust
@@ -211,7 +211,7 @@ async def test_the_default_space_works_unchanged(peers: tuple[Peer, Peer]) -> No
     await main.collection("notes").create({"plain": True}, id="p")
     assert (await main.collection("notes").get("p")).value == {"plain": True}
     (entry,) = [e for e in await all_entries(a) if e.space == "main"]
-    assert entry.key_id == DEFAULT_KEY_ID
+    assert entry.key_id == a.dbs.home.default_key.key_id
     assert await a.dbs.get("main") is main
 
 

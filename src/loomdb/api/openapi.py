@@ -58,6 +58,11 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         created_at=_INT,
         state={"type": "string", "enum": ["applied", "pending", "refused"]},
         reason={"type": ["string", "null"]},
+        key_id={"type": ["string", "null"], "description": "the key of its payload"},
+        waits_for_key={
+            "type": ["string", "null"],
+            "description": "pending: the key it (or a parent it waits on) needs",
+        },
     ),
     "History": _record(history=_array(_ref("HistoryItem"))),
     "Node": _record(

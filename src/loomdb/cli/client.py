@@ -289,6 +289,8 @@ def show_history(answer: dict[str, Any]) -> None:
     for item in answer["history"]:
         parents = ",".join(item["parents"]) or "-"
         reason = f" ({item['reason']})" if item.get("reason") else ""
+        if item.get("waits_for_key"):
+            reason += f" [waits for key {item['waits_for_key']}]"
         print(
             f"{item['height']:>4}  {item['cid']}  {item['kind']:<7} {item['state']}{reason}  "
             f"{_when(item['created_at'])}  author {item['author'][:16]}  parents {parents}"
@@ -445,6 +447,9 @@ def cmd_sync(args: argparse.Namespace) -> None:
     )
     for rejection in final["rejected"]:
         print(f"  rejected {rejection['cid']} ({rejection['side']}): {rejection['reason']}")
+    if final.get("waiting_for_key"):
+        keys = ", ".join(final.get("keys_wanted") or ())
+        print(f"  {final['waiting_for_key']} entries held here wait for a key: {keys}")
 
 
 def document_arg(text: str) -> list[str]:

@@ -1,7 +1,14 @@
 """Documents: Loro CRDTs over the entry store, collections, schemas and queries."""
 
 from loomdb.documents.database import DEFAULT_SPACE, Collection, Database
-from loomdb.documents.model import CollectionInfo, Counter, Document, HistoryItem, Text
+from loomdb.documents.model import (
+    CollectionInfo,
+    Counter,
+    Document,
+    HistoryItem,
+    KeyWait,
+    Text,
+)
 from loomdb.documents.values import Increment
 
 __all__ = [
@@ -13,5 +20,6 @@ __all__ = [
     "Document",
     "HistoryItem",
     "Increment",
+    "KeyWait",
     "Text",
 ]

@@ -11,18 +11,24 @@
 
 The database runs on an event loop in a background thread (anyio's blocking
 portal); every method blocks until its coroutine is done.
+
+It is opened as a node opens its databases (:meth:`NodeDatabases.open
+<loomdb.node.databases.NodeDatabases.open>`): behind the trust guard, so
+``connect(home, space="team~z6Mk…")`` writes that managed space with the key
+its directory gives this node's user, and refuses what the directory forbids.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from loomdb.documents.database import Collection, Database
+from loomdb.documents.database import DEFAULT_SPACE, Collection, Database
 from loomdb.node.home import NodeHome
 
 T = TypeVar("T")
@@ -50,10 +56,17 @@ class BlockingCollection:
 class BlockingDatabase:
     """The methods of :class:`Database`, blocking. Close it (or use ``with``)."""
 
-    def __init__(self, db: Database, portal: BlockingPortal, cm: AbstractContextManager[Any]):
+    def __init__(
+        self,
+        db: Database,
+        portal: BlockingPortal,
+        cm: AbstractContextManager[Any],
+        close: Callable[[], Awaitable[None]] | None = None,
+    ):
         self._db = db
         self._portal = portal
         self._cm = cm
+        self._close = close or db.aclose
 
     @property
     def peer_id(self) -> str:
@@ -76,7 +89,7 @@ class BlockingDatabase:
 
     def close(self) -> None:
         try:
-            self._portal.call(self._db.aclose)
+            self._portal.call(self._close)
         finally:
             self._cm.__exit__(None, None, None)
 
@@ -87,13 +100,19 @@ class BlockingDatabase:
         self.close()
 
 
-def connect(home: NodeHome | str | os.PathLike[str], **options: Any) -> BlockingDatabase:
-    """Open a node home's database for blocking use (options as :meth:`Database.open`)."""
+def connect(
+    home: NodeHome | str | os.PathLike[str], *, space: str = DEFAULT_SPACE, **options: Any
+) -> BlockingDatabase:
+    """Open the database of ``space`` in a node home for blocking use (other options
+    as :meth:`Database.open`: ``store``, ``clock``, ``random``, ``cache_size``, ``key``)."""
+    from loomdb.node.databases import NodeDatabases  # the node layer sits above this one
+
+    node = home if isinstance(home, NodeHome) else NodeHome.open(Path(home))
     cm = start_blocking_portal()
     portal = cm.__enter__()
     try:
-        db = portal.call(lambda: Database.open(home, **options))
+        dbs = portal.call(lambda: NodeDatabases.open(node, space, **options))
     except BaseException:
         cm.__exit__(None, None, None)
         raise
-    return BlockingDatabase(db, portal, cm)
+    return BlockingDatabase(dbs.default, portal, cm, dbs.aclose)

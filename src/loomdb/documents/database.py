@@ -14,6 +14,12 @@ Invariants (each one is tested):
    is stored before the views say it is applied. A crash between the two is
    repaired on open: the views consume the store from their saved position.
 5. The views (``views.db``) are derived: deleting them rebuilds them.
+6. An entry no held key reads waits (pending, ``wants_key``) and is tried again
+   when the keyring changes (:meth:`Database.retry_pending`, and on open): its
+   key may not be held, or the material held under its id may be another
+   node's. Only when the held key's id is the fingerprint of its material
+   (:attr:`~loomdb.identity.keys.NamedKey.names_its_material`) can no key read
+   it, and it is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import loro
 from loomdb.clock import Clock, HybridLogicalClock, SystemClock
 from loomdb.documents import crdt
 from loomdb.documents import query as q
-from loomdb.documents.model import CollectionInfo, Document, HistoryItem
+from loomdb.documents.model import CollectionInfo, Document, HistoryItem, KeyWait
 from loomdb.documents.schema import Schema
 from loomdb.documents.values import (
     ROOT,
@@ -66,6 +72,7 @@ from loomdb.errors import (
     ChangeRefusedError,
     ConflictError,
     CryptoKeyError,
+    DecryptionError,
     LoomError,
     MissingKeyError,
     NotFoundError,
@@ -256,6 +263,8 @@ class Database:
                 self._views.set_meta("cursor", "0")
             self._cursor = int(self._views.get_meta("cursor") or 0)
         await self.catch_up()
+        if self._views.get_meta("keyring") != self.home.keyring.fingerprint():
+            await self.retry_pending()  # keys were added since: what waited may be readable
 
     async def _key_for(self, collection: str, at: int) -> NamedKey:
         """The key of a new entry, once this node's user is known to be allowed to
@@ -276,6 +285,26 @@ class Database:
     @property
     def keys(self) -> Mapping[str, Any]:
         return self.home.keyring.named_keys
+
+    def _decrypt(self, entry: Entry) -> bytes:
+        """``entry``'s payload, opened with the material held under its key id (more
+        than one when other nodes' keys of the same id were imported)."""
+        if entry.key_id is None:
+            return entry.payload
+        keys = self.home.keyring.keys_for(entry.key_id)
+        if self._key is not None and self._key.key_id == entry.key_id and self._key not in keys:
+            keys.append(self._key)
+        if not keys:
+            raise MissingKeyError(f"no key {entry.key_id!r} to read entry {entry.cid}")
+        for key in keys[:-1]:
+            try:
+                return entry.decrypt(key)
+            except DecryptionError:
+                continue
+        return entry.decrypt(keys[-1])
+
+    def _names_its_material(self, key_id: str) -> bool:
+        return any(k.names_its_material for k in self.home.keyring.keys_for(key_id))
 
     # --- collections -------------------------------------------------------------
 
@@ -412,11 +441,10 @@ class Database:
         with self._views.lock:
             row = self._views.doc(doc_id)
         doc = crdt.new_doc()
-        keys = self.keys
         for s, entry in zip(rows, entries, strict=True):
             if entry is None:
                 raise StoreCorruptError(f"entry {s.cid} is applied but not in the store")
-            _, delta = crdt.decode_payload(entry.decrypt(keys))
+            _, delta = crdt.decode_payload(self._decrypt(entry))
             if delta:
                 crdt.import_delta(doc, delta)
         by_cid = {s.cid: s for s in rows}
@@ -597,12 +625,38 @@ class Database:
                     self._views.set_meta("cursor", str(self._cursor))
 
     async def retry_pending(self) -> int:
-        """Try again the entries that waited for a key (call after adding keys)."""
+        """Try again the entries that waited for a key (call after adding keys; the
+        database calls it on open when the keyring changed since it last did)."""
+        fingerprint = self.home.keyring.fingerprint()
         with self._views.lock:
             stalled = self._views.stalled()
         entries = [e for e in await self.store.get_entries(stalled) if e is not None]
         async with self._lock:
-            return await self._ingest(entries)
+            applied = await self._ingest(entries)
+            with self._views.tx():
+                self._views.set_meta("keyring", fingerprint)
+        return applied
+
+    async def waiting_for_key(
+        self, collections: Sequence[str] = (), documents: Sequence[tuple[str, str]] = ()
+    ) -> KeyWait:
+        """The entries this node holds but cannot read yet for want of a key (theirs,
+        or one an ancestor needs), in ``collections`` and ``documents`` (default:
+        all of this space)."""
+        with self._views.lock:
+            colls = [c for c in map(self._coll_of, collections) if c is not None]
+            docs = [d for d in (self._doc_of(c, d) for c, d in documents) if d is not None]
+            if (collections or documents) and not colls and not docs:
+                return KeyWait(0, ())
+            found = self._views.key_waits(colls=colls, docs=docs)
+        return KeyWait(found.entries, found.keys)
+
+    def _coll_of(self, name: str) -> int | None:
+        return self._views.coll_id(name, create=False)
+
+    def _doc_of(self, collection: str, name: str) -> int | None:
+        coll = self._views.coll_id(collection, create=False)
+        return None if coll is None else self._views.doc_id(coll, name, create=False)
 
     async def _ingest(self, entries: Sequence[Entry]) -> int:
         """Apply what is ready, park the rest by missing parent, then wake waiters."""
@@ -651,7 +705,7 @@ class Database:
                     StateRow(
                         entry.cid, doc_id, state, entry.kind, entry.height, entry.parents,
                         entry.created_at, ops.get("peer"), ops.get("start"), ops.get("end"),
-                        ops.get("deleted", False), reason,
+                        ops.get("deleted", False), reason, ops.get("wants_key"),
                     )
                 )  # fmt: skip
                 if state == PENDING and missing:
@@ -667,8 +721,24 @@ class Database:
         try:
             peer, start, end, deleted = await self._apply(entry, doc_id, parents, pinned)
         except MissingKeyError as exc:
-            record(PENDING, exc.message)
+            record(PENDING, exc.message, wants_key=entry.key_id)
             return None
+        except DecryptionError as exc:
+            # Signed as it is, so not damaged on the way: its author encrypted it with
+            # material this node lacks — or with garbage, which no one can tell apart,
+            # unless the id held names the held material.
+            assert entry.key_id is not None
+            if not self._names_its_material(entry.key_id):
+                record(
+                    PENDING,
+                    f"no key {entry.key_id!r} that reads entry {entry.cid}: the key this node"
+                    " holds under that id is other material (another node's key of that name)",
+                    wants_key=entry.key_id,
+                )
+                return None
+            record(REFUSED, f"{exc.message}, whose id names the material this node holds")
+            await self._refuse_waiters(entry.cid)
+            return REFUSED
         except (ChangeRefusedError, CryptoKeyError) as exc:
             record(REFUSED, exc.message)
             await self._refuse_waiters(entry.cid)
@@ -710,7 +780,7 @@ class Database:
         expected = 1 + max((p.height for p in parents.values()), default=0)
         if entry.height != expected:
             raise ChangeRefusedError(f"height {entry.height}; its parents make it {expected}")
-        salt, delta = crdt.decode_payload(entry.decrypt(self.keys))
+        salt, delta = crdt.decode_payload(self._decrypt(entry))
         live = await self._live(entry.collection, entry.document, pinned)
         peer = crdt.writer_peer(entry.author, self.space, entry.collection, entry.document, salt)
         start = end = 0
@@ -777,16 +847,24 @@ class Database:
             row.deleted,
         )
 
-    def _doc_row(self, collection: str, doc_id: str) -> Any:
+    def _doc_id(self, collection: str, doc_id: str) -> int | None:
         with self._views.lock:
             coll = self._views.coll_id(collection, create=False)
-            did = self._views.doc_id(coll, doc_id, create=False) if coll is not None else None
+            return None if coll is None else self._views.doc_id(coll, doc_id, create=False)
+
+    def _doc_row(self, collection: str, doc_id: str) -> Any:
+        """The document's views row; MissingKeyError when some of its entries wait
+        for a key (its value would be partial, or empty)."""
+        did = self._doc_id(collection, doc_id)
+        with self._views.lock:
             row = self._views.doc(did) if did is not None else None
-        if did is not None:
-            with self._views.lock:
-                no_key = self._views.missing_key(did)
-            if no_key is not None:
-                raise MissingKeyError(f"document {doc_id!r} in {collection!r}: {no_key}")
+            waits = self._views.key_waits(doc=did) if did is not None else None
+        if waits is not None and waits.entries:
+            keys = ", ".join(repr(k) for k in waits.keys)
+            count = "1 entry waits" if waits.entries == 1 else f"{waits.entries} entries wait"
+            raise MissingKeyError(
+                f"document {doc_id!r} in {collection!r}: {count} for key {keys} ({waits.reason})"
+            )
         if row is None or not row.heads:
             raise NotFoundError(f"no document {doc_id!r} in {collection!r}")
         return row
@@ -1007,12 +1085,24 @@ class Collection:
     async def history(self, id: str) -> builtins.list[HistoryItem]:
         """Every entry of the document, parents before children."""
         _check_doc_id(id)
-        row = self.db._doc_row(self.name, id)
-        with self.db._views.lock:
-            states = self.db._views.doc_states(row.id)
+        did = self.db._doc_id(self.name, id)
+        views = self.db._views
+        with views.lock:
+            states = views.doc_states(did) if did is not None else []
+        if not states:  # what the node holds of it, whether applied, waiting or refused
+            raise NotFoundError(f"no document {id!r} in {self.name!r}")
         metas = await self.db.store.get_metadata([s.cid for s in states])
         items = []
+        wants: dict[CID, str] = {}  # the key each pending entry waits for, if any
         for s, meta in zip(states, metas, strict=True):
+            if s.state == PENDING:
+                key = s.wants_key
+                if key is None:  # waits for parents: for a key, if one of them does
+                    with views.lock:
+                        parents = views.waiting_on(s.cid)
+                    key = next((wants[p] for p in parents if p in wants), None)
+                if key is not None:
+                    wants[s.cid] = key
             items.append(
                 HistoryItem(
                     str(s.cid),
@@ -1023,6 +1113,8 @@ class Collection:
                     s.created_at,
                     STATE_NAMES[s.state],
                     s.reason,
+                    meta.key_id if meta is not None else None,
+                    wants.get(s.cid),
                 )
             )
         return items
@@ -1054,7 +1146,7 @@ class Collection:
         for entry in entries:
             if entry is None:
                 raise StoreCorruptError("an applied entry is missing from the store")
-            _, delta = crdt.decode_payload(entry.decrypt(self.db.keys))
+            _, delta = crdt.decode_payload(self.db._decrypt(entry))
             if delta:
                 crdt.import_delta(doc, delta)
         t = found[target]

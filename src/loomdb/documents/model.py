@@ -57,6 +57,17 @@ class HistoryItem:
     created_at: int  # HLC
     state: str  # "applied", "pending" (waits for a parent or a key) or "refused"
     reason: str | None = None
+    key_id: str | None = None  # the key its payload is encrypted under (None: public)
+    waits_for_key: str | None = None  # pending: the key it (or a parent it waits on) needs
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWait:
+    """Entries a node holds but cannot read yet: they, or ancestors they wait on, are
+    under keys it lacks (``keys``; or holds other material under their id)."""
+
+    entries: int
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

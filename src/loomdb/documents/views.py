@@ -7,7 +7,8 @@ it is rebuilt from the entries. It holds
   reads and queries never run the CRDT;
 * ``states``: what the document layer did with each entry (applied, pending,
   refused), with the Loro op range an applied entry holds, so a delta's
-  dependencies can be traced to the entries that hold them;
+  dependencies can be traced to the entries that hold them, and the key a
+  pending entry waits for (``wants_key``: none held under its id reads it);
 * ``waits``: pending entries by the parent they wait for;
 * ``meta``: the store epoch and the store sequence number consumed so far.
 
@@ -29,7 +30,7 @@ from loomdb.documents.values import dumps, loads
 from loomdb.entries.cid import CID
 from loomdb.errors import QueryError, StoreCorruptError
 
-SCHEMA_VERSION: Final = 2  # bump when the layout changes: the file is rebuilt
+SCHEMA_VERSION: Final = 3  # bump when the layout changes: the file is rebuilt
 APPLIED: Final = 0
 PENDING: Final = 1
 REFUSED: Final = 2
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS states(
     cid BLOB PRIMARY KEY, doc INTEGER NOT NULL, state INTEGER NOT NULL, kind TEXT NOT NULL,
     height INTEGER NOT NULL, parents BLOB NOT NULL, created_at INTEGER NOT NULL,
     peer INTEGER, op_start INTEGER, op_end INTEGER, deleted INTEGER NOT NULL DEFAULT 0,
-    reason TEXT) WITHOUT ROWID;
+    reason TEXT, wants_key TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS states_keys ON states(wants_key) WHERE wants_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS states_doc ON states(doc, height);
 CREATE INDEX IF NOT EXISTS states_ops ON states(doc, peer, op_start) WHERE peer IS NOT NULL;
 CREATE TABLE IF NOT EXISTS waits(
@@ -73,6 +75,17 @@ class StateRow:
     op_start: int | None
     op_end: int | None
     deleted: bool
+    reason: str | None
+    wants_key: str | None = None  # pending: the key id no held material reads
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWaits:
+    """Pending entries that wait for a key: their own, or one an ancestor they wait
+    on needs. ``keys`` are the key ids; ``reason`` is one such entry's reason."""
+
+    entries: int
+    keys: tuple[str, ...]
     reason: str | None
 
 
@@ -98,7 +111,8 @@ def _unpack(blob: bytes) -> tuple[CID, ...]:
 
 
 _STATE_COLS = (
-    "cid, doc, state, kind, height, parents, created_at, peer, op_start, op_end, deleted, reason"
+    "cid, doc, state, kind, height, parents, created_at, peer, op_start, op_end, deleted, reason,"
+    " wants_key"
 )
 _DOC_COLS = "id, coll, name, value, live, deleted, created_at, updated_at, heads"
 
@@ -106,7 +120,7 @@ _DOC_COLS = "id, coll, name, value, live, deleted, created_at, updated_at, heads
 def _state(row: tuple[Any, ...]) -> StateRow:
     return StateRow(
         CID(row[0]), row[1], row[2], row[3], row[4], _unpack(row[5]), row[6],
-        row[7], row[8], row[9], bool(row[10]), row[11],
+        row[7], row[8], row[9], bool(row[10]), row[11], row[12],
     )  # fmt: skip
 
 
@@ -357,10 +371,10 @@ class Views:
 
     def put_state(self, s: StateRow) -> None:
         self._db.execute(
-            f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 s.cid.binary, s.doc, s.state, s.kind, s.height, _pack(s.parents), s.created_at,
-                s.peer, s.op_start, s.op_end, int(s.deleted), s.reason,
+                s.peer, s.op_start, s.op_end, int(s.deleted), s.reason, s.wants_key,
             ),
         )  # fmt: skip
 
@@ -400,14 +414,38 @@ class Views:
         ).fetchall()
         return [CID(r[0]) for r in rows]
 
-    def missing_key(self, doc: int) -> str | None:
-        """Why an entry of ``doc`` waits for a key ("no key …"), if one does."""
-        row = self._db.execute(
-            "SELECT reason FROM states WHERE doc = ? AND state = ? AND reason LIKE 'no key %' "
-            "LIMIT 1",
-            (doc, PENDING),
-        ).fetchone()
-        return None if row is None else str(row[0])
+    def key_waits(
+        self, *, doc: int | None = None, colls: Sequence[int] = (), docs: Sequence[int] = ()
+    ) -> KeyWaits:
+        """The entries that wait for a key, of one document (``doc``), or of the
+        collections ``colls`` and documents ``docs`` (none given: of all)."""
+        params: list[Any] = [PENDING]
+        scope = ""
+        if doc is not None:
+            scope, params = " AND doc = ?", [PENDING, doc]
+        elif colls or docs:
+            marks = ",".join("?" * len(colls)) or "NULL"
+            doc_marks = ",".join("?" * len(docs)) or "NULL"
+            scope = (
+                f" AND (doc IN (SELECT id FROM docs WHERE coll IN ({marks}))"
+                f" OR doc IN ({doc_marks}))"
+            )
+            params += [*colls, *docs]
+        # The entries whose own key is lacking, then (through ``waits``, which link a
+        # pending parent to its children) every entry that waits on one of them.
+        roots = f"SELECT cid FROM states WHERE state = ? AND wants_key IS NOT NULL{scope}"
+        count = self._db.execute(
+            f"WITH RECURSIVE blocked(cid) AS ({roots} UNION "
+            "SELECT w.child FROM waits w JOIN blocked b ON w.parent = b.cid) "
+            "SELECT count(*) FROM blocked",
+            params,
+        ).fetchone()[0]
+        rows = self._db.execute(
+            f"SELECT wants_key, min(reason) FROM states WHERE state = ? AND wants_key IS NOT NULL"
+            f"{scope} GROUP BY wants_key ORDER BY wants_key",
+            params,
+        ).fetchall()
+        return KeyWaits(int(count), tuple(r[0] for r in rows), rows[0][1] if rows else None)
 
     def count_states(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, count(*) FROM states GROUP BY state").fetchall()

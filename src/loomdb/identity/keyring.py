@@ -2,7 +2,10 @@
 
 The file holds the node key (the Ed25519 seed behind the node's libp2p Peer ID,
 made on first open so the Peer ID stays stable), the user identities the node
-holds and the named symmetric keys. With a passphrase, the file holds only the
+holds and the named symmetric keys: which of them the node writes open spaces
+with (its *default key*), and other material held under an id it already holds
+(keys other nodes made under the same name, e.g. the ``default@1`` every home
+made before key ids carried fingerprints). With a passphrase, the file holds only the
 KDF parameters, salt, nonce and ciphertext: the passphrase goes through
 Argon2id (memory-hard, so guessing costs memory as well as time) and the key
 material is sealed with AES-256-GCM, the rest of the file's header being the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -40,13 +44,14 @@ from loomdb.errors import (
     ValidationError,
     WrongPassphraseError,
 )
-from loomdb.identity.keys import NamedKey, RandomSource, SigningKey
+from loomdb.identity.keys import NamedKey, RandomSource, SigningKey, key_fingerprint
 from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.identity.user import UserIdentity
 
 ENV_VAR = "LOOMDB_KEYRING_SECRET"
 FORMAT = "loomdb-keyring"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 1: no default key, no other material
 _PLAIN = "none"
 _SEALED = "argon2id+aes-256-gcm"
 SALT_SIZE = 16
@@ -123,6 +128,8 @@ class Keyring:
         self._users: dict[str, UserIdentity] = {}
         self._default_user_id: str | None = None
         self._named_keys: dict[str, NamedKey] = {}
+        self._other_keys: dict[str, list[NamedKey]] = {}
+        self._default_key_id: str | None = None
         self._kdf: KdfParams | None = None  # None: the file is plaintext
         self._salt = b""
         self._aead: AESGCM | None = None
@@ -154,14 +161,15 @@ class Keyring:
         if doc.get("format") != FORMAT:
             raise KeyringCorruptError(f"{file} is not a loomdb keyring")
         version = doc.get("version")
-        if type(version) is not int or version != VERSION:
+        if type(version) is not int or version not in READS:
             raise KeyringCorruptError(
-                f"keyring {file} has format version {version!r}; this loomdb reads {VERSION}"
+                f"keyring {file} has format version {version!r}; this loomdb reads "
+                + " and ".join(map(str, READS))
             )
         encryption = doc.get("encryption")
         if encryption == _PLAIN:
             _expect_fields(doc, {"format", "version", "encryption", "keys"}, file)
-            ring = cls._from_payload(file, doc["keys"], random)
+            ring = cls._from_payload(file, doc["keys"], version, random)
         elif encryption == _SEALED:
             if secret is None:
                 raise KeyringLockedError(
@@ -220,20 +228,29 @@ class Keyring:
             raise WrongPassphraseError(
                 f"the passphrase does not open keyring {file} (or the file was modified)"
             ) from exc
-        ring = cls._from_payload(file, _load_json(plaintext, file, "decrypted keyring"), random)
+        payload = _load_json(plaintext, file, "decrypted keyring")
+        ring = cls._from_payload(file, payload, doc["version"], random)
         ring._kdf, ring._salt, ring._aead = params, salt, AESGCM(key)
         return ring
 
     @classmethod
-    def _from_payload(cls, file: Path, payload: object, random: RandomSource) -> Keyring:
+    def _from_payload(
+        cls, file: Path, payload: object, version: object, random: RandomSource
+    ) -> Keyring:
         """Rebuild a keyring from the key material object, turning any bad value into
         :class:`KeyringCorruptError`."""
         if not isinstance(payload, dict):
             raise KeyringCorruptError(f"keyring {file}: the keys are not an object")
-        _expect_fields(payload, {"node_key", "users", "default_user", "named_keys"}, file)
+        fields = {"node_key", "users", "default_user", "named_keys"}
+        if version != 1:
+            fields |= {"default_key", "other_keys"}
+        _expect_fields(payload, fields, file)
         users, named_keys = payload["users"], payload["named_keys"]
-        if not isinstance(users, list) or not isinstance(named_keys, list):
-            raise KeyringCorruptError(f"keyring {file}: 'users' and 'named_keys' must be lists")
+        others = payload.get("other_keys", [])
+        if not all(isinstance(v, list) for v in (users, named_keys, others)):
+            raise KeyringCorruptError(
+                f"keyring {file}: 'users', 'named_keys' and 'other_keys' must be lists"
+            )
         try:
             ring = cls(file, SigningKey(_hex_32(payload["node_key"], "node_key")), random)
             for entry in users:
@@ -242,14 +259,25 @@ class Keyring:
                     raise ValidationError(f"user {user.user_id} is listed twice")
                 ring._users[user.user_id] = user
             for entry in named_keys:
-                if not isinstance(entry, dict) or set(entry) != {"key_id", "secret"}:
-                    raise ValidationError("a named key is an object with key_id and secret")
-                key = NamedKey(entry["key_id"], _hex_32(entry["secret"], "named key secret"))
+                key = _named_key(entry)
                 if key.key_id in ring._named_keys:
                     raise ValidationError(f"named key {key.key_id!r} is listed twice")
                 ring._named_keys[key.key_id] = key
+            for entry in others:
+                key = _named_key(entry)
+                if key.key_id not in ring._named_keys:
+                    raise ValidationError(f"other material for {key.key_id!r}: that id is not held")
+                if key in ring.keys_for(key.key_id):
+                    raise ValidationError(f"named key {key.key_id!r} is listed twice")
+                ring._other_keys.setdefault(key.key_id, []).append(key)
         except LoomError as exc:
             raise KeyringCorruptError(f"keyring {file}: {exc.message}") from exc
+        default_key = payload.get("default_key")
+        if default_key is not None and (
+            not isinstance(default_key, str) or default_key not in ring._named_keys
+        ):
+            raise KeyringCorruptError(f"keyring {file}: default key {default_key!r} is not held")
+        ring._default_key_id = default_key
         default = payload["default_user"]
         if default is not None and (not isinstance(default, str) or default not in ring._users):
             raise KeyringCorruptError(f"keyring {file}: default user {default!r} is not held")
@@ -299,6 +327,27 @@ class Keyring:
     def get_named_key(self, key_id: str) -> NamedKey | None:
         return self._named_keys.get(key_id)
 
+    def keys_for(self, key_id: str) -> list[NamedKey]:
+        """Every material held under ``key_id``: the named key, then other material
+        imported under the same id (:meth:`import_key`). Empty when none is held."""
+        held = self._named_keys.get(key_id)
+        return [] if held is None else [held, *self._other_keys.get(key_id, ())]
+
+    @property
+    def default_key(self) -> NamedKey | None:
+        """The key this node writes open spaces with (None until one is set)."""
+        return None if self._default_key_id is None else self._named_keys[self._default_key_id]
+
+    def fingerprint(self) -> str:
+        """A digest of which materials are held under which ids (no secret can be
+        learnt from it): it changes exactly when a key is added."""
+        held = sorted(
+            f"{key.key_id} {key_fingerprint(key.secret)}"
+            for kid in self._named_keys
+            for key in self.keys_for(kid)
+        )
+        return hashlib.blake2b("\n".join(held).encode(), digest_size=16).hexdigest()
+
     # --- changing (in memory until save) ---------------------------------------
 
     def add_user(self, identity: UserIdentity, default: bool = False) -> None:
@@ -318,16 +367,44 @@ class Keyring:
             raise ValidationError(f"a different key with id {key.key_id!r} is held; rotate instead")
         self._named_keys[key.key_id] = key
 
+    def import_key(self, key: NamedKey) -> bool:
+        """Hold ``key``, a key another node made (give it to this node this way to let it
+        read what that node wrote). False if this material was held already.
+
+        When a different key with the same id is held — two nodes made keys of one
+        name, like the ``default@1`` of homes made before ids carried fingerprints —
+        both are kept: readers try each. Refused when the held key's id names the
+        held material (:attr:`NamedKey.names_its_material`): no other key is that key."""
+        held = self.keys_for(key.key_id)
+        if key in held:
+            return False
+        if held and held[0].names_its_material:
+            raise ValidationError(
+                f"key {key.key_id!r} is held, and its id is the fingerprint of the held "
+                "material: this is other material under its id"
+            )
+        if held:
+            self._other_keys.setdefault(key.key_id, []).append(key)
+        else:
+            self._named_keys[key.key_id] = key
+        return True
+
+    def set_default_key(self, key_id: str) -> None:
+        """Write open spaces with the held key ``key_id`` from now on (what was written
+        under the previous default stays readable: its key stays held)."""
+        if key_id not in self._named_keys:
+            raise ValidationError(f"no key {key_id!r} is held")
+        self._default_key_id = key_id
+
     def save(self) -> None:
         """Write the keyring: a fresh nonce each time, then an atomic replace of the file."""
         payload = {
             "node_key": self._node_key.seed.hex(),
             "users": [user.to_dict() for user in self._users.values()],
             "default_user": self._default_user_id,
-            "named_keys": [
-                {"key_id": key.key_id, "secret": key.secret.hex()}
-                for key in self._named_keys.values()
-            ],
+            "named_keys": [_named_key_json(key) for key in self._named_keys.values()],
+            "default_key": self._default_key_id,
+            "other_keys": [_named_key_json(k) for keys in self._other_keys.values() for k in keys],
         }
         doc: dict[str, object] = {"format": FORMAT, "version": VERSION}
         if self._aead is None or self._kdf is None:
@@ -357,6 +434,16 @@ class Keyring:
 
 
 # --- file helpers ---------------------------------------------------------------
+
+
+def _named_key(entry: object) -> NamedKey:
+    if not isinstance(entry, dict) or set(entry) != {"key_id", "secret"}:
+        raise ValidationError("a named key is an object with key_id and secret")
+    return NamedKey(entry["key_id"], _hex_32(entry["secret"], "named key secret"))
+
+
+def _named_key_json(key: NamedKey) -> dict[str, str]:
+    return {"key_id": key.key_id, "secret": key.secret.hex()}
 
 
 def _load_json(raw: bytes, file: Path, what: str) -> dict[str, object]:

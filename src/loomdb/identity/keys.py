@@ -7,6 +7,8 @@ from ``cryptography``. Nothing here implements a primitive itself.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -27,6 +29,9 @@ ED25519_SIGNATURE_SIZE = 64
 AES256_KEY_SIZE = 32
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}\Z")
+FINGERPRINT_CHARS = 26  # base32 of 128 bits, without padding
+_FINGERPRINT_PERSON = b"loomdb/key-fp/v1"  # BLAKE2b personalisation: this use only
+_FINGERPRINTED_ID = re.compile(rf"(.+)-([a-z2-7]{{{FINGERPRINT_CHARS}}})@([1-9][0-9]*)\Z")
 
 
 class SigningKey:
@@ -95,6 +100,24 @@ def check_key_id(key_id: str) -> str:
     return key_id
 
 
+def key_fingerprint(secret: bytes) -> str:
+    """A public name for a key's material: BLAKE2b-128 of the secret, personalised for
+    this use (so it equals no other hash of the secret), in lowercase base32.
+
+    The secret is 256 random bits, so the fingerprint reveals nothing usable about it;
+    two different secrets get the same fingerprint with negligible probability."""
+    digest = hashlib.blake2b(secret, digest_size=16, person=_FINGERPRINT_PERSON).digest()
+    return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
+def fingerprinted_key_id(name: str, secret: bytes, version: int = 1) -> str:
+    """``<name>-<fingerprint>@<version>``, e.g. ``default-4kq…@1``: an id that names one
+    key's material, so keys made apart (on different nodes) never share an id."""
+    if type(version) is not int or version < 1:
+        raise InvalidKeyError("a key version is an integer >= 1")
+    return check_key_id(f"{name}-{key_fingerprint(secret)}@{version}")
+
+
 @dataclass(frozen=True, slots=True)
 class NamedKey:
     """A named AES-256-GCM key that encrypts entry payloads.
@@ -117,6 +140,24 @@ class NamedKey:
     @classmethod
     def generate(cls, key_id: str, random: RandomSource = os.urandom) -> NamedKey:
         return cls(key_id, random(AES256_KEY_SIZE))
+
+    @classmethod
+    def generate_fingerprinted(
+        cls, name: str, version: int = 1, random: RandomSource = os.urandom
+    ) -> NamedKey:
+        """A new key whose id carries the fingerprint of its material
+        (:func:`fingerprinted_key_id`)."""
+        secret = random(AES256_KEY_SIZE)
+        return cls(fingerprinted_key_id(name, secret, version), secret)
+
+    @property
+    def names_its_material(self) -> bool:
+        """Whether ``key_id`` carries this key's fingerprint. Such an id names this
+        material and no other: a payload under it that this key cannot open can be
+        opened by no key (whereas an id like ``default@1`` may have been given to
+        other material elsewhere)."""
+        found = _FINGERPRINTED_ID.match(self.key_id)
+        return found is not None and found.group(2) == key_fingerprint(self.secret)
 
     @property
     def aead(self) -> AESGCM:

@@ -10,6 +10,10 @@ As a store (what sync and the store server see), ``put_entries`` stores through
 the guard, then applies what landed to every open database; when directory
 entries brought keys granted to this node's user, they are unwrapped into the
 keyring and the entries that waited for them are applied.
+
+:meth:`NodeDatabases.open` wires them over a home's own store as the daemon
+does (directory book, guard, trust): ``loomdb.connect(home, space=S)`` uses it,
+so a script writes a managed space with its keys and checks, as a node would.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from typing import Any
 import anyio
 
 from loomdb.documents.database import Database
+from loomdb.documents.model import KeyWait
 from loomdb.errors import NotFoundError, ValidationError
 from loomdb.node.home import NodeHome
-from loomdb.stores.base import PutResult
+from loomdb.stores.base import ContentAddressedStore, PutResult
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
+from loomdb.sync.replicate import SyncScope
 from loomdb.trust.admin import NodeTrust
+from loomdb.trust.book import DirectoryBook
 from loomdb.trust.guard import GuardedStore
 from loomdb.trust.spaces import parse_space_id
 
@@ -35,14 +42,55 @@ class NodeDatabases:
     """Opens, caches and closes the node's databases; also the node's sync store."""
 
     def __init__(
-        self, home: NodeHome, store: GuardedStore, trust: NodeTrust, default_space: str
+        self,
+        home: NodeHome,
+        store: GuardedStore,
+        trust: NodeTrust,
+        default_space: str,
+        *,
+        options: dict[str, Any] | None = None,
+        owned: ContentAddressedStore | None = None,
     ) -> None:
+        """``options`` go to every :meth:`Database.open` (clock, random, cache_size,
+        key); ``owned`` is a store :meth:`aclose` closes."""
         self.home = home
         self.store = store
         self.trust = trust
         self.default_space = default_space
         self._open: dict[str, Database] = {}
         self._lock = anyio.Lock()
+        self._options = options or {}
+        self._owned = owned
+
+    @classmethod
+    async def open(
+        cls,
+        home: NodeHome,
+        default_space: str,
+        *,
+        store: ContentAddressedStore | None = None,
+        **options: Any,
+    ) -> NodeDatabases:
+        """The databases of ``home`` over ``store`` (default: the home's own, closed
+        by :meth:`aclose`), behind the trust guard, with ``default_space`` open."""
+        base = home.open_store() if store is None else store
+        owned = base if store is None else None
+        dbs: NodeDatabases | None = None
+        try:
+            book = DirectoryBook()
+            await book.load(base)
+            guarded = GuardedStore(base, book)
+            trust = NodeTrust(home, guarded, book)
+            dbs = cls(home, guarded, trust, default_space, options=options, owned=owned)
+            await dbs.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if dbs is not None:
+                    await dbs.aclose()  # closes the owned store too
+                elif owned is not None:
+                    await owned.aclose()
+            raise
+        return dbs
 
     @property
     def default(self) -> Database:
@@ -67,7 +115,12 @@ class NodeDatabases:
                 if len(self._open) >= MAX_OPEN:
                     raise ValidationError(f"at most {MAX_OPEN} spaces are open at once")
                 self._open[space] = await Database.open(
-                    self.home, space=space, store=self.store, policy=self.trust, close_store=False
+                    self.home,
+                    space=space,
+                    store=self.store,
+                    policy=self.trust,
+                    close_store=False,
+                    **self._options,
                 )
         return self._open[space]
 
@@ -75,6 +128,24 @@ class NodeDatabases:
         for db in self._open.values():
             await db.aclose()
         self._open.clear()
+        if self._owned is not None:
+            owned, self._owned = self._owned, None
+            await owned.aclose()
+
+    async def waiting_for_key(self, scope: SyncScope) -> KeyWait:
+        """The entries of ``scope`` this node cannot read yet for want of a key (for
+        the sync report; a scope of every space counts the open databases')."""
+        spaces = [scope.space] if scope.space is not None else list(self._open)
+        entries, keys = 0, set[str]()
+        for space in spaces:
+            try:
+                db = await self.get(space)
+            except (NotFoundError, ValidationError):
+                continue  # a managed space this node holds no directory of: nothing applied
+            found = await db.waiting_for_key(scope.collections, scope.documents)
+            entries += found.entries
+            keys.update(found.keys)
+        return KeyWait(entries, tuple(sorted(keys)))
 
     async def after_put(self) -> None:
         """Apply what landed to the open databases, and what waited for new keys."""

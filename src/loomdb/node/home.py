@@ -23,7 +23,10 @@ from loomdb.identity.user import UserIdentity
 from loomdb.stores.sqlite import SQLiteStore
 
 DEFAULT_PORT = 9171
-DEFAULT_KEY_ID = "default@1"
+DEFAULT_KEY_NAME = "default"
+LEGACY_DEFAULT_KEY_ID = "default@1"
+"""The default key of every home made before key ids carried fingerprints: the same id
+with different material on every node. Such a home keeps it, to read what it wrote."""
 
 
 def default_home(environ: Mapping[str, str] = os.environ) -> Path:
@@ -50,7 +53,12 @@ class NodeHome:
         """Open the home at ``path``. The keyring passphrase is ``secret``, else
         ``$LOOMDB_KEYRING_SECRET``. A new home gets a node key, a default user
         identity and a default named key — except a relay's, which gets no named
-        key: a relay holds no key to read entries."""
+        key: a relay holds no key to read entries.
+
+        The default key's id is ``default-<fingerprint of its material>@1``
+        (:func:`~loomdb.identity.keys.fingerprinted_key_id`), so no two nodes'
+        default keys share an id. A home made before that holds ``default@1``: it
+        keeps it for reading and gets a fingerprinted default for new writes."""
         home = Path(path)
         if home.exists() and not home.is_dir():
             raise ValidationError(f"{home} exists and is not a directory")
@@ -73,8 +81,10 @@ class NodeHome:
             # with the relay role; no key is ever granted to it.
             keyring.add_user(UserIdentity.generate(), default=True)
             changed = True
-        if not relay and keyring.get_named_key(DEFAULT_KEY_ID) is None:
-            keyring.add_named_key(NamedKey.generate(DEFAULT_KEY_ID))
+        if not relay and keyring.default_key is None:
+            key = NamedKey.generate_fingerprinted(DEFAULT_KEY_NAME)
+            keyring.add_named_key(key)
+            keyring.set_default_key(key.key_id)
             changed = True
         if changed:
             keyring.save()
@@ -99,7 +109,8 @@ class NodeHome:
 
     @property
     def default_key(self) -> NamedKey:
-        key = self.keyring.get_named_key(DEFAULT_KEY_ID)
+        """The key this node writes its open spaces with."""
+        key = self.keyring.default_key
         assert key is not None  # open() makes one
         return key
 

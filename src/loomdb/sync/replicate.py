@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.to_thread
 
+from loomdb.documents.model import KeyWait
 from loomdb.entries.cid import CID, PREFIX
 from loomdb.entries.entry import Entry, decode_entry
 from loomdb.errors import EntryError, ForbiddenError, ProtocolError, ValidationError
@@ -102,6 +103,10 @@ class SyncProgress:
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     missing: int = 0  # asked for, but the other side no longer had it
+    # At the end: entries of the scope the local side holds but cannot read for want
+    # of a key (stored, not refused: they are applied once the key arrives), and which.
+    waiting_for_key: int = 0
+    keys_wanted: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -125,6 +130,8 @@ class SyncProgress:
                 {"cid": str(r.cid), "reason": r.reason, "side": r.side} for r in self.rejected
             ],
             "missing": self.missing,
+            "waiting_for_key": self.waiting_for_key,
+            "keys_wanted": list(self.keys_wanted),
             "seconds": round(time.monotonic() - self.started, 3),
         }
 
@@ -153,6 +160,11 @@ class DatabaseStore:
         # A sync starts here: first apply anything stored but not yet applied.
         await self.db.catch_up()
         return await self.store.reconcile(requests)
+
+    async def waiting_for_key(self, scope: SyncScope) -> KeyWait:
+        if scope.space not in (None, self.db.space):
+            return KeyWait(0, ())
+        return await self.db.waiting_for_key(scope.collections, scope.documents)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -393,6 +405,10 @@ async def _run(
         await transfer(
             local, remote, have, state, direction="push", batch_size=batch_size, progress=progress
         )
+    waiting = getattr(local, "waiting_for_key", None)  # a database, or a node's databases
+    if waiting is not None:
+        found = await waiting(scope if isinstance(scope, SyncScope) else SyncScope(scope))
+        state.waiting_for_key, state.keys_wanted = found.entries, list(found.keys)
     state.phase = "done"
     if progress is not None:
         progress(state)
