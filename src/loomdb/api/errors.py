@@ -19,7 +19,8 @@ Statuses (first match in :data:`STATUS_BY_ERROR` wins):
 * 403 ``trust.*`` (not a member, revoked, no role) and ``key.missing`` ("no key":
   the document's entries are held but this node was not granted their key);
 * 404 ``document.not_found`` / ``route.not_found``, 405 ``route.method``,
-  409 ``document.conflict``, 413 ``request.too_large``, 415 ``request.media_type``
+  409 ``document.conflict``, 413 ``request.too_large`` (the body) and
+  ``entry.too_large`` (the entry the body's values would make), 415 ``request.media_type``
   (a sync frame sent without its content type);
 * 500 for every other LoomError (its code and message, which are written for
   people) and ``internal`` for anything else (logged here, never sent).
@@ -37,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from loomdb.errors import (
     AuthError,
     ConflictError,
+    EntryTooLargeError,
     LoomError,
     MissingKeyError,
     NotFoundError,
@@ -55,6 +57,7 @@ STATUS_BY_ERROR: list[tuple[type[LoomError], int]] = [  # first match wins
     (NotFoundError, 404),
     (ConflictError, 409),
     (ValidationError, 422),
+    (EntryTooLargeError, 413),  # the request's values make an entry over the limit
     (SchemaError, 422),
     (QueryError, 422),
     (LoomError, 500),

@@ -84,6 +84,8 @@ from loomdb.errors import (
 from loomdb.identity.keys import NamedKey, RandomSource
 from loomdb.node.home import NodeHome
 from loomdb.stores.base import ContentAddressedStore, PutStatus
+from loomdb.trust.spaces import SEPARATOR as SPACE_ID_SEPARATOR
+from loomdb.trust.spaces import parse_space_id
 
 DEFAULT_SPACE: Final = "main"
 SPACE_SEPARATOR: Final = "~"  # in the id of a managed space (loomdb.trust.spaces)
@@ -160,6 +162,18 @@ def _check_doc_id(doc_id: object) -> str:
 
 def _check_collection(name: object) -> str:
     return _check_name("collection name", name, 128)
+
+
+def check_space(space: object) -> str:
+    """An open space's name follows the collection name rule; a managed space id
+    (``name~z6Mk…``) its own (:func:`loomdb.trust.spaces.parse_space_id`)."""
+    if isinstance(space, str) and SPACE_ID_SEPARATOR in space:
+        try:
+            parse_space_id(space)
+        except ValidationError as exc:
+            raise ValidationError(f"bad space id: {exc.message}") from None
+        return space
+    return _check_name("space name", space, 128)
 
 
 class Database:

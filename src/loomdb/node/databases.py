@@ -18,12 +18,15 @@ so a script writes a managed space with its keys and checks, as a node would.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 
-from loomdb.documents.database import Database
+from loomdb.documents.database import Database, check_space
 from loomdb.documents.model import KeyWait
 from loomdb.errors import NotFoundError, ValidationError
 from loomdb.node.home import NodeHome
@@ -36,10 +39,16 @@ from loomdb.trust.guard import GuardedStore
 from loomdb.trust.spaces import parse_space_id
 
 MAX_OPEN = 64
+IDLE_SECONDS = 300.0
 
 
 class NodeDatabases:
-    """Opens, caches and closes the node's databases; also the node's sync store."""
+    """Opens, caches and closes the node's databases; also the node's sync store.
+
+    At most :data:`MAX_OPEN` are open: opening one more closes the one used
+    least recently, and one unused for :data:`IDLE_SECONDS` is closed at the
+    next open — so naming many spaces cannot exhaust the node. The default
+    space's database stays open, and so does any held by :meth:`using`."""
 
     def __init__(
         self,
@@ -48,6 +57,9 @@ class NodeDatabases:
         trust: NodeTrust,
         default_space: str,
         *,
+        max_open: int = MAX_OPEN,
+        idle_seconds: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
         options: dict[str, Any] | None = None,
         owned: ContentAddressedStore | None = None,
     ) -> None:
@@ -57,7 +69,12 @@ class NodeDatabases:
         self.store = store
         self.trust = trust
         self.default_space = default_space
-        self._open: dict[str, Database] = {}
+        self.max_open = max_open
+        self.idle_seconds = idle_seconds
+        self._clock = clock
+        self._open: OrderedDict[str, Database] = OrderedDict()  # least recently used first
+        self._used: dict[str, float] = {}
+        self._leases: Counter[str] = Counter()
         self._lock = anyio.Lock()
         self._options = options or {}
         self._owned = owned
@@ -96,33 +113,69 @@ class NodeDatabases:
     def default(self) -> Database:
         return self._open[self.default_space]
 
+    @property
+    def open_spaces(self) -> list[str]:
+        return list(self._open)
+
     async def start(self) -> None:
         await self.get(self.default_space)
 
     async def get(self, space: str | None = None) -> Database:
         """The database of ``space`` (default: the node's), opened on first use."""
         space = space or self.default_space
-        if space in self._open:
-            return self._open[space]
-        try:
-            managed = parse_space_id(space)
-        except ValidationError as exc:
-            raise ValidationError(f"bad space id: {exc.message}") from None
-        if managed is not None and self.store.book.state(space) is None:
-            raise NotFoundError(f"this node holds no directory for space {space!r}: join it first")
-        async with self._lock:
-            if space not in self._open:
-                if len(self._open) >= MAX_OPEN:
-                    raise ValidationError(f"at most {MAX_OPEN} spaces are open at once")
-                self._open[space] = await Database.open(
-                    self.home,
-                    space=space,
-                    store=self.store,
-                    policy=self.trust,
-                    close_store=False,
-                    **self._options,
+        if space not in self._open:
+            check_space(space)
+            if parse_space_id(space) is not None and self.store.book.state(space) is None:
+                raise NotFoundError(
+                    f"this node holds no directory for space {space!r}: join it first"
                 )
+            async with self._lock:
+                if space not in self._open:
+                    await self._make_room()
+                    self._open[space] = await Database.open(
+                        self.home,
+                        space=space,
+                        store=self.store,
+                        policy=self.trust,
+                        close_store=False,
+                        **self._options,
+                    )
+        self._open.move_to_end(space)
+        self._used[space] = self._clock()
         return self._open[space]
+
+    @asynccontextmanager
+    async def using(self, space: str | None = None) -> AsyncIterator[Database]:
+        """The database of ``space``, kept open until the block ends."""
+        db = await self.get(space)
+        self._leases[db.space] += 1
+        try:
+            yield db
+        finally:
+            self._leases[db.space] -= 1
+            self._used[db.space] = self._clock()
+
+    async def _make_room(self) -> None:
+        """Close idle databases, then the least recently used while full."""
+        now = self._clock()
+        for space in [s for s in self._open if self._closable(s)]:
+            if now - self._used.get(space, now) >= self.idle_seconds:
+                await self._close(space)
+        while len(self._open) >= self.max_open:
+            victim = next((s for s in self._open if self._closable(s)), None)
+            if victim is None:
+                raise ValidationError(
+                    f"{len(self._open)} spaces are in use at once; try again shortly"
+                )
+            await self._close(victim)
+
+    def _closable(self, space: str) -> bool:
+        return space != self.default_space and self._leases[space] == 0
+
+    async def _close(self, space: str) -> None:
+        db = self._open.pop(space)
+        self._used.pop(space, None)
+        await db.aclose()
 
     async def aclose(self) -> None:
         for db in self._open.values():

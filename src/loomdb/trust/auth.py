@@ -20,8 +20,9 @@ Invariants:
    signature, and a good one cannot be replayed).
 2. Only challenges issued here and still pending are answered: a foreign,
    unknown, replayed, expired or altered challenge is a :class:`ChallengeError`.
-3. The pending set is bounded (``max_pending``, oldest dropped first) and pruned
-   of expired challenges, so asking for challenges cannot exhaust memory.
+3. The pending set is bounded (``max_pending``, and ``max_pending_per_client``
+   for each client) and pruned of expired challenges, so asking for challenges
+   cannot exhaust memory, and one client's flood evicts only its own.
 4. Membership is checked when a token is issued *and* on every verify, so a
    revoked user is refused at the next use of a token already held.
 5. Tokens are EdDSA only; times are checked against the injected clock, never
@@ -201,11 +202,13 @@ class AuthService:
         challenge_ttl_ms: int = 60_000,
         token_ttl_s: int = 600,
         max_pending: int = 10_000,
+        max_pending_per_client: int = 32,
     ) -> None:
         for name, value in [
             ("challenge_ttl_ms", challenge_ttl_ms),
             ("token_ttl_s", token_ttl_s),
             ("max_pending", max_pending),
+            ("max_pending_per_client", max_pending_per_client),
         ]:
             if _int(value) is None or value < 1:
                 raise ValidationError(f"{name} must be a positive whole number")
@@ -218,7 +221,10 @@ class AuthService:
         self.challenge_ttl_ms = challenge_ttl_ms
         self.token_ttl_s = token_ttl_s
         self.max_pending = max_pending
+        self.max_pending_per_client = max_pending_per_client
         self._pending: OrderedDict[str, Challenge] = OrderedDict()  # by nonce, oldest first
+        self._client_of: dict[str, str] = {}  # nonce -> who asked for it
+        self._by_client: dict[str, OrderedDict[str, None]] = {}  # oldest first
         # Tokens whose signature, issuer and audience checked out: a WebSocket checks
         # its token before every frame, and EdDSA verification costs ~200 µs.
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -230,8 +236,14 @@ class AuthService:
 
     # --- challenges -------------------------------------------------------------------
 
-    def challenge(self) -> dict[str, Any]:
-        """A new challenge, JSON-ready; it can be answered once, before it expires."""
+    def challenge(self, client: str = "") -> dict[str, Any]:
+        """A new challenge, JSON-ready; it can be answered once, before it expires.
+
+        ``client`` names who asks (the HTTP API passes the peer's address): each
+        client holds at most ``max_pending_per_client`` pending challenges (its
+        own oldest is dropped first), and when the whole set is full the client
+        holding the most loses its oldest, so a flood from one client never
+        evicts another's."""
         now = self._clock.now_ms()
         self._prune(now)
         issued = Challenge(
@@ -241,9 +253,26 @@ class AuthService:
             expires=now + self.challenge_ttl_ms,
         )
         self._pending[issued.nonce] = issued
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
+        self._client_of[issued.nonce] = client
+        mine = self._by_client.setdefault(client, OrderedDict())
+        mine[issued.nonce] = None
+        if len(mine) > self.max_pending_per_client:
+            self._drop(next(iter(mine)))
+        if len(self._pending) > self.max_pending:
+            greediest = max(self._by_client.values(), key=len)
+            self._drop(next(iter(greediest)))
         return issued.to_json()
+
+    def _drop(self, nonce: str) -> Challenge | None:
+        """Forget the pending challenge ``nonce``; it, if it was pending."""
+        issued = self._pending.pop(nonce, None)
+        client = self._client_of.pop(nonce, None)
+        if client is not None:
+            mine = self._by_client[client]
+            del mine[nonce]
+            if not mine:
+                del self._by_client[client]
+        return issued
 
     def _prune(self, now: int) -> None:
         # Issued in order with one TTL, so they expire in order too (a clock that
@@ -252,7 +281,7 @@ class AuthService:
             oldest = next(iter(self._pending.values()))
             if oldest.expires > now:
                 break
-            self._pending.popitem(last=False)
+            self._drop(oldest.nonce)
 
     def issue_token(self, answer: Mapping[str, Any]) -> dict[str, Any]:
         """A token for a good ``answer`` to a challenge issued here.
@@ -294,7 +323,7 @@ class AuthService:
         nonce = challenge.get("nonce")
         if not isinstance(nonce, str):
             return None
-        return self._pending.pop(nonce, None)
+        return self._drop(nonce)
 
     # --- tokens -----------------------------------------------------------------------
 
