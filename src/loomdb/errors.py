@@ -81,6 +81,9 @@ class LoomError(Exception):
     """Root of every error loomdb raises on purpose."""
 
     code = "loom"
+    index: int | None = None
+    """Set when the error refuses one item of a batch (``Collection.create_many``):
+    that item's position."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -154,6 +154,59 @@ async def test_bad_arguments(db: Database) -> None:
         await db.collection("c").query(limit=-1)
 
 
+async def test_create_many_is_one_batch_all_or_nothing(db: Database) -> None:
+    await db.create_collection("people", PEOPLE)
+    people = db.collection("people")
+    before = await db.store.count()
+    puts: list[int] = []
+    put_entries = db.store.put_entries
+
+    async def counting(entries: Any) -> Any:
+        puts.append(len(entries))
+        return await put_entries(entries)
+
+    db.store.put_entries = counting  # type: ignore[method-assign]
+    made = await people.create_many(
+        [{"name": f"p{i}", "age": i} for i in range(50)], ids=[f"p{i}" for i in range(49)] + [None]
+    )
+    assert puts == [50]  # one store batch, one entry per document
+    assert [d.id for d in made[:3]] == ["p0", "p1", "p2"] and len(made[-1].id) == 32
+    assert await people.count() == 50 and (await people.get("p7")).value == {"name": "p7", "age": 7}
+    assert await db.store.count() == before + 50
+
+    refused: list[tuple[list[Any], list[Any], type[Exception], int]] = [
+        ([{"name": "a"}, {"name": "b", "age": "old"}], ["a", "b"], SchemaError, 1),
+        ([{"name": "a"}, {"name": "b"}, {"f": math.nan}], [None, None, None], ValidationError, 2),
+        ([{"name": "a"}, {"name": "b"}], ["a", "$b"], ValidationError, 1),
+        ([{"name": "a"}, {"name": "b"}], ["new", "p3"], ConflictError, 1),  # exists
+        ([{"name": "a"}, {"name": "b"}, {"name": "c"}], ["x", "y", "x"], ConflictError, 2),
+    ]
+    for values, ids, error, index in refused:
+        with pytest.raises(error) as info:
+            await people.create_many(values, ids=ids)
+        assert info.value.index == index, (values, ids)
+        assert await db.store.count() == before + 50  # nothing of the batch was written
+        assert await people.count() == 50
+    with pytest.raises(NotFoundError):
+        await people.get("a")
+    with pytest.raises(SchemaError) as single:
+        await people.create({"age": "old"})
+    assert single.value.index is None  # one document: not a batch
+    assert await people.create_many([]) == []
+
+
+async def test_names_that_are_not_one_url_segment_are_refused(db: Database) -> None:
+    for name in (".", "..", " ", " people", "people ", "a/b", "$x", "a\n"):
+        with pytest.raises(ValidationError):
+            await db.create_collection(name)
+        with pytest.raises(ValidationError):
+            await db.collection("c").create({"a": 1}, id=name)
+    for name in ("a b", "c:batch", "...", "%2F", "ü"):
+        assert (await db.create_collection(name)).name == name
+    assert not await db.collection("nothing").exists()
+    assert await db.collection("a b").exists()
+
+
 async def test_queries(db: Database) -> None:
     people = db.collection("people")
     await people.create_many(

@@ -52,6 +52,7 @@ from loomdb.documents.values import (
     check_path,
     check_value,
     container_at,
+    fill_new_map,
     plain,
     preview_patch,
     read_value,
@@ -148,11 +149,15 @@ class _Change:
 
 
 def _check_name(what: str, value: object, max_chars: int) -> str:
-    """Names users choose: no leading '$' (reserved: ``$schema``), no '/' (URLs)."""
+    """Names users choose: no leading '$' (reserved: ``$schema``); each one a URL
+    path segment of its own (no '/', not '.' or '..', which URLs resolve away);
+    no control characters, no space at either end."""
     if type(value) is not str or not value or len(value) > max_chars:
         raise ValidationError(f"{what}s are strings of 1-{max_chars} characters")
     if value.startswith("$") or not value.isprintable() or "/" in value:
         raise ValidationError(f"{what} {value!r}: no leading '$', no '/', no control characters")
+    if value in (".", "..") or value != value.strip():
+        raise ValidationError(f"{what} {value!r}: not '.' or '..', no space at either end")
     return value
 
 
@@ -418,16 +423,27 @@ class Database:
             self._cache.popitem(last=False)
 
     async def _preload(self, docs: Sequence[tuple[str, str]], pinned: dict[int, _Live]) -> None:
-        """Load the documents of a batch that are not open, with one store read."""
+        """Load the documents of a batch that are not open, with one store read.
+        Documents new to the views (their rows are made here, in one transaction)
+        start empty, without a read."""
+        by_coll: dict[str, list[str]] = {}
+        for collection, document in docs:
+            by_coll.setdefault(collection, []).append(document)
         wanted: dict[int, None] = {}
-        with self._views.lock:
-            for collection, document in docs:
+        with self._views.tx():
+            for collection, names in by_coll.items():
                 coll = self._views.coll_id(collection)
                 assert coll is not None
-                doc_id = self._views.doc_id(coll, document)
-                assert doc_id is not None
-                if doc_id not in pinned and doc_id not in self._cache:
-                    wanted[doc_id] = None
+                ids, created = self._views.doc_ids(coll, names)
+                for name, doc_id in ids.items():
+                    if doc_id in pinned or doc_id in self._cache:
+                        continue
+                    if name in created:
+                        live = _Live(doc_id, coll, name == SCHEMA_DOC, crdt.new_doc(), [], False,
+                                     {}, 0, 0)  # fmt: skip
+                        self._cache[doc_id] = pinned[doc_id] = live
+                    else:
+                        wanted[doc_id] = None
         if not wanted:
             return
         with self._views.lock:
@@ -897,41 +913,56 @@ class Collection:
     # --- writes ---------------------------------------------------------------------------
 
     def _prepare(
-        self, fields: Mapping[str, Any], where: str
-    ) -> tuple[dict[str, Any], Schema | None]:
+        self, fields: Mapping[str, Any], where: str, schema: Schema | None
+    ) -> dict[str, Any]:
         if not isinstance(fields, Mapping):
             raise ValidationError(f"{where} must be an object of fields")
         check_value(dict(fields), where)
-        schema = self.db._schema(self.name)
-        prepared = schema.coerce(fields) if schema is not None else dict(fields)
-        if schema is not None:
-            schema.check_write(prepared)
-        return prepared, schema
+        if schema is None:
+            return dict(fields)
+        prepared = schema.coerce(fields)
+        schema.check_write(prepared)
+        return prepared
 
     async def create(self, value: Mapping[str, Any], *, id: str | None = None) -> Document:
         """Create a document; ``id`` defaults to a random one."""
-        return (await self.create_many([value], ids=[id]))[0]
+        try:
+            return (await self.create_many([value], ids=[id]))[0]
+        except LoomError as exc:
+            exc.index = None  # not a batch of the caller's
+            raise
 
     async def create_many(
         self, values: Sequence[Mapping[str, Any]], *, ids: Sequence[str | None] | None = None
     ) -> builtins.list[Document]:
+        """Create documents in one store batch: all of them, or none.
+
+        ``ids[i]`` (default: a random id) is the id of ``values[i]``. When one
+        of them is refused (a bad value or id, a schema violation, an id that
+        exists or that comes twice), nothing is written and the error raised is
+        that one's, with its position in :attr:`LoomError.index`."""
         ids = list(ids) if ids is not None else [None] * len(values)
         if len(ids) != len(values):
             raise ValidationError("give one id (or None) per value")
+        schema = self.db._schema(self.name)
         changes = []
-        previews: dict[str, dict[str, Any]] = {}
-        for value, given in zip(values, ids, strict=True):
-            doc_id = _check_doc_id(given) if given is not None else uuid.uuid4().hex
-            prepared, schema = self._prepare(value, "value")
-            preview = plain(prepared)
-            if schema is not None:
-                schema.validate(preview)
-            previews[doc_id] = preview
+        for index, (value, given) in enumerate(zip(values, ids, strict=True)):
+            try:
+                doc_id = _check_doc_id(given) if given is not None else uuid.uuid4().hex
+                prepared = self._prepare(value, "value", schema)
+                if schema is not None:
+                    schema.validate(plain(prepared))
+            except LoomError as exc:
+                raise _at(exc, index) from None
             changes.append(_Change(self.name, doc_id, Kind.CREATE.value, _replace(prepared)))
+        position = {id(c): i for i, c in enumerate(changes)}
 
         def check(change: _Change, live: _Live) -> None:
             if live.heads and not live.deleted:
-                raise ConflictError(f"document {change.document!r} already exists in {self.name!r}")
+                raise _at(
+                    ConflictError(f"document {change.document!r} already exists in {self.name!r}"),
+                    position[id(change)],
+                )
 
         lives = await self.db._commit(changes, check)
         return [self._from_live(c.document, live) for c, live in zip(changes, lives, strict=True)]
@@ -949,19 +980,20 @@ class Collection:
         unset: Sequence[str] = (),
     ) -> builtins.list[Document]:
         unset = [check_path(u) for u in unset]
+        schema = self.db._schema(self.name)
         changes = []
-        prepared_by_change: dict[int, tuple[dict[str, Any], Schema | None]] = {}
+        prepared_by_change: dict[int, dict[str, Any]] = {}
         for doc_id, patch in patches:
             _check_doc_id(doc_id)
-            prepared, schema = self._prepare(patch, "patch")
+            prepared = self._prepare(patch, "patch", schema)
             change = _Change(self.name, doc_id, Kind.CHANGE.value, _patch(prepared, unset))
-            prepared_by_change[id(change)] = (prepared, schema)
+            prepared_by_change[id(change)] = prepared
             changes.append(change)
 
         def check(change: _Change, live: _Live) -> None:
             if not live.heads or live.deleted:
                 raise NotFoundError(f"no document {change.document!r} in {self.name!r}")
-            prepared, schema = prepared_by_change[id(change)]
+            prepared = prepared_by_change[id(change)]
             preview = preview_patch(live.value, prepared, unset)
             if schema is not None:
                 schema.validate(preview)
@@ -1060,6 +1092,12 @@ class Collection:
 
         rows = await anyio.to_thread.run_sync(run) if filters or sorts else run()
         return [self.db._document(self.name, r) for r in rows]
+
+    async def exists(self) -> bool:
+        """Whether this node has the collection (a document or a schema made it)."""
+        views = self.db._views
+        with views.lock:
+            return views.coll_id(self.name, create=False) is not None
 
     async def count(self, where: Sequence[Any] | None = None) -> int:
         filters = q.parse_filters(where)
@@ -1176,13 +1214,23 @@ class Collection:
         )
 
 
+def _at(error: LoomError, index: int) -> LoomError:
+    """``error``, marked as the refusal of the item at ``index`` of a batch."""
+    error.index = index
+    return error
+
+
 def _noop(root: loro.LoroMap) -> None:
     return None
 
 
 def _replace(fields: Mapping[str, Any]) -> Callable[[loro.LoroMap], None]:
     def mutate(root: loro.LoroMap) -> None:
-        for key in list(root.keys()):
+        existing = root.keys()
+        if not existing:  # a new document (not one revived after a delete)
+            fill_new_map(root, fields)
+            return
+        for key in existing:
             if key not in fields:
                 root.delete(key)
         for key, value in fields.items():

@@ -113,6 +113,19 @@ def _fill_map(target: Any, fields: Mapping[str, Any]) -> None:
         set_field(target, key, item)
 
 
+_PLAIN: Final = (str, int, float, bool, bytes, type(None))
+
+
+def fill_new_map(target: Any, fields: Mapping[str, Any]) -> None:
+    """``set_field`` for each field of a map that has no field yet: a plain value
+    goes in as it is, without asking Loro what the field holds (nothing)."""
+    for key, item in fields.items():
+        if type(item) in _PLAIN:
+            target.insert(key, item)
+        else:
+            set_field(target, key, item)
+
+
 def container_at(target: Any, key: str) -> Any:
     got = target.get(key)
     # ``is_container`` is not reliable on these objects; the variant's type is.
@@ -152,7 +165,7 @@ def set_field(target: Any, key: str, value: Any) -> None:
         if isinstance(current, loro.LoroMap):
             _fill_map(current, value)
         else:
-            _fill_map(target.insert_container(key, _new("LoroMap")), value)
+            fill_new_map(target.insert_container(key, _new("LoroMap")), value)
     elif isinstance(value, list | tuple):
         _fill_list(target.insert_container(key, _new("LoroList")), value)
     else:
@@ -303,8 +316,14 @@ def _tagged(tag: str, inner: Any, where: str) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON for storing a materialized value."""
-    return json.dumps(to_json(value), separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON for storing a materialized value (what :func:`to_json` gives)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_bytes_json)
+
+
+def _bytes_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return to_json(value)
+    raise TypeError(f"cannot store a {type(value).__name__}")
 
 
 def loads(text: str) -> dict[str, Any]:

@@ -251,6 +251,34 @@ class Views:
         self._doc_ids[key] = int(row[0])
         return int(row[0])
 
+    def doc_ids(self, coll: int, names: Sequence[str]) -> tuple[dict[str, int], set[str]]:
+        """The row ids of documents ``names`` of ``coll``, creating the missing rows
+        (call inside :meth:`tx`: one transaction for them all), and the names whose
+        rows were created here (documents with nothing yet: no states, no value)."""
+        ids: dict[str, int] = {}
+        todo: list[str] = []
+        for name in dict.fromkeys(names):
+            cached = self._doc_ids.get((coll, name))
+            if cached is not None:
+                ids[name] = cached
+            else:
+                todo.append(name)
+        for i in range(0, len(todo), 500):
+            chunk = todo[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT name, id FROM docs WHERE coll = ? AND name IN ({marks})", (coll, *chunk)
+            ).fetchall()
+            ids.update(rows)
+        created = {name for name in todo if name not in ids}
+        for name in created:
+            ids[name] = self._db.execute(
+                "INSERT INTO docs(coll, name) VALUES (?, ?) RETURNING id", (coll, name)
+            ).fetchone()[0]
+        for name in todo:
+            self._doc_ids[(coll, name)] = ids[name]
+        return ids, created
+
     def doc(self, doc: int) -> DocRow:
         row = self._db.execute(f"SELECT {_DOC_COLS} FROM docs WHERE id = ?", (doc,)).fetchone()
         return _doc(row)
