@@ -4,6 +4,8 @@ Every error response, whatever raised it, has one shape::
 
     {"error": {"code": "<stable code>", "message": "<for people>"}}
 
+(plus ``index`` when one item of a batch is refused: its position).
+
 ``code`` is :attr:`LoomError.code` for errors of the library, or one of the
 ``request.*`` / ``route.*`` / ``internal`` codes below for errors of the
 request itself. No body ever holds a traceback.
@@ -88,11 +90,16 @@ def status_of(error: LoomError) -> int:
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    index: int | None = None,
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+    error: dict[str, object] = {"code": code, "message": message}
+    if index is not None:  # a batch: which item was refused
+        error["index"] = index
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 async def on_loom_error(request: Request, exc: Exception) -> Response:
@@ -100,7 +107,7 @@ async def on_loom_error(request: Request, exc: Exception) -> Response:
     status = status_of(exc)
     if status >= 500:
         log.error("%s %s failed: %s: %s", request.method, request.url.path, exc.code, exc.message)
-    return error_response(status, exc.code, exc.message)
+    return error_response(status, exc.code, exc.message, index=exc.index)
 
 
 async def on_request_error(request: Request, exc: Exception) -> Response:

@@ -47,6 +47,10 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         documents=_array(_ref("Document")),
         count={**_INT, "description": "all matches, before limit and offset"},
     ),
+    "CreatedDocuments": _record(
+        ids={**_array(_STRING), "description": "ids[i]: the id of documents[i]"},
+        count=_INT,
+    ),
     "Collection": _record(
         name=_STRING,
         schema={"type": ["object", "null"]},
@@ -80,7 +84,17 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         version=_STRING,
         stats={"type": "object", "description": "counts from the database (entries, …)"},
     ),
-    "Error": _record(error=_record(code=_STRING, message=_STRING)),
+    "Error": _record(
+        error={
+            "type": "object",
+            "properties": {
+                "code": _STRING,
+                "message": _STRING,
+                "index": {**_INT, "description": "a batch: the position of the refused item"},
+            },
+            "required": ["code", "message"],
+        }
+    ),
     "OpenAPI": {"type": "object"},
 }
 

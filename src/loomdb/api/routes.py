@@ -23,11 +23,13 @@ import loomdb
 from loomdb.api.validation import Schema
 from loomdb.documents.model import CollectionInfo, Document, HistoryItem
 from loomdb.documents.values import document_to_json, from_json
+from loomdb.errors import LoomError, NotFoundError
 
 if TYPE_CHECKING:
     from loomdb.documents import Collection, Database
 
 PREFIX = "/api/v0"
+MAX_BATCH = 1000  # documents per POST …/docs:batch
 QUERY_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "exists")
 
 
@@ -55,6 +57,14 @@ class Call:
 
     def collection(self) -> Collection:
         return self.db.collection(self.path["collection"])
+
+    async def existing_collection(self) -> Collection:
+        """The path's collection; NotFoundError when this node has no such collection
+        (reads answer 404 rather than an empty list for a misspelled name)."""
+        coll = self.collection()
+        if not await coll.exists():
+            raise NotFoundError(f"no collection {coll.name!r}")
+        return coll
 
 
 Handler = Callable[[Call], Awaitable[Any]]
@@ -110,6 +120,15 @@ NEW_DOCUMENT = _object(
     ("value",),
     id={**_NAME, "description": "default: a new random id"},
     value={"type": "object", "description": "the document, in the JSON value form"},
+)
+NEW_DOCUMENTS = _object(
+    ("documents",),
+    documents={
+        "type": "array",
+        "items": NEW_DOCUMENT,
+        "maxItems": MAX_BATCH,
+        "description": "created all together, or none of them",
+    },
 )
 PATCH = _object(
     (),
@@ -204,7 +223,7 @@ async def create_index(call: Call) -> Any:
 
 
 async def list_documents(call: Call) -> Any:
-    coll = call.collection()
+    coll = await call.existing_collection()
     docs = await coll.list(limit=call.query["limit"], offset=call.query["offset"])
     return documents_json(docs, await coll.count())
 
@@ -212,6 +231,27 @@ async def list_documents(call: Call) -> Any:
 async def create_document(call: Call) -> Any:
     value = from_json(call.body["value"])
     return document_to_json(await call.collection().create(value, id=call.body.get("id")))
+
+
+async def create_documents(call: Call) -> Any:
+    """All or nothing: a refused document refuses the batch, and the error names it
+    (``documents[i]: …`` and ``index: i``)."""
+    items = call.body["documents"]
+    try:
+        values = []
+        for index, item in enumerate(items):
+            try:
+                values.append(from_json(item["value"], "value"))
+            except LoomError as exc:
+                exc.index = index
+                raise
+        docs = await call.collection().create_many(values, ids=[d.get("id") for d in items])
+    except LoomError as exc:
+        if exc.index is not None:
+            exc.message = f"documents[{exc.index}]: {exc.message}"
+            exc.args = (exc.message,)
+        raise
+    return {"ids": [d.id for d in docs], "count": len(docs)}
 
 
 async def get_document(call: Call) -> Any:
@@ -262,7 +302,7 @@ async def query(call: Call) -> Any:
             {**c, "value": from_json(c["value"], f"where[{i}].value")} if "value" in c else c
             for i, c in enumerate(where)
         ]
-    coll = call.collection()
+    coll = await call.existing_collection()
     docs = await coll.query(
         where,
         sort=body.get("sort"),
@@ -332,7 +372,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List documents (count: all in the collection)",
         query=_PAGE,
         response="Documents",
-        errors=(422,),
+        errors=_REFUSED,
     ),
     Endpoint(
         "POST",
@@ -342,6 +382,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         status=201,
         body=NEW_DOCUMENT,
         response="Document",
+        errors=(409, 422),
+    ),
+    Endpoint(
+        "POST",
+        f"{_COLL}/docs:batch",
+        create_documents,
+        f"Create up to {MAX_BATCH} documents in one write: all of them, or none",
+        status=201,
+        body=NEW_DOCUMENTS,
+        response="CreatedDocuments",
         errors=(409, 422),
     ),
     Endpoint("GET", _DOC, get_document, "Read a document", response="Document", errors=_MISSING),
@@ -396,7 +446,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Query (count: all matches, before limit and offset)",
         body=QUERY,
         response="Documents",
-        errors=(422,),
+        errors=_REFUSED,
     ),
     Endpoint("GET", "/openapi.json", openapi, "This document (OpenAPI 3.1)", response="OpenAPI"),
 )
