@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from loomdb.clock import HybridLogicalClock, SystemClock
 from loomdb.entries.entry import Entry, build_entry
@@ -25,7 +26,8 @@ COLLECTION = "notes"
 BATCH = 1000
 
 
-async def run_demo(home: NodeHome, n_entries: int, say: Callable[[str], None]) -> None:
+async def run_demo(home: NodeHome, n_entries: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run the tour, telling each step to ``say``; the figures, as JSON-ready data."""
     say(f"node home      {home.path}")
     say(f"peer id        {home.peer_id}")
     say(f"listen addr    {home.listen_multiaddr()}")
@@ -95,3 +97,16 @@ async def run_demo(home: NodeHome, n_entries: int, say: Callable[[str], None]) -
     lines = [e.decrypt(key).decode() for e in got if e is not None]
     say(f"reader         last edits of {documents[0]}: {lines}")
     await store.aclose()
+    return {
+        "home": str(home.path),
+        "peer_id": home.peer_id,
+        "user_id": home.user.user_id,
+        "written": n_entries,
+        "seconds": round(elapsed, 3),
+        "per_second": round(rate),
+        "entries_after_restart": total,
+        "head": str(heads[0]),
+        "relay_kept": accepted,
+        "tampered": {"kept": kept, "refused": reasons},
+        "last_edits": lines,
+    }

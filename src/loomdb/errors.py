@@ -30,7 +30,8 @@ map this tree to exit codes and status codes in one table each, keyed by
     │   └── KeyringCorruptError      unreadable or tampered file
     ├── StoreError                 a store cannot do what was asked
     │   ├── StoreClosedError
-    │   └── StoreCorruptError        the files on disk are not a loomdb store we can read
+    │   ├── StoreCorruptError        the files on disk are not a loomdb store we can read
+    │   └── HomeInUseError           another process (a running node) holds the node home
     ├── TransportError             moving bytes between nodes and clients
     │   ├── UnreachableError         nobody (or no loomdb node) answers at that address
     │   ├── AddressInUseError        cannot listen: the address is taken
@@ -216,6 +217,13 @@ class StoreCorruptError(StoreError):
     """The files on disk are not a loomdb store this version can read."""
 
     code = "store.corrupt"
+
+
+class HomeInUseError(StoreError):
+    """Another process holds the node home's lock: a node runs on it (see
+    :mod:`loomdb.node.lock`)."""
+
+    code = "store.home_in_use"
 
 
 # --- documents -------------------------------------------------------------

@@ -86,6 +86,7 @@ def test_every_client_command_has_help_url_and_json() -> None:
         "client doc list",
         "client doc query",
         "client doc history",
+        "client doc import",
         "client sync",
         "client identity",
         *(
@@ -173,3 +174,66 @@ def test_exit_codes_are_one_per_family() -> None:
     assert exit_code(NotFoundError("x")) == 8
     assert exit_code(SchemaError("x")) == 9
     assert exit_code(ConflictError("x")) == 9
+
+
+# --- where the client's options go ---------------------------------------------------
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["client", "--url", "http://b:1", "--space", "s~1", "--json", "doc", "list", "c"],
+        ["client", "doc", "list", "c", "--url", "http://b:1", "--space", "s~1", "--json"],
+        ["client", "--json", "doc", "list", "--url", "http://b:1", "c", "--space", "s~1"],
+    ],
+)
+def test_client_options_before_or_after_the_command(argv: list[str]) -> None:
+    args = _parse(*argv)
+    assert (args.url, args.space, args.json, args.collection) == ("http://b:1", "s~1", True, "c")
+
+
+def test_the_command_s_option_wins_and_defaults_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = _parse("client", "--url", "http://a:1", "--space", "a~1", "node", "--url", "http://b:1")
+    assert (args.url, args.space, args.json) == ("http://b:1", "a~1", False)
+    args = _parse("client", "--space", "x~1", "space", "users", "x~1", "--space", "y~2")
+    assert args.space == "y~2"
+    args = _parse("client", "sync", "http://r:1")
+    assert (args.url, args.space, args.json) == ("http://127.0.0.1:9181", None, False)
+    monkeypatch.setenv("LOOMDB_URL", "http://env:1")
+    assert _parse("client", "doc", "list", "c").url == "http://env:1"
+    assert _parse("client", "--url", "http://a:1", "doc", "list", "c").url == "http://a:1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["client", "doc", "craete", "c"], ["loomdb client doc: error", "did you mean 'create'"]),
+        (["client", "doc", "list", "c", "--limt", "3"],
+         ["loomdb client doc list: error", "--limt", "did you mean --limit?"]),
+        (["client", "doc", "list", "c", "--lim", "3"], ["unrecognized", "--lim"]),  # no prefixes
+        (["client", "doc", "query", "c", "--where", "age>"], ["--where", "cannot read"]),
+        (["client", "doc", "query", "c", "--where", "age between 1 2"], ["cannot read"]),
+        (["client", "colection", "list"], ["did you mean 'collection'"]),
+        (["init", "--jsn"], ["loomdb init: error", "did you mean --json?"]),
+    ],
+)  # fmt: skip
+def test_typos_are_reported_by_their_command(
+    argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _parse(*argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_every_command_has_json() -> None:
+    parser = build_parser()
+    for path, sub in _leaves(parser):
+        options = {s for a in sub._actions for s in a.option_strings}
+        assert "--json" in options, path

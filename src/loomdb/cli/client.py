@@ -103,10 +103,22 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise UnreachableError(f"talking to {self.url} failed: {exc}") from None
 
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content: bytes | None = None,
+        **params: Any,
+    ) -> Any:
+        """One request; ``body`` is sent as JSON, or ``content``: bytes that are JSON."""
         query = {k: v for k, v in params.items() if v is not None}
+        headers = {"Content-Type": "application/json"} if content is not None else None
         with self._translate(f"no answer from {self.url} within {self._http.timeout.read} s"):
-            response = self._http.request(method, path, json=body, params=query)
+            response = self._http.request(
+                method, path, json=body, content=content, headers=headers, params=query
+            )
         if response.status_code == 204:
             return None
         try:
@@ -140,8 +152,12 @@ class ApiClient:
                     yield json.loads(line)
 
     def error_of(self, error: dict[str, Any], fallback: type[LoomError] = LoomError) -> LoomError:
-        """The LoomError an API error body ``{code, message}`` names."""
-        return self._by_code.get(str(error.get("code")), fallback)(str(error.get("message")))
+        """The LoomError an API error body ``{code, message, index?}`` names."""
+        exc = self._by_code.get(str(error.get("code")), fallback)(str(error.get("message")))
+        index = error.get("index")
+        if type(index) is int:
+            exc.index = index
+        return exc
 
     def _error(self, status: int, data: Any) -> LoomError:
         error = data.get("error") if isinstance(data, dict) else None
@@ -219,7 +235,7 @@ def where_arg(text: str) -> list[dict[str, Any]]:
             return [{"field": field, "op": op, "value": True if rest is None else _scalar(rest)}]
         if rest is not None:
             return [{"field": field, "op": op, "value": _scalar(rest)}]
-    if (m := _SYMBOL.match(text)) is not None:
+    if (m := _SYMBOL.match(text)) is not None and m.group(3):
         field, op, rest = m.groups()
         return [{"field": field, "op": _SYMBOL_OPS[op], "value": _scalar(rest)}]
     raise argparse.ArgumentTypeError(
@@ -462,23 +478,40 @@ def document_arg(text: str) -> list[str]:
 # --- the parser --------------------------------------------------------------------
 
 
-def add_client_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``client`` and its commands to the ``loomdb`` subparsers ``sub``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--url``, ``--json`` and ``--space``, given before the command
+    (``loomdb client --url U doc …``) or after it; after it wins.
+
+    ``client`` itself holds the defaults. A command has the options without
+    defaults (``SUPPRESS``): a subparser copies every value it has over its
+    parent's, so a default there would overwrite what was given before it."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
         "--url",
-        default=os.environ.get(URL_ENV) or DEFAULT_URL,
+        default=default(os.environ.get(URL_ENV) or DEFAULT_URL),
         help=f"the node's API (default: ${URL_ENV} or {DEFAULT_URL})",
     )
-    common.add_argument("--json", action="store_true", help="print the API's JSON")
-    common.add_argument(
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print the API's JSON"
+    )
+    parser.add_argument(
         "--space",
-        default=os.environ.get(SPACE_ENV) or None,
+        default=default(os.environ.get(SPACE_ENV) or None),
         help=f"the space to address (default: ${SPACE_ENV}, else the node's; sync: all on a relay)",
     )
 
+
+def add_client_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``client`` and its commands to the ``loomdb`` subparsers ``sub``."""
+    common = argparse.ArgumentParser(add_help=False)
+    _client_options(common, defaults=False)
+
     help_ = "talk to a running node over its HTTP API"
     client: argparse.ArgumentParser = sub.add_parser("client", help=help_, description=help_)
+    _client_options(client, defaults=True)
     groups = client.add_subparsers(dest="client_group", metavar="GROUP", required=True)
 
     def command(
@@ -543,6 +576,28 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
     p = command(doc, "history", cmd_doc_history, "list a document's entries, parents first")
     p.add_argument("collection")
     p.add_argument("id")
+    from loomdb.cli.imports import MAX_DOCS, cmd_doc_import  # here: it imports this module
+
+    help_ = "create documents from JSON lines (one object a line), in batches"
+    p = command(doc, "import", cmd_doc_import, help_)
+    p.add_argument("collection")
+    p.add_argument("file", metavar="FILE.jsonl", help="one JSON object a line; '-': stdin")
+    p.add_argument(
+        "--id-field",
+        metavar="FIELD",
+        help="take each document's id from this field (removed from the value)",
+    )
+    p.add_argument(
+        "--batch",
+        metavar="N",
+        type=non_negative,
+        default=MAX_DOCS,
+        help=f"documents per request, 1-{MAX_DOCS} (default {MAX_DOCS})",
+    )
+    p.add_argument(
+        "--skip-lines", metavar="N", type=non_negative, default=0, help="start after line N"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     help_ = "sync the node (at --url) with another node, showing progress"
     p = command(groups, "sync", cmd_sync, help_)

@@ -9,12 +9,15 @@ sees a traceback for a LoomError or a bad argument.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import anyio
 
@@ -33,6 +36,7 @@ from loomdb.errors import (
     ValidationError,
 )
 from loomdb.node.home import NodeHome, default_home
+from loomdb.node.lock import HomeLock
 
 EXIT_USAGE = 2
 EXIT_CODES: list[tuple[type[LoomError], int]] = [  # first match wins
@@ -49,6 +53,7 @@ EXIT_CODES: list[tuple[type[LoomError], int]] = [  # first match wins
     (LoomError, 1),
 ]
 DEFAULT_API = "127.0.0.1:9181"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe closed
 
 
 def exit_code(error: LoomError) -> int:
@@ -94,8 +99,28 @@ def _print_identity(home: NodeHome, as_json: bool) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from loomdb.demo import run_demo
 
-    home = _home(args)
-    anyio.run(run_demo, home, args.entries, print)
+    with HomeLock(_home_path(args), "loomdb demo"):  # it writes the store
+        home = _home(args)
+        summary = anyio.run(run_demo, home, args.entries, _quiet if args.json else print)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+
+
+def _quiet(line: str) -> None:
+    return None
+
+
+def _json_ready(line: str) -> None:
+    """``start --json``: the ready line as one JSON object."""
+    from loomdb.node.daemon import READY
+
+    pattern = re.escape(READY).replace(r"\{peer_id\}", r"(?P<peer_id>\S+)")
+    found = re.fullmatch(pattern.replace(r"\{url\}", r"(?P<url>\S+)") + r"( \(relay\))?", line)
+    if found is None:  # not the line we know: pass it on as it is
+        print(json.dumps({"event": "ready", "line": line}), flush=True)
+        return
+    ready = {"event": "ready", "peer_id": found["peer_id"], "url": found["url"]}
+    print(json.dumps({**ready, "relay": found.group(3) is not None}), flush=True)
 
 
 def cmd_start(args: argparse.Namespace) -> None:
@@ -122,6 +147,7 @@ def cmd_start(args: argparse.Namespace) -> None:
         _home_path(args),
         host,
         port,
+        announce=_json_ready if args.json else None,
         tls=tls,
         max_frame=args.max_frame,
         relay=args.relay,
@@ -144,8 +170,46 @@ def _positive(text: str) -> int:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse for every ``loomdb`` command: no abbreviated options (a script's
+    ``--lim`` would break the day a ``--limiter`` came), a misspelt option reported
+    by the command it was given to, and the closest match of a misspelt name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self._unrecognized(extras)
+        assert parsed is not None
+        return parsed, extras
+
+    def _unrecognized(self, extras: list[str]) -> NoReturn:
+        first = extras[0]
+        known = [s for a in self._actions for s in a.option_strings]
+        close = difflib.get_close_matches(first.partition("=")[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if first.startswith("-") and close else ""
+        self.error(f"unrecognized argument{'s' if len(extras) > 1 else ''}: "
+                   f"{' '.join(extras)}{hint}")  # fmt: skip
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is not None and value not in choices and isinstance(value, str):
+            names = [str(c) for c in choices]
+            close = difflib.get_close_matches(value, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{hint} (choose from {', '.join(names)})"
+            )
+        super()._check_value(action, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="loomdb",
         description="loomdb: a peer-to-peer, offline-first, end-to-end-encrypted document database",
     )
@@ -166,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command("demo", cmd_demo, "write, verify, relay and read entries on this node's store")
     p.add_argument("--entries", type=_positive, default=20_000, help="how many entries to write")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     p = command("start", cmd_start, "run the node: serve the HTTP API until SIGINT or SIGTERM")
+    p.add_argument("--json", action="store_true", help="print the ready line as JSON")
     p.add_argument(
         "--api",
         metavar="HOST:PORT",
@@ -224,12 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
     except LoomError as exc:
         print(f"loomdb: error: {exc.message}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:
         print("loomdb: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (``loomdb client doc list c | head -1``): not an error of
+        # ours. Point stdout at /dev/null so the exit's own flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0
 
 

@@ -6,7 +6,8 @@ Lifecycle:
 
 1. bind the API socket first, so a busy port is refused (``AddressInUseError``)
    before anything is opened;
-2. open the database on the node's home;
+2. lock the node's home (:mod:`loomdb.node.lock`: a second node on it is
+   refused with ``HomeInUseError``) and open the database on it;
 3. serve the API with Hypercorn — over HTTPS (and WSS) when given TLS files,
    with the sync endpoint when given a sync handler; once it accepts
    connections, print one line on stdout (:data:`READY`) with the node's Peer
@@ -48,6 +49,7 @@ from loomdb.documents.database import DEFAULT_SPACE
 from loomdb.errors import AddressInUseError, LoomError, ValidationError
 from loomdb.node.databases import NodeDatabases
 from loomdb.node.home import NodeHome
+from loomdb.node.lock import HomeLock
 from loomdb.node.runtime import admin_token, register
 from loomdb.stores.caching import CachingStore
 from loomdb.stores.remote import RemoteStore
@@ -168,8 +170,9 @@ def run_daemon(
     try:
         if tls is not None:
             tls.server_context()  # unreadable files: a clear error before anything opens
-        home = NodeHome.open(home_path, relay=relay)
-        trio.run(serve_node, home, sock, announce, options)
+        with HomeLock(home_path, "loomdb start"):  # held while the node runs
+            home = NodeHome.open(home_path, relay=relay)
+            trio.run(serve_node, home, sock, announce, options)
     finally:
         if sock.fileno() != -1:  # not handed over to the server
             sock.close()
