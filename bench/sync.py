@@ -271,6 +271,7 @@ class Node:
         if profile_to is not None:
             command += ["-m", "cProfile", "-o", str(profile_to)]
         command += ["-m", "loomdb", "start", "--relay", "--home", str(home), "--api", "127.0.0.1:0"]
+        command += ["--p2p-addr", "/ip4/127.0.0.1/tcp/0"]
         self.proc = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,

@@ -159,8 +159,10 @@ def auth_in_process(reps: int) -> dict[str, Any]:
 def auth_over_http(tmp: Path, reps: int) -> dict[str, Any]:
     """A real node: create a space (its user is the member), then log in over HTTP."""
     home = tmp / "node"
+    command = [sys.executable, "-m", "loomdb", "start", "--home", str(home)]
+    command += ["--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loomdb", "start", "--home", str(home), "--api", "127.0.0.1:0"],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -26,7 +26,11 @@ import httpx
 from loomdb.node.runtime import TOKEN_FILE
 from loomdb.transports.tls import client_context
 
-READY = re.compile(rb"ready, API at (https?://\S+)")
+READY = re.compile(rb"ready, API at (https?://\S+)[^\n]*\n")
+P2P_ADDRS = re.compile(rb" and p2p at ([^\n]+)\n")
+LOCAL_P2P = ("--p2p-addr", "/ip4/127.0.0.1/tcp/0")
+"""The p2p address of every node a test starts, unless it gives its own p2p options:
+loopback and a free port, never the default 0.0.0.0:9171."""
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CLIENT_TIMEOUT = 120.0
@@ -40,7 +44,8 @@ def node_env(**extra: str) -> dict[str, str]:
 
 
 class Node:
-    """One ``loomdb [-v] start --home HOME --api 127.0.0.1:0 [ARGS...]`` subprocess."""
+    """One ``loomdb [-v] start --home HOME --api 127.0.0.1:0 [ARGS...]`` subprocess; without
+    p2p options in ARGS, it listens for libp2p on ``/ip4/127.0.0.1/tcp/0`` (:data:`LOCAL_P2P`)."""
 
     def __init__(
         self, home: Path, *args: str, verbose: bool = False, api: str = "127.0.0.1:0"
@@ -50,8 +55,11 @@ class Node:
         home.parent.mkdir(parents=True, exist_ok=True)
         self.log = home.parent / f"{home.name}-{time.monotonic_ns()}.log"
         self.url = ""
+        self.p2p_addrs: list[str] = []  # the multiaddrs of the ready line
         self._stderr = self.log.open("wb")
         command = [sys.executable, "-m", "loomdb", *(["-v"] if verbose else [])]
+        if not any(a.startswith(("--p2p-addr", "--no-p2p")) for a in args):
+            args = (*LOCAL_P2P, *args)
         command += ["start", "--home", str(home), "--api", api, *args]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._stderr, env=node_env(), bufsize=0
@@ -72,6 +80,8 @@ class Node:
                     raise AssertionError(f"node exited before ready: {self.stderr()}")
                 out += chunk
         self.url = found.group(1).decode()
+        p2p = P2P_ADDRS.search(found.group(0))
+        self.p2p_addrs = p2p.group(1).decode().split() if p2p else []
         return self.url
 
     def stderr(self) -> str:

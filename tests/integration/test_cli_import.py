@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.nodes import STOP_TIMEOUT, Node, Nodes, loomdb, node_env, nodes
+from tests.integration.nodes import LOCAL_P2P, STOP_TIMEOUT, Node, Nodes, loomdb, node_env, nodes
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +212,8 @@ def test_one_process_per_node_home(cluster: Nodes, tmp_path: Path) -> None:
     home = tmp_path / "home"
     first = cluster.start(home)
     second = subprocess.run(
-        [sys.executable, "-m", "loomdb", "start", "--home", str(home), "--api", "127.0.0.1:0"],
+        [sys.executable, "-m", "loomdb", "start", "--home", str(home), "--api", "127.0.0.1:0",
+         *LOCAL_P2P],
         capture_output=True, text=True, timeout=TIMEOUT, env=node_env(), check=False,
     )  # fmt: skip
     assert second.returncode == 4, second.stderr  # a StoreError
@@ -236,7 +237,7 @@ def test_one_process_per_node_home(cluster: Nodes, tmp_path: Path) -> None:
 def test_start_json_prints_the_ready_line_as_json(cluster: Nodes, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "loomdb", "start", "--home", str(tmp_path / "home"),
-         "--api", "127.0.0.1:0", "--json"],
+         "--api", "127.0.0.1:0", *LOCAL_P2P, "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=node_env(),
     )  # fmt: skip
     try:

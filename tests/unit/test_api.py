@@ -16,6 +16,7 @@ from loomdb.api import create_app
 from loomdb.api.auth import auth_routes
 from loomdb.api.errors import STATUS_BY_ERROR, status_of
 from loomdb.api.openapi import COMPONENTS, openapi_document
+from loomdb.api.p2p import P2P_ENDPOINTS, p2p_routes
 from loomdb.api.routes import ENDPOINTS
 from loomdb.api.sync_run import sync_run_route
 from loomdb.api.trust import TRUST_ENDPOINTS, trust_routes
@@ -486,7 +487,12 @@ async def test_openapi_describes_every_route(api: httpx.AsyncClient, db: Databas
         db,
         sync_handler=echo,
         auth=auth,
-        extra_routes=[sync_run_route(db, None, no_remote), *auth_routes(auth), *trust_routes()],
+        extra_routes=[
+            sync_run_route(db, None, no_remote),
+            *auth_routes(auth),
+            *trust_routes(),
+            *p2p_routes(),
+        ],
     )
     served = {
         (route.path, method)
@@ -497,7 +503,7 @@ async def test_openapi_describes_every_route(api: httpx.AsyncClient, db: Databas
     }
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     assert served == documented
-    assert len(served) == len(ENDPOINTS) + len(TRUST_ENDPOINTS) + 4
+    assert len(served) == len(ENDPOINTS) + len(TRUST_ENDPOINTS) + len(P2P_ENDPOINTS) + 4
     # the admin token everywhere but the public routes
     assert doc["security"] == [{"adminToken": []}]
     public = {path for path, ops in doc["paths"].items() if "security" in ops.get("post", {})}

@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 from loomdb.api.auth import CHALLENGE_PATH, TOKEN_PATH
+from loomdb.api.p2p import P2P_ENDPOINTS, P2PEndpoint
 from loomdb.api.routes import ENDPOINTS, LOOMDB_VERSION, Endpoint
 from loomdb.api.sync_run import BODY_SCHEMA as SYNC_RUN_BODY
 from loomdb.api.sync_run import PATH as SYNC_RUN_PATH
@@ -106,7 +107,7 @@ def _response(status: int, schema: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def operation(endpoint: Endpoint | TrustEndpoint) -> dict[str, Any]:
+def operation(endpoint: Endpoint | TrustEndpoint | P2PEndpoint) -> dict[str, Any]:
     query: Mapping[str, Any] = getattr(endpoint, "query", {})
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": _STRING}
@@ -210,7 +211,12 @@ def _other_operations() -> dict[str, dict[str, dict[str, Any]]]:
 @cache
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for endpoint in (*ENDPOINTS, *TRUST_ENDPOINTS):
+    tables: tuple[Endpoint | TrustEndpoint | P2PEndpoint, ...] = (
+        *ENDPOINTS,
+        *TRUST_ENDPOINTS,
+        *P2P_ENDPOINTS,
+    )
+    for endpoint in tables:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation(endpoint)
     paths["/openapi.json"]["get"]["security"] = []
     paths.update(_other_operations())

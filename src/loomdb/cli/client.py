@@ -601,7 +601,11 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
 
     help_ = "sync the node (at --url) with another node, showing progress"
     p = command(groups, "sync", cmd_sync, help_)
-    p.add_argument("remote", metavar="REMOTE_URL", help="the other node's base URL")
+    p.add_argument(
+        "remote",
+        metavar="REMOTE",
+        help="the other node's base URL, or its multiaddr (/ip4/…/tcp/…/p2p/12D3KooW…: libp2p)",
+    )
     way = p.add_mutually_exclusive_group()
     way.add_argument(
         "--pull",
@@ -640,7 +644,9 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up when the node reports nothing for this long (default 300)",
     )
-    from loomdb.cli.trust import add_trust_commands  # here: it imports this module
+    from loomdb.cli.p2p import add_p2p_commands  # here: they import this module
+    from loomdb.cli.trust import add_trust_commands
 
     add_trust_commands(groups, command)
+    add_p2p_commands(groups, command)
     return client

@@ -113,21 +113,28 @@ def _quiet(line: str) -> None:
 def _json_ready(line: str) -> None:
     """``start --json``: the ready line as one JSON object."""
     from loomdb.node.daemon import READY
+    from loomdb.node.p2p import P2P_READY
 
     pattern = re.escape(READY).replace(r"\{peer_id\}", r"(?P<peer_id>\S+)")
-    found = re.fullmatch(pattern.replace(r"\{url\}", r"(?P<url>\S+)") + r"( \(relay\))?", line)
+    pattern = pattern.replace(r"\{url\}", r"(?P<url>\S+)") + r"(?P<relay> \(relay\))?"
+    p2p = re.escape(P2P_READY).replace(r"\{addrs\}", r"(?P<p2p>.+)")
+    found = re.fullmatch(f"{pattern}(?:{p2p})?", line)
     if found is None:  # not the line we know: pass it on as it is
         print(json.dumps({"event": "ready", "line": line}), flush=True)
         return
     ready = {"event": "ready", "peer_id": found["peer_id"], "url": found["url"]}
-    print(json.dumps({**ready, "relay": found.group(3) is not None}), flush=True)
+    ready["relay"] = found["relay"] is not None
+    ready["p2p"] = found["p2p"].split() if found["p2p"] else []
+    print(json.dumps(ready), flush=True)
 
 
 def cmd_start(args: argparse.Namespace) -> None:
     from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
+    from loomdb.node.p2p import p2p_settings
     from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
 
     host, port = parse_address(args.api)
+    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
     if args.self_signed_tls and args.tls_cert:
@@ -157,6 +164,7 @@ def cmd_start(args: argparse.Namespace) -> None:
         upstream_verify=args.upstream_cafile or not args.upstream_insecure,
         space=args.space,
         allow_hosts=tuple(args.api_allow_host),
+        p2p=p2p,
     )
 
 
@@ -275,6 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=8 * 1024 * 1024,
         metavar="BYTES",
         help="largest sync frame accepted or sent (default 8 MiB)",
+    )
+    p.add_argument(
+        "--p2p-addr",
+        metavar="MULTIADDR",
+        action="append",
+        help="where the libp2p host listens (repeatable; port 0: any free port; "
+        "default /ip4/0.0.0.0/tcp/9171)",
+    )
+    p.add_argument("--no-p2p", action="store_true", help="run no libp2p host")
+    p.add_argument(
+        "--peers",
+        metavar="MULTIADDR",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="bootstrap peers (/ip4/HOST/tcp/PORT/p2p/12D3KooW…), kept connected",
     )
     add_client_parser(sub)
     return parser

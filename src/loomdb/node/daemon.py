@@ -12,7 +12,8 @@ Lifecycle:
    with the sync endpoint when given a sync handler; once it accepts
    connections, print one line on stdout (:data:`READY`) with the node's Peer
    ID and the API's URL (``https://`` with TLS) — with port 0 the URL holds the
-   port the system chose;
+   port the system chose — and, when libp2p runs (:mod:`loomdb.node.p2p`), the
+   multiaddrs its host listens on;
 4. on SIGINT or SIGTERM: stop accepting, let requests in flight finish (at most
    :data:`GRACE_SECONDS`), close the database, return (the CLI exits 0).
 
@@ -41,6 +42,7 @@ from hypercorn.typing import ASGIFramework
 from loomdb.api import create_app
 from loomdb.api.auth import auth_routes
 from loomdb.api.guard import GuardPolicy, LocalGuard, allowed_hosts
+from loomdb.api.p2p import p2p_routes
 from loomdb.api.sync import fixed
 from loomdb.api.sync_run import sync_run_route
 from loomdb.api.trust import trust_routes
@@ -50,16 +52,18 @@ from loomdb.errors import AddressInUseError, LoomError, ValidationError
 from loomdb.node.databases import NodeDatabases
 from loomdb.node.home import NodeHome
 from loomdb.node.lock import HomeLock
+from loomdb.node.p2p import P2PSettings, p2p_connector, ready_suffix
 from loomdb.node.runtime import admin_token, register
 from loomdb.stores.caching import CachingStore
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
+from loomdb.transports.libp2p import P2PHost
 from loomdb.transports.tls import TlsFiles, Verify
-from loomdb.trust.access import Access
 from loomdb.trust.admin import NodeTrust
 from loomdb.trust.auth import AuthService
 from loomdb.trust.book import DirectoryBook
+from loomdb.trust.devices import PeerPrincipal, access_for
 from loomdb.trust.guard import GuardedStore
 from loomdb.trust.principal import Principal
 
@@ -94,6 +98,7 @@ class ServeOptions:
     upstream_verify: Verify = True
     space: str = DEFAULT_SPACE
     allow_hosts: tuple[str, ...] = ()  # names the API answers to besides loopback
+    p2p: P2PSettings | None = None  # None: no libp2p host
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -139,6 +144,7 @@ def run_daemon(
     upstream_verify: Verify = True,
     space: str = DEFAULT_SPACE,
     allow_hosts: tuple[str, ...] = (),
+    p2p: P2PSettings | None = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Raises LoomError for a bad home or port,
     or TLS files that do not load.
@@ -146,7 +152,7 @@ def run_daemon(
     ``announce`` gets the ready line (default: print it on stdout, flushed).
     ``tls``: serve HTTPS and WSS with this certificate and key. ``sync_handler``:
     called with the open database, its handler serves ``/api/v0/sync`` (frames of
-    at most ``max_frame`` bytes)."""
+    at most ``max_frame`` bytes). ``p2p``: run a libp2p host too (default: none)."""
     announce = announce or partial(print, flush=True)
     if (upstream or cache) and not relay:
         raise ValidationError("--upstream and --cache are for a relay: add --relay")
@@ -165,9 +171,12 @@ def run_daemon(
         upstream_verify,
         space,
         tuple(allow_hosts),
+        p2p,
     )
     sock = listen_socket(api_host, api_port)  # first: a busy port creates nothing
     try:
+        if p2p is not None:
+            p2p.check()  # a busy p2p port too
         if tls is not None:
             tls.server_context()  # unreadable files: a clear error before anything opens
         with HomeLock(home_path, "loomdb start"):  # held while the node runs
@@ -215,11 +224,22 @@ async def serve_node(
                 local,
                 max_frame=options.max_frame,
                 relay=options.relay,
-                access=lambda principal: Access(book, principal),
+                access=lambda principal: access_for(book, principal),
             )
             handler_for: Callable[[Principal], FrameHandler] = server.handler_for
             if options.sync_handler is not None and db is not None:
                 handler_for = fixed(options.sync_handler(db))
+            p2p = None
+            if options.p2p is not None:
+                p2p = P2PHost(
+                    home.keyring.node_key,
+                    options.p2p.listen,
+                    bootstrap=options.p2p.peers,
+                    max_frame=options.max_frame,
+                )
+                sync_for = handler_for
+                p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))
+                await stack.enter_async_context(p2p.run())
             bound_host = sock.getsockname()[0]
             config = Config()
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
@@ -243,6 +263,9 @@ async def serve_node(
                     identity=home.user,
                 )
 
+            connector = p2p_connector(
+                p2p, connect, options.max_frame
+            )
             api = create_app(
                 db,
                 sync_handler_for=handler_for,
@@ -250,12 +273,14 @@ async def serve_node(
                 max_frame=options.max_frame,
                 databases=databases,
                 extra_routes=[
-                    sync_run_route(local, space, connect),
+                    sync_run_route(local, space, connector),
                     *auth_routes(auth),
                     *trust_routes(),
+                    *p2p_routes(),
                 ],
             )
             api.state.trust = trust
+            api.state.p2p = p2p
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )
@@ -267,7 +292,8 @@ async def serve_node(
                 role = " (relay)" if options.relay else ""
                 registration = register(binds[0], policy.admin_token or "", home.path)
                 try:
-                    announce(READY.format(peer_id=home.peer_id, url=binds[0]) + role)
+                    ready = READY.format(peer_id=home.peer_id, url=binds[0]) + role
+                    announce(ready + ready_suffix(p2p))
                     async for signum in signals:
                         log.info("%s: stopping", signal.Signals(signum).name)
                         break

@@ -1,0 +1,137 @@
+"""The HTTP API of the node's libp2p host: ``/api/v0/p2p/…``.
+
+Thin routes over the :class:`~loomdb.transports.libp2p.P2PHost` the daemon puts on
+``app.state.p2p``; a node started with ``--no-p2p`` answers 404
+``route.not_found`` here. :data:`P2P_ENDPOINTS` is the one table of these routes
+(in OpenAPI too). Like every control route they need the node's admin token
+(:mod:`loomdb.api.guard`); bodies are JSON, checked against their schema (400).
+
+A peer that cannot be reached is 502 with the transport's code
+(``transport.unreachable``): the failing link is the peer's, not this API's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from loomdb.api.errors import ROUTE_NOT_FOUND, RequestError
+from loomdb.api.routes import PREFIX
+from loomdb.api.validation import Schema, check, parse_query, read_json
+from loomdb.errors import TransportError
+
+if TYPE_CHECKING:
+    from loomdb.transports.libp2p import P2PHost
+
+MAX_P2P_BODY_BYTES: Final = 16 * 1024
+UNREACHABLE_STATUS: Final = 502
+
+
+@dataclass(frozen=True, slots=True)
+class P2PEndpoint:
+    method: str
+    path: str
+    handler: Callable[[P2PHost, Any], Awaitable[Any]]
+    summary: str
+    status: int = 200
+    body: Schema | None = None
+    errors: tuple[int, ...] = ()
+
+
+_TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": 1024}
+CONNECT = {
+    "type": "object",
+    "properties": {"addr": {**_TEXT, "description": "/ip4/HOST/tcp/PORT/p2p/12D3KooW…"}},
+    "required": ["addr"],
+    "additionalProperties": False,
+}
+DISCONNECT = {
+    "type": "object",
+    "properties": {"peer": {**_TEXT, "description": "the peer's Peer ID, 12D3KooW…"}},
+    "required": ["peer"],
+    "additionalProperties": False,
+}
+
+
+async def p2p_info(p2p: P2PHost, body: Any) -> Any:
+    return p2p.info()
+
+
+async def p2p_peers(p2p: P2PHost, body: Any) -> Any:
+    return {"peers": p2p.peers()}
+
+
+async def p2p_connect(p2p: P2PHost, body: Any) -> Any:
+    try:
+        peer = await p2p.connect(body["addr"])
+    except TransportError as exc:
+        raise RequestError(UNREACHABLE_STATUS, exc.code, exc.message) from None
+    return {"peer_id": peer, "connected": True}
+
+
+async def p2p_disconnect(p2p: P2PHost, body: Any) -> Any:
+    return {"peer_id": body["peer"], "disconnected": await p2p.disconnect(body["peer"])}
+
+
+_P2P = f"{PREFIX}/p2p"
+
+P2P_ENDPOINTS: tuple[P2PEndpoint, ...] = (
+    P2PEndpoint(
+        "GET",
+        f"{_P2P}/info",
+        p2p_info,
+        "This node's libp2p host: Peer ID, listen addresses, peers, counters",
+    ),
+    P2PEndpoint("GET", f"{_P2P}/peers", p2p_peers, "Connected peers"),
+    P2PEndpoint(
+        "POST",
+        f"{_P2P}/connect",
+        p2p_connect,
+        "Dial a peer by its multiaddr (Noise proves it is that Peer ID)",
+        body=CONNECT,
+        errors=(422, 502),
+    ),
+    P2PEndpoint(
+        "POST",
+        f"{_P2P}/disconnect",
+        p2p_disconnect,
+        "Close every connection to a peer",
+        body=DISCONNECT,
+        errors=(422,),
+    ),
+)
+
+
+def p2p_routes() -> list[BaseRoute]:
+    """Starlette routes for :data:`P2P_ENDPOINTS`, serving ``request.app.state.p2p``."""
+    by_path: dict[str, dict[str, P2PEndpoint]] = {}
+    for endpoint in P2P_ENDPOINTS:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
+    return [
+        Route(path, _serve(methods), methods=list(methods), name=f"p2p:{path}")
+        for path, methods in by_path.items()
+    ]
+
+
+def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[Response]]:
+    async def serve(request: Request) -> Response:
+        endpoint = methods["GET" if request.method == "HEAD" else request.method]
+        p2p = getattr(request.app.state, "p2p", None)
+        if p2p is None:
+            raise RequestError(
+                404, ROUTE_NOT_FOUND, f"{request.url.path}: this node runs without libp2p"
+            )
+        parse_query(request.query_params.multi_items(), {})
+        body = None
+        if endpoint.body is not None:
+            body = await read_json(request, MAX_P2P_BODY_BYTES)
+            check(endpoint.body, body)
+        result = await endpoint.handler(p2p, body)
+        return JSONResponse(result, status_code=endpoint.status)
+
+    return serve

@@ -1,0 +1,86 @@
+"""How the daemon runs its libp2p host: settings, the checks before start, the sync
+connector for multiaddr remotes, and the ready line's addresses.
+
+``loomdb start`` listens on :data:`~loomdb.transports.libp2p.DEFAULT_P2P_ADDR`
+unless told ``--p2p-addr`` (repeatable) or ``--no-p2p``. The host serves
+``/loomdb/sync/1.0.0`` with the node's store server: each peer acts as the user
+whose directory record lists its Peer ID as a device, space by space
+(:mod:`loomdb.trust.devices`), else anonymously. ``POST /api/v0/sync/run`` with a
+multiaddr ``remote`` (``/ip4/…/tcp/…/p2p/12D3KooW…``) syncs over libp2p: the
+node dials the peer and proves who it is by Noise, with no sign-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from loomdb.api.sync_run import Connect
+from loomdb.errors import ValidationError
+from loomdb.stores.remote import RemoteStore
+from loomdb.transports.libp2p import (
+    DEFAULT_P2P_ADDR,
+    P2PHost,
+    check_listen_free,
+    parse_listen_addr,
+    parse_peer_addr,
+)
+
+P2P_READY: Final = " and p2p at {addrs}"
+"""Appended to the daemon's ready line when libp2p runs: the multiaddrs, space-separated."""
+
+
+@dataclass(frozen=True, slots=True)
+class P2PSettings:
+    """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected."""
+
+    listen: tuple[str, ...]
+    peers: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Before anything is opened: bad addresses are ``ValidationError``, a busy
+        port ``AddressInUseError``."""
+        addrs = [parse_listen_addr(a) for a in self.listen]
+        if not addrs:
+            raise ValidationError("give at least one --p2p-addr, or --no-p2p")
+        for peer in self.peers:
+            parse_peer_addr(peer)
+        check_listen_free(addrs)
+
+
+def ready_suffix(p2p: P2PHost | None) -> str:
+    return "" if p2p is None else P2P_READY.format(addrs=" ".join(p2p.listen_addrs()))
+
+
+def is_multiaddr(remote: str) -> bool:
+    return remote.startswith("/")
+
+
+def p2p_connector(p2p: P2PHost | None, fallback: Connect, max_frame: int) -> Connect:
+    """``sync_run_route``'s connector: a multiaddr remote over libp2p, any other
+    remote as ``fallback`` opens it (WebSocket or HTTP)."""
+
+    async def connect(body: dict[str, Any]) -> RemoteStore:
+        remote: str = body["remote"]
+        if not is_multiaddr(remote):
+            return await fallback(body)
+        if p2p is None:
+            raise ValidationError("this node runs without libp2p (--no-p2p): give a URL")
+        peer = str(parse_peer_addr(remote).peer_id)
+        if body.get("peer_id", peer) != peer:
+            raise ValidationError(f"peer_id {body['peer_id']} is not the peer {remote} names")
+        return RemoteStore(p2p.channel(remote, max_frame=max_frame))
+
+    return connect
+
+
+def p2p_settings(
+    addrs: Sequence[str] | None, no_p2p: bool, peers: Sequence[str]
+) -> P2PSettings | None:
+    """``loomdb start``'s options as settings (None: no libp2p)."""
+    if no_p2p:
+        if addrs or peers:
+            raise ValidationError("--no-p2p and --p2p-addr/--peers do not go together")
+        return None
+    return P2PSettings(tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers))
