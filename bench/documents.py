@@ -15,7 +15,11 @@ in temporary homes (removed after):
 * materialize: close a home of --write-docs documents, delete its views.db and
   time ``Database.open`` (which rebuilds the views from the entry store);
 * queries on --docs documents: equality and range filters with limit 10, each
-  the median of up to --runs calls, without and then with ``create_index``.
+  the median of up to --runs calls, without and then with ``create_index``;
+* over HTTP, against a real node (``loomdb start`` on a fresh home, 127.0.0.1):
+  ``loomdb client doc import`` of --import-docs JSON lines (batches of --batch,
+  ``POST …/docs:batch``) and, for comparison, --post-docs ``POST …/docs`` one at
+  a time on one keep-alive connection.
 
 Each rep runs the write figures on a fresh home. Then one query home is built,
 every rep runs the queries, the indexes are created (the library cannot drop
@@ -38,8 +42,12 @@ import math
 import os
 import pstats
 import random
+import re
+import select
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +57,8 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from loomdb.documents import Collection, Database
 
@@ -90,11 +100,14 @@ for _qid, (_label, _) in QUERIES.items():
     ROWS[f"{_qid}_indexed"] = (f"{_label}, indexed", "ms")
 ROWS["create_index"] = ("create_index (group and n)", "s")
 ROWS["query_build"] = ("create_many building the query home", "docs/s")
+ROWS["import_http"] = ("doc import over HTTP (a real node)", "docs/s")
+ROWS["post_loop_http"] = ("POST …/docs one at a time over HTTP", "docs/s")
 
 # id -> (comparison, value)
 TARGETS: dict[str, tuple[str, float]] = {
     "single_update_p50": ("<=", 1.0),
     "update_many": (">=", 10_000.0),
+    "import_http": (">=", 5_000.0),
     **{f"{q}_indexed": ("<=", 5.0) for q in QUERIES},
 }
 
@@ -222,6 +235,171 @@ async def write_rep(args: argparse.Namespace, rng: random.Random, profile: bool)
         finally:
             await db.aclose()
     return out
+
+
+# --- over HTTP: a real node ----------------------------------------------------------
+
+READY = re.compile(rb"ready, API at (http://\S+)")
+NODE_START_S = 60.0
+NODE_STOP_S = 15.0
+CLIENT_S = 900.0
+
+
+class NodeProcess:
+    """``loomdb start`` on a fresh home, port 0; its admin token goes to a private
+    runtime directory (no trace in the user's)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.home = tmp / "node"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("LOOMDB_URL",)}
+        self.env["LOOMDB_RUNTIME_DIR"] = str(tmp / "runtime")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loomdb", "start", "--home", str(self.home),
+             "--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        out, deadline = b"", time.monotonic() + NODE_START_S
+        while (found := READY.search(out)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.close()
+                raise SystemExit(f"bench: the node did not start in {NODE_START_S} s")
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                self.close()
+                raise SystemExit("bench: the node exited before it was ready")
+            out += chunk
+        self.url = found.group(1).decode()
+        self.token = (self.home / "api.token").read_text().strip()
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v0",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60.0,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=NODE_STOP_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=NODE_STOP_S)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def write_jsonl(path: Path, n: int, rng: random.Random) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps(doc_value(i, rng)) + "\n")
+
+
+def http_rep(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    """One rep of the HTTP figures, each on a fresh node: the import, then the loop."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="loomdb-bench-http-") as tmp:
+        source = Path(tmp) / "docs.jsonl"
+        write_jsonl(source, args.import_docs, rng)
+        node = NodeProcess(Path(tmp) / "a")
+        try:
+            run = subprocess.run(
+                [sys.executable, "-m", "loomdb", "client", "--url", node.url, "doc", "import",
+                 COLL, str(source), "--batch", str(args.batch), "--json"],
+                capture_output=True, text=True, timeout=CLIENT_S, env=node.env, check=False,
+            )  # fmt: skip
+            if run.returncode != 0:
+                raise SystemExit(f"bench: doc import failed ({run.returncode}): {run.stderr}")
+            report = json.loads(run.stdout)
+            if report["imported"] != args.import_docs:
+                raise SystemExit(f"bench: imported {report['imported']} of {args.import_docs}")
+            with node.http() as http:
+                r = http.get(f"/collections/{COLL}/docs", params={"limit": 1})
+                if r.json()["count"] != args.import_docs:
+                    raise SystemExit(f"bench: the node holds {r.json()['count']} documents")
+            # The CLI's own clock: from its first read of the file to the last answer.
+            out["import_http"] = args.import_docs / report["seconds"]
+            out["import_requests"] = report["requests"]
+        finally:
+            node.close()
+        node = NodeProcess(Path(tmp) / "b")
+        try:
+            values = [doc_value(i, rng) for i in range(args.post_docs)]
+            with node.http() as http:
+                http.post(f"/collections/{COLL}/docs", json={"value": values[0]})  # connect
+                t = clock()
+                for value in values[1:]:
+                    r = http.post(f"/collections/{COLL}/docs", json={"value": value})
+                    if r.status_code != 201:
+                        raise SystemExit(f"bench: POST answered {r.status_code}: {r.text}")
+                out["post_loop_http"] = (len(values) - 1) / (time.perf_counter() - t)
+        finally:
+            node.close()
+    return out
+
+
+async def profile_import(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    """Not counted in the figures: the batch route in-process (no sockets), split into
+    the request (JSON, checks, value form) and ``create_many``, then under cProfile."""
+    from loomdb.api import create_app
+
+    n_batches = max(2, min(10, args.import_docs // args.batch))
+    bodies = [
+        json.dumps({"documents": [{"value": doc_value(i, rng)} for i in range(args.batch)]})
+        for _ in range(2 * n_batches)
+    ]
+    with tempfile.TemporaryDirectory(prefix="loomdb-bench-route-") as tmp:
+        db = await Database.open(Path(tmp) / "home")
+        inner = 0.0
+        create_many = Collection.create_many
+
+        async def timed(self: Collection, *a: Any, **kw: Any) -> Any:
+            nonlocal inner
+            t = time.perf_counter()
+            try:
+                return await create_many(self, *a, **kw)
+            finally:
+                inner += time.perf_counter() - t
+
+        transport = httpx.ASGITransport(create_app(db))
+        path = f"/api/v0/collections/{COLL}/docs:batch"
+        headers = {"content-type": "application/json"}
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
+                Collection.create_many = timed  # type: ignore[method-assign]
+                try:
+                    t = time.perf_counter()
+                    for body in bodies[:n_batches]:
+                        r = await api.post(path, content=body, headers=headers)
+                        assert r.status_code == 201, r.text
+                    total = time.perf_counter() - t
+                finally:
+                    Collection.create_many = create_many  # type: ignore[method-assign]
+                n = n_batches * args.batch
+                print(f"\nwhere the time goes: the batch route in-process, {n} documents")
+                print(f"  total {total * 1e6 / n:8.0f} µs per document ({n / total:,.0f}/s)")
+                around = (total - inner) * 1e6 / n
+                print(f"  create_many {inner * 1e6 / n:8.0f} µs; the request around it", end="")
+                print(f" (JSON, checks, value form, answer) {around:.0f} µs")
+                prof = cProfile.Profile()
+                prof.enable()
+                for body in bodies[n_batches:]:
+                    await api.post(path, content=body, headers=headers)
+                prof.disable()
+        finally:
+            await db.aclose()
+    top = print_profile(prof, f"POST …/docs:batch, {n} documents")
+    return {
+        "documents": n,
+        "us_per_doc": total * 1e6 / n,
+        "create_many_us_per_doc": inner * 1e6 / n,
+        "request_us_per_doc": (total - inner) * 1e6 / n,
+        **top,
+    }
 
 
 # --- where the time goes (--profile) ---------------------------------------------------
@@ -463,6 +641,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for k, v in got.items():
             vals.setdefault(k, []).append(v)
 
+    for rep in range(args.reps):
+        print(f"rep {rep + 1}/{args.reps}: over HTTP, fresh nodes …", flush=True)
+        got = http_rep(args, rng)
+        extra.setdefault("import_requests", got.pop("import_requests"))
+        for k, v in got.items():
+            vals.setdefault(k, []).append(v)
+    if args.profile:
+        extra["profile_import"] = await profile_import(args, rng)
+
     with tempfile.TemporaryDirectory(prefix="loomdb-bench-query-") as tmp:
         print(f"building the query home: {args.docs} documents …", flush=True)
         qdb = await Database.open(Path(tmp) / "home")
@@ -519,6 +706,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             row(f"{qid}_indexed", vals[f"{qid}_indexed"]),
         ]
     results += [row(k, vals[k]) for k in ("create_index", "query_build")]
+    section(
+        f"over HTTP: a real node, 127.0.0.1; import of {args.import_docs} docs"
+        f" ({extra['import_requests']} requests), {args.post_docs} single POSTs"
+    )
+    results += [row(k, vals[k]) for k in ("import_http", "post_loop_http")]
     print("\nSQLite plans (Collection.explain), without → with the indexes on group and n")
     query_plans = {}
     for qid, (label, where) in QUERIES.items():
@@ -575,6 +767,12 @@ def main() -> None:
     ap.add_argument(
         "--budget", type=float, default=3.0, help="seconds per query figure and rep (≥ 5 calls)"
     )
+    ap.add_argument(
+        "--import-docs", type=int, default=20_000, help="JSON lines of the HTTP import figure"
+    )
+    ap.add_argument(
+        "--post-docs", type=int, default=500, help="single POSTs of the HTTP comparison figure"
+    )
     ap.add_argument("--reps", type=int, default=3, help="runs of every figure")
     ap.add_argument(
         "--out", type=Path, help=f"results file (default {DEFAULT_OUT}; none with --quick)"
@@ -595,16 +793,23 @@ def main() -> None:
             "updates": 1000,
             "batch": 250,
             "single": 200,
+            "import_docs": 2000,
+            "post_docs": 100,
         }
         quick |= {"single_docs": 200, "hot_docs": 50, "runs": 10, "budget": 0.5}
         for k, v in quick.items():
             setattr(args, k, min(getattr(args, k), v))
         args.reps = 1
-    sizes = ("docs", "updates", "batch", "write_docs", "single", "single_docs", "hot_docs")
+    sizes = ("docs", "updates", "batch", "write_docs", "single", "single_docs", "hot_docs",
+             "import_docs", "post_docs")  # fmt: skip
     if min(getattr(args, k) for k in (*sizes, "runs", "reps")) < 1:
         ap.error("sizes, --runs and --reps must be positive")
     if max(args.batch, args.single_docs, args.hot_docs) > args.write_docs:
         ap.error("--batch, --single-docs and --hot-docs must not exceed --write-docs")
+    if args.batch > 1000:
+        ap.error("--batch is at most 1000 (the API's bound on a batch)")
+    if args.post_docs < 2:
+        ap.error("--post-docs must be at least 2")
     # Bench homes are throwaway: an unencrypted keyring (no KDF on open), and no warning about it.
     os.environ.pop("LOOMDB_KEYRING_SECRET", None)
     logging.getLogger("loomdb.keyring").setLevel(logging.ERROR)

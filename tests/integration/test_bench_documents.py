@@ -26,8 +26,16 @@ FIGURES = [
     ),
     "create_index",
     "query_build",
+    "import_http",
+    "post_loop_http",
 ]
-TARGETED = {"single_update_p50", "update_many", "q_eq_indexed", "q_range_indexed"}
+TARGETED = {
+    "single_update_p50",
+    "update_many",
+    "q_eq_indexed",
+    "q_range_indexed",
+    "import_http",
+}
 
 
 @pytest.mark.integration
@@ -54,4 +62,6 @@ def test_documents_bench_quick_run(tmp_path: Path) -> None:
         assert plan["no_index"].startswith(("SEARCH", "SCAN"))
         assert plan["indexed"].startswith(("SEARCH", "SCAN"))
     assert data["profile"]["cprofile_batched"]["top_own"]
+    route = data["profile_import"]
+    assert route["create_many_us_per_doc"] < route["us_per_doc"] and route["top_own"]
     assert data["materialize_entries"] == data["meta"]["args"]["write_docs"]

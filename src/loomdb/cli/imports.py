@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from loomdb.cli.client import _coll, api_client
 from loomdb.errors import LoomError, TransportError, ValidationError
@@ -33,6 +35,7 @@ from loomdb.errors import LoomError, TransportError, ValidationError
 MAX_DOCS = 1000  # per request: the API's bound (loomdb.api.routes.MAX_BATCH)
 MAX_BODY = 3 * 1024 * 1024  # per request, under the API's 4 MiB body limit
 _AT_ITEM = re.compile(r"\Adocuments\[\d+\]: ")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,46 @@ def batches(lines: Iterator[Line], size: int) -> Iterator[list[Line]]:
         yield batch
 
 
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items`` in order, made on a thread up to ``depth`` ahead: the next batch is
+    read and encoded while the node writes this one. What ``items`` raises is
+    raised here, in its place."""
+    made: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        while not stop.is_set():
+            try:
+                made.put((kind, value), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put("item", item)
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put("error", exc)
+        else:
+            put("done", None)
+
+    thread = threading.Thread(target=produce, name="loomdb-import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = made.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()  # the consumer stopped (or failed): the reader stops too
+
+
 def _body(batch: list[Line]) -> bytes:
     return b'{"documents":[' + b",".join(line.item for line in batch) + b"]}"
 
@@ -221,7 +264,7 @@ def cmd_doc_import(args: argparse.Namespace) -> None:
     try:
         with api_client(args) as api:
             lines = read_lines(stream, report, args.id_field, args.skip_lines)
-            for batch in batches(lines, args.batch):
+            for batch in read_ahead(batches(lines, args.batch)):
                 send(api, path, batch, report)
                 if show_bar:
                     print("\r" + _bar(report, total), end="", file=sys.stderr, flush=True)
