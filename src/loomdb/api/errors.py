@@ -34,7 +34,7 @@ import logging
 from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from loomdb.errors import (
@@ -130,6 +130,16 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
 
 
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away while its body was being read (Starlette's
+    ``ClientDisconnect``, from ``request.stream()``): nothing failed here, so one
+    line, no traceback. The answer goes nowhere."""
+    log.info(
+        "%s %s: the client went away before its body was read", request.method, request.url.path
+    )
+    return error_response(400, INVALID_REQUEST, "the request's body did not arrive")
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """A bug: the client learns only that it happened. Starlette re-raises it after
     this response, so the server logs the traceback."""
@@ -141,5 +151,6 @@ EXCEPTION_HANDLERS = {
     LoomError: on_loom_error,
     RequestError: on_request_error,
     HTTPException: on_http_exception,
+    ClientDisconnect: on_client_disconnect,
     Exception: on_unexpected,
 }

@@ -427,7 +427,7 @@ def _bar(event: dict[str, Any]) -> str:
 
 def cmd_sync(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"remote": args.remote, "direction": args.direction}
-    for name in ("space", "transport", "cafile"):
+    for name in ("space", "transport", "cafile", "peer_id"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     if args.collection:
@@ -452,8 +452,10 @@ def cmd_sync(args: argparse.Namespace) -> None:
                 print(_bar(event), file=sys.stderr, flush=True)
     if show_bar:
         print(file=sys.stderr)
-    if final is None:
-        raise UnreachableError(f"{args.url} stopped before the sync finished; run it again")
+    if final is None:  # the node reports every failure of the sync: this is its own
+        raise UnreachableError(
+            f"the node at {args.url} ended the sync without a result (see its log); run it again"
+        )
     if args.json:
         print(json.dumps(final, indent=2))
         return
@@ -632,6 +634,12 @@ def add_client_parser(sub: Any) -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="only this document (repeatable)",
+    )
+    p.add_argument(
+        "--peer-id",
+        metavar="PEER_ID",
+        help="the remote's Peer ID (12D3KooW…): the node signs in there only"
+        " (default: the one the remote gives)",
     )
     p.add_argument("--transport", choices=["ws", "http"], help="WebSocket (default) or HTTP")
     p.add_argument("--cafile", help="trust this CA certificate for an https/wss remote")

@@ -33,12 +33,17 @@ Invariants:
   entries are kept. Entries that were not asked for are ignored.
 - Cancellation (any anyio/trio cancel scope, or ``progress`` raising) is safe
   at every await.
+- A failure comes out as itself: when a stage of the transfer fails (the
+  connection to the remote is lost, a store refuses), the others stop and its
+  :class:`~loomdb.errors.LoomError` is raised, never the ``ExceptionGroup`` of
+  the task group that ran them (:func:`one_error`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -48,7 +53,13 @@ import anyio.to_thread
 from loomdb.documents.model import KeyWait
 from loomdb.entries.cid import CID, PREFIX
 from loomdb.entries.entry import Entry, decode_entry
-from loomdb.errors import EntryError, ForbiddenError, ProtocolError, ValidationError
+from loomdb.errors import (
+    EntryError,
+    ForbiddenError,
+    LoomError,
+    ProtocolError,
+    ValidationError,
+)
 from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, fetch_raw
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 from loomdb.trust.directory import PULLERS
@@ -183,6 +194,30 @@ def as_store(target: object) -> ContentAddressedStore:
 # --- the steps ----------------------------------------------------------------------
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@contextmanager
+def one_error() -> Iterator[None]:
+    """Around a task group: when what failed inside is LoomErrors only, raise the
+    first of them, not the group (the other stages were cancelled because of it).
+
+    Anything else (a bug, a cancellation from outside mixed in) leaves the group
+    as it is, for the caller's own handling."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if leaves and all(isinstance(e, LoomError) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
 def cid_of_id(item_id: bytes) -> CID:
     return CID(PREFIX + item_id)
 
@@ -297,13 +332,7 @@ async def transfer(
                 entries = sorted((e for e in found if e is not None), key=lambda e: e.height)
                 await send.send((entries, [], len(found) - len(entries)))
 
-    async with anyio.create_task_group() as tg:
-        if direction == "pull":
-            tg.start_soon(fetch)
-        else:
-            await fetched_in.aclose()
-            await fetched_out.aclose()
-        tg.start_soon(produce)
+    async def store() -> None:
         async with receive:
             async for good, bad, missing in receive:
                 state.rejected.extend(bad)
@@ -325,6 +354,16 @@ async def transfer(
                         state.rejected.append(Rejection(result.cid, result.reason or "", side))
                 if progress is not None:
                     progress(state)
+
+    with one_error():
+        async with anyio.create_task_group() as tg:
+            if direction == "pull":
+                tg.start_soon(fetch)
+            else:
+                await fetched_in.aclose()
+                await fetched_out.aclose()
+            tg.start_soon(produce)
+            await store()
 
 
 async def _scope_sets(
