@@ -87,7 +87,6 @@ def test_every_client_command_has_help_url_and_json() -> None:
         "client doc query",
         "client doc history",
         "client doc import",
-        *(f"client p2p {c}" for c in ["info", "peers", "connect", "disconnect"]),
         "client sync",
         "client identity",
         *(
