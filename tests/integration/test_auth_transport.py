@@ -254,7 +254,7 @@ async def test_a_challenge_from_another_node_is_refused_by_the_client(
 async def test_the_login_takes_a_websocket_url_with_the_sync_path(node: Node) -> None:
     ws_url = node.url.replace("http://", "ws://") + SYNC_PATH
     assert auth_base_url(ws_url) == node.url
-    login = ChallengeLogin(ws_url, ALICE, timeout=WAIT)
+    login = ChallengeLogin(ws_url, ALICE, timeout=WAIT, expected_server=node.service.server_id)
     channel = await node.channel("ws", login)
     assert await channel.request(b"x", timeout=WAIT) == reply_of(ALICE, b"x")
 
@@ -330,9 +330,10 @@ async def test_the_auth_routes_answer_json_errors(node: Node) -> None:
         junk = await client.post("/api/v0/auth/token", json={"challenge": 1})
         assert junk.status_code == 422
         assert junk.json()["error"]["code"] == "validation"
-        not_json = await client.post("/api/v0/auth/token", content=b"{")
+        as_json = {"content-type": "application/json"}
+        not_json = await client.post("/api/v0/auth/token", content=b"{", headers=as_json)
         assert not_json.status_code == 400
-        huge = await client.post("/api/v0/auth/token", content=b" " * (17 * 1024))
+        huge = await client.post("/api/v0/auth/token", content=b" " * (17 * 1024), headers=as_json)
         assert huge.status_code == 413
         node.members.revoked.add(BOB.user_id)
         challenge = (await client.post("/api/v0/auth/challenge")).json()

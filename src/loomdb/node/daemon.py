@@ -44,7 +44,7 @@ from loomdb.api.auth import auth_routes
 from loomdb.api.guard import GuardPolicy, LocalGuard, allowed_hosts
 from loomdb.api.p2p import p2p_routes
 from loomdb.api.sync import fixed
-from loomdb.api.sync_run import sync_run_route
+from loomdb.api.sync_run import remote_connector, sync_run_route
 from loomdb.api.trust import trust_routes
 from loomdb.documents import Database
 from loomdb.documents.database import DEFAULT_SPACE
@@ -225,6 +225,7 @@ async def serve_node(
                 max_frame=options.max_frame,
                 relay=options.relay,
                 access=lambda principal: access_for(book, principal),
+                peer_id=home.peer_id,
             )
             handler_for: Callable[[Principal], FrameHandler] = server.handler_for
             if options.sync_handler is not None and db is not None:
@@ -253,18 +254,8 @@ async def serve_node(
                 config.certfile = str(options.tls.cert)
                 config.keyfile = str(options.tls.key)
 
-            async def connect(body: dict[str, Any]) -> RemoteStore:
-                verify: Verify = body.get("cafile") or not body.get("insecure", False)
-                return RemoteStore.connect(
-                    body["remote"],
-                    transport=body.get("transport", "ws"),
-                    verify=verify,
-                    max_frame=options.max_frame,
-                    identity=home.user,
-                )
-
             connector = p2p_connector(
-                p2p, connect, options.max_frame
+                p2p, remote_connector(home.user, options.max_frame), options.max_frame
             )
             api = create_app(
                 db,

@@ -28,6 +28,7 @@ import anyio
 from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry, EntryMeta, decode_entry
 from loomdb.errors import (
+    ChallengeError,
     CidMismatchError,
     EntryError,
     FrameTooLargeError,
@@ -119,28 +120,47 @@ class RemoteStore:
         (``transport="ws"``, the default) or HTTP POSTs (``"http"``).
 
         With an ``identity``, requests carry a token got by challenge-response
-        (:class:`~loomdb.transports.auth.ChallengeLogin`) and act as that user;
-        ``expected_server`` (the node's Peer ID) refuses a challenge from anyone
-        else. Without one they are anonymous — and so are they with one the node
-        does not know (a user in none of its directories, or a node with no login):
-        anonymous requests reach the node's open spaces only."""
+        (:class:`~loomdb.transports.auth.ChallengeLogin`) and act as that user. The
+        login is bound to one node: ``expected_server`` (its Peer ID) if given,
+        else the Peer ID the node at ``url`` gives in its ``hello`` (asked once, on
+        a connection without a token); a challenge from any other node is refused.
+        Without an identity requests are anonymous — and so are they with one the
+        node does not know (a user in none of its directories, or a node with no
+        login): anonymous requests reach the node's open spaces only.
+
+        The only credential a RemoteStore ever sends is a token its own login got
+        from that node: nothing is read from the environment or a node's home."""
+
+        def channel(login: ChallengeLogin | None) -> RequestChannel:
+            if transport == "ws":
+                return WebSocketChannel(url, max_frame=max_frame, verify=verify, token_source=login)
+            return HttpChannel(url, max_frame=max_frame, verify=verify, token_source=login)
+
+        if transport not in ("ws", "http"):
+            raise ValidationError(f"transport is 'ws' or 'http', not {transport!r}")
         login = None
         if identity is not None:
+
+            async def identify() -> str:
+                async with cls(channel(None), **options) as anonymous:
+                    info = await anonymous.hello()
+                peer_id = info.get("peer_id")
+                if not isinstance(peer_id, str):
+                    raise ChallengeError(
+                        f"{url} does not say which node it is (no peer_id in its hello):"
+                        " give its Peer ID to sign in there"
+                    )
+                return peer_id
+
             login = ChallengeLogin(
                 url,
                 identity,
                 verify=verify,
                 expected_server=expected_server,
+                identify=identify,
                 anonymous_if_stranger=True,
             )
-        channel: RequestChannel
-        if transport == "ws":
-            channel = WebSocketChannel(url, max_frame=max_frame, verify=verify, token_source=login)
-        elif transport == "http":
-            channel = HttpChannel(url, max_frame=max_frame, verify=verify, token_source=login)
-        else:
-            raise ValidationError(f"transport is 'ws' or 'http', not {transport!r}")
-        return cls(channel, **options)
+        return cls(channel(login), **options)
 
     @property
     def max_frame(self) -> int:

@@ -60,8 +60,10 @@ class StoreServer:
         max_items: int = DEFAULT_MAX_ITEMS,
         relay: bool = False,
         access: AccessPolicy | None = None,
+        peer_id: str | None = None,
     ) -> None:
         self.store = store
+        self.peer_id = peer_id  # the node's, in hello: who a client signs in to
         self.access = access
         self.max_frame = max_frame
         self.max_items = max_items
@@ -127,6 +129,7 @@ class StoreServer:
             "max_frame": self.max_frame,
             "max_items": self.max_items,
             "relay": self.relay,
+            **({} if self.peer_id is None else {"peer_id": self.peer_id}),
         }
 
     async def _put(self, args: dict[str, Any], access: Access | None) -> object:

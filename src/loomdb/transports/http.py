@@ -66,6 +66,7 @@ class HttpChannel(SerialChannel):
             timeout=httpx.Timeout(None, connect=connect_timeout),  # fail_after bounds the rest
             limits=httpx.Limits(max_connections=1),
             transport=transport,
+            follow_redirects=False,  # the token goes to this node's URL and nowhere else
         )
 
     async def aclose(self) -> None:

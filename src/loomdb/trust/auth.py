@@ -46,7 +46,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from loomdb.clock import Clock, SystemClock
 from loomdb.errors import ChallengeError, SignatureError, TokenError, ValidationError
@@ -56,7 +59,7 @@ from loomdb.identity.keys import (
     SigningKey,
     verify_signature,
 )
-from loomdb.identity.peer_id import peer_id_from_public_key
+from loomdb.identity.peer_id import peer_id_from_public_key, public_key_from_peer_id
 from loomdb.identity.user import UserIdentity, public_key_from_user_id
 from loomdb.trust.principal import MemberCheck, Principal
 
@@ -178,6 +181,40 @@ def answer_challenge(challenge: Mapping[str, Any], identity: UserIdentity) -> di
         "user": identity.user_id,
         "signature": b64url_encode(signature),
     }
+
+
+def check_issued_token(token: object, server_id: str, user_id: str) -> dict[str, Any]:
+    """The client's check of a token it was just given: signed (EdDSA) by the key
+    inside ``server_id`` (a Peer ID holds its public key), issued by and for that
+    server (``iss``, ``aud``), for ``user_id`` (``sub``); its claims.
+
+    Times are left to the server, whose clock judges them. Raises
+    :class:`TokenError` for a token of another server or user, or not a token."""
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise TokenError("not a token")
+    try:
+        key = Ed25519PublicKey.from_public_bytes(public_key_from_peer_id(server_id))
+    except ValidationError as exc:
+        raise TokenError(f"cannot check a token of {server_id!r}: {exc.message}") from None
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[JWT_ALGORITHM],
+            audience=server_id,
+            issuer=server_id,
+            options={
+                "require": list(REQUIRED_CLAIMS),
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
+        )
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"the token is not one {server_id} issued: {exc}") from None
+    if claims["sub"] != user_id:
+        raise TokenError(f"the token is for {claims['sub']!r}, not {user_id}")
+    return claims
 
 
 VERIFIED_CACHE: Final = 4096
