@@ -135,16 +135,20 @@ def test_p1_the_peer_id_is_kept_and_the_printed_multiaddrs_are_listened_on(
     port, peer = int(found[1]), found[2]
     assert port > 0  # port 0 asked: the ready line has the one chosen
     with a.http() as http:
-        assert http.get("/node").json()["peer_id"] == peer
+        node = http.get("/node").json()
         info = http.get("/p2p/info").json()
+    assert node["peer_id"] == peer
+    assert node["multiaddrs"] == a.p2p_addrs and node["multiaddr"] == a.p2p_addrs[0]
     assert info["peer_id"] == peer and info["listen"] == a.p2p_addrs
     assert info["security"] == ["/noise"] and info["protocols"] == ["/loomdb/sync/1.0.0"]
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
         pass  # it listens there
     shown = json.loads(loomdb("id", "--home", str(home), "--json").stdout)
-    assert shown["peer_id"] == peer
+    assert shown["peer_id"] == peer and shown["listening"] == p2p_addr(a)
 
     assert a.stop() == 0
+    shown = json.loads(loomdb("id", "--home", str(home), "--json").stdout)
+    assert shown["peer_id"] == peer and shown["listening"] == "-"  # not running
     again = cluster.start(home)
     found = ADDR.fullmatch(p2p_addr(again))
     assert found is not None and found[2] == peer  # the same Peer ID after a restart

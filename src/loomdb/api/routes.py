@@ -24,6 +24,7 @@ from loomdb.api.validation import Schema
 from loomdb.documents.model import CollectionInfo, Document, HistoryItem
 from loomdb.documents.values import document_to_json, from_json
 from loomdb.errors import LoomError, NotFoundError
+from loomdb.node.addrs import running_addrs
 
 if TYPE_CHECKING:
     from loomdb.documents import Collection, Database
@@ -189,7 +190,8 @@ async def get_node(call: Call) -> Any:
         "peer_id": db.peer_id,
         "user_id": db.user_id,
         "space": db.space,
-        "multiaddr": db.home.listen_multiaddr(),
+        "multiaddr": (running_addrs(db.home.path) or [db.home.listen_multiaddr()])[0],
+        "multiaddrs": running_addrs(db.home.path),  # where its libp2p host listens
         "version": LOOMDB_VERSION,
         "stats": await db.stats(),
     }

@@ -35,6 +35,7 @@ from loomdb.errors import (
     TrustError,
     ValidationError,
 )
+from loomdb.node.addrs import running_addrs
 from loomdb.node.home import NodeHome, default_home
 from loomdb.node.lock import HomeLock
 
@@ -85,6 +86,7 @@ def _print_identity(home: NodeHome, as_json: bool) -> None:
         "home": str(home.path),
         "peer_id": home.peer_id,
         "multiaddr": home.listen_multiaddr(),
+        "listening": " ".join(running_addrs(home.path)) or "-",  # a running node's
         "user_id": home.user.user_id,
         "keyring_encrypted": home.keyring.encrypted,
     }

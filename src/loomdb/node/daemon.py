@@ -49,6 +49,7 @@ from loomdb.api.trust import trust_routes
 from loomdb.documents import Database
 from loomdb.documents.database import DEFAULT_SPACE
 from loomdb.errors import AddressInUseError, LoomError, ValidationError
+from loomdb.node.addrs import record_addrs
 from loomdb.node.databases import NodeDatabases
 from loomdb.node.home import NodeHome
 from loomdb.node.lock import HomeLock
@@ -241,6 +242,7 @@ async def serve_node(
                 sync_for = handler_for
                 p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))
                 await stack.enter_async_context(p2p.run())
+                stack.callback(record_addrs(home.path, p2p.listen_addrs()))
             bound_host = sock.getsockname()[0]
             config = Config()
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
