@@ -12,6 +12,7 @@ import json
 import logging
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -199,3 +200,49 @@ async def test_a_malformed_peer_id_is_refused_before_the_sync() -> None:
         )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "validation"
+
+
+async def test_a_client_gone_as_an_asgi_2_4_server_reports_it_stops_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Servers of ASGI 2.4 report a gone client as a failing write (Starlette turns it
+    into ClientDisconnect): the job is cancelled and awaited, the request ends quietly."""
+
+    async def connect(body: dict[str, Any]) -> RemoteStore:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    app = create_app(None, extra_routes=[sync_run_route(MemoryStore(), "space-1", connect)])
+    body = json.dumps({"remote": "http://remote.test:9"}).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the client went away")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v0/sync/run",
+        "raw_path": b"/api/v0/sync/run",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"node.test"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("node.test", 80),
+    }
+    with caplog.at_level(logging.INFO, "loomdb.api.sync_run"), anyio.fail_after(5):
+        await app(scope, receive, send)
+    logged = [r.getMessage() for r in caplog.records if r.name == "loomdb.api.sync_run"]
+    assert logged == [
+        "sync with http://remote.test:9 stopped: the client went away (pulled 0, pushed 0)"
+    ]

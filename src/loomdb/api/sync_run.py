@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -222,6 +222,8 @@ class SyncRunResponse(StreamingResponse):
                 tg.start_soon(self._job.run, self._send, cancel)
                 try:
                     await super().__call__(scope, receive, send)
+                except ClientDisconnect:
+                    pass  # ASGI 2.4 servers say so when a write fails: the job stops below
                 finally:
                     cancel.cancel()
         finally:
