@@ -17,6 +17,7 @@ from loomdb.transports.libp2p.framing import (
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
     FRAME,
+    BufferedReader,
     decode_close,
     encode_close,
     encode_message,
@@ -33,8 +34,12 @@ class ChoppyStream:
     """Reads return 1..n bytes of what is buffered, at random; writes are recorded.
     ``eof``: a read past the end returns b"" (or raises EOFError with ``raise_eof``)."""
 
-    def __init__(self, data: bytes = b"", *, seed: int = 0, raise_eof: bool = False) -> None:
+    def __init__(
+        self, data: bytes = b"", *, seed: int = 0, raise_eof: bool = False, whole: bool = False
+    ) -> None:
         self.buffer = bytearray(data)
+        self.whole = whole  # every read returns all it may
+        self.reads = 0
         self.random = random.Random(seed)
         self.raise_eof = raise_eof
         self.written = bytearray()
@@ -44,12 +49,13 @@ class ChoppyStream:
 
     async def read(self, n: int | None = None) -> bytes:
         await anyio.lowlevel.checkpoint()
+        self.reads += 1
         if not self.buffer:
             if self.raise_eof:
                 raise EOFError
             return b""
         most = len(self.buffer) if n is None else min(n, len(self.buffer))
-        take = self.random.randint(1, most)
+        take = most if self.whole else self.random.randint(1, most)
         chunk = bytes(self.buffer[:take])
         del self.buffer[:take]
         self.read_bytes += take
@@ -102,6 +108,33 @@ async def read_message(stream: ChoppyStream) -> bytes:
     header = await read_header(stream)
     assert header is not None
     return await read_exact(stream, header[1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("chunk", [1, 7, 64 * 1024])
+async def test_a_buffered_reader_gives_the_same_messages_with_fewer_reads(
+    seed: int, chunk: int
+) -> None:
+    frames = [b"", b"a", b"hello" * 3, bytes(range(256)) * 300, b"z"]
+    data = b"".join(encode_message(FRAME, f) for f in frames)
+    stream = ChoppyStream(data, seed=seed)
+    reader = BufferedReader(stream, chunk=chunk)
+    got = []
+    while (header := await read_header(reader)) is not None:
+        got.append(await read_exact(reader, header[1]))
+    assert got == frames
+    assert stream.read_bytes == len(data)  # nothing read past the end, nothing lost
+
+
+async def test_a_buffered_reader_keeps_what_it_read_ahead() -> None:
+    stream = ChoppyStream(encode_message(FRAME, b"one") + encode_message(FRAME, b"two"), whole=True)
+    reader = BufferedReader(stream)
+    for expected in (b"one", b"two"):
+        header = await read_header(reader)
+        assert header == (FRAME, len(expected))
+        assert await read_exact(reader, header[1]) == expected
+    assert stream.reads == 1  # one read of the stream for both messages
+    assert await read_header(reader) is None
 
 
 @pytest.mark.parametrize("raise_eof", [False, True])

@@ -29,6 +29,7 @@ from loomdb.transports.libp2p.framing import (
     CLOSE_TOO_BIG,
     FRAME,
     MAX_CLOSE_PAYLOAD,
+    BufferedReader,
     decode_close,
     encode_message,
     read_exact,
@@ -65,6 +66,7 @@ class Libp2pChannel(SerialChannel):
         self._opener = opener
         self._connect_timeout = connect_timeout
         self._stream: SyncStream | None = None
+        self._reader: BufferedReader | None = None  # the stream's, through a buffer
         self.streams_opened = 0  # for tests and the bench: the stream is reused
 
     @property
@@ -78,27 +80,29 @@ class Libp2pChannel(SerialChannel):
                 self._stream = await self._opener.open_sync_stream(
                     self.target, self._connect_timeout
                 )
+                self._reader = BufferedReader(self._stream)
                 self.streams_opened += 1
-            return await self._round_trip(self._stream, frame)
+            assert self._reader is not None
+            return await self._round_trip(self._stream, self._reader, frame)
         except BaseException:
             # Time-out, cancellation or error: a reply may still come on this
             # stream, so it is never reused.
             await self._drop()
             raise
 
-    async def _round_trip(self, stream: SyncStream, frame: bytes) -> bytes:
+    async def _round_trip(self, stream: SyncStream, reader: BufferedReader, frame: bytes) -> bytes:
         try:
             await write_all(stream, encode_message(FRAME, frame))
         except STREAM_ERRORS as exc:
             # The node may have refused the request and reset the stream: say why if it did.
             with anyio.move_on_after(_LATE_CLOSE):
-                await self._read_reply(stream)
+                await self._read_reply(reader)
             raise TransportError(
                 f"the stream to {self.target} failed while sending: {describe(exc)}"
             ) from None
-        return await self._read_reply(stream)
+        return await self._read_reply(reader)
 
-    async def _read_reply(self, stream: SyncStream) -> bytes:
+    async def _read_reply(self, stream: BufferedReader) -> bytes:
         try:
             header = await read_header(stream)
             if header is None:
@@ -119,13 +123,13 @@ class Libp2pChannel(SerialChannel):
             raise TransportError(f"the stream to {self.target} failed: {describe(exc)}") from None
 
     async def _drop(self) -> None:
-        stream, self._stream = self._stream, None
+        stream, self._stream, self._reader = self._stream, None, None
         if stream is not None:
             await end_stream(stream, reset=True)
 
     async def aclose(self) -> None:
         self._closed = True
-        stream, self._stream = self._stream, None
+        stream, self._stream, self._reader = self._stream, None, None
         if stream is not None:
             await end_stream(stream, reset=False)
 

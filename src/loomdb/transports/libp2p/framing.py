@@ -43,6 +43,36 @@ class ByteStream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
+class BufferedReader:
+    """A stream's reads through a buffer: one ``read`` of the stream fetches what has
+    arrived (up to ``chunk`` bytes), and headers and frames are served from it, so a
+    small message costs one read of the stream, not one per header byte (each read
+    of a libp2p stream goes through Yamux's locks). One reader per stream: the
+    buffer holds the stream's next bytes."""
+
+    def __init__(self, stream: ByteStream, chunk: int = 64 * 1024) -> None:
+        self.stream = stream
+        self.chunk = chunk
+        self._buffer = bytearray()
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._buffer:
+            size = len(self._buffer) if n is None else min(n, len(self._buffer))
+            out = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            return out
+        if n is not None and n >= self.chunk:
+            return await self.stream.read(n)  # a large read needs no buffer
+        data = await self.stream.read(self.chunk)
+        if n is None or len(data) <= n:
+            return data
+        self._buffer += data[n:]
+        return data[:n]
+
+    async def write(self, data: bytes) -> None:
+        await self.stream.write(data)
+
+
 def encode_varint(value: int) -> bytes:
     if value < 0:
         raise ValueError("a varint is not negative")

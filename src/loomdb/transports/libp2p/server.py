@@ -25,6 +25,8 @@ from loomdb.transports.libp2p.framing import (
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
     FRAME,
+    BufferedReader,
+    ByteStream,
     encode_close,
     encode_message,
     read_exact,
@@ -73,12 +75,13 @@ async def serve_sync_stream(
     peer or the network does."""
     counters = counters if counters is not None else ServerCounters()
     counters.streams += 1
+    reader = BufferedReader(stream)
     reset = False
     try:
         while True:
             header = None
             with anyio.move_on_after(idle_timeout):
-                header = await read_header(stream)
+                header = await read_header(reader)
             if header is None:
                 return  # the client is done, or was idle for too long
             kind, length = header
@@ -90,10 +93,10 @@ async def serve_sync_stream(
                 counters.refuse("too_large")
                 reason = f"request of {length} bytes is over the limit of {max_frame} bytes"
                 await write_all(stream, encode_close(CLOSE_TOO_BIG, reason))
-                reset = not await _drain(stream, length, max_frame, frame_timeout)
+                reset = not await _drain(reader, length, max_frame, frame_timeout)
                 return
             with anyio.fail_after(frame_timeout):
-                frame = await read_exact(stream, length)
+                frame = await read_exact(reader, length)
             counters.frames += 1
             counters.bytes_in += length
             try:
@@ -115,7 +118,7 @@ async def serve_sync_stream(
         await end_stream(stream, reset=reset)
 
 
-async def _drain(stream: SyncStream, length: int, max_frame: int, timeout: float) -> bool:
+async def _drain(stream: ByteStream, length: int, max_frame: int, timeout: float) -> bool:
     """Read and drop ``length`` bytes if they are few enough; whether it did."""
     if length > drain_limit(max_frame):
         return False

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""libp2p benchmark: the sync protocol over ``/loomdb/sync/1.0.0`` against WebSocket.
+
+    python bench/p2p.py [--entries 20000] [--round-trips 2000] [--reps 3] [--out PATH]
+
+One relay node (``loomdb start --relay --p2p-addr /ip4/127.0.0.1/tcp/0``, its store
+prefilled with N signed, encrypted entries: bench/sync.py's cached workload) serves
+both transports; this process is the client, on trio (py-libp2p is trio-only):
+
+* round trips/s on one long-lived connection: ``hello`` requests, one after the
+  other, over a ``WebSocketChannel`` and over a ``Libp2pChannel`` (one stream);
+* the same over libp2p when every request opens a new stream (what a channel per
+  request would cost);
+* bulk pull: ``pull_changes_from`` of every entry into a fresh SQLiteStore (every
+  entry verified), over ``RemoteStore.connect(url)`` and over
+  ``RemoteStore(host.channel(multiaddr))``: wall time and entries/s.
+
+Loopback, 2 shared cores: the node and this process compete for them, as in
+bench/sync.py. Prints a table; writes JSON (meta, every rep) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+import sync as bench_sync  # noqa: E402  (bench/sync.py: the cached workload)
+from loomdb.identity.keys import SigningKey  # noqa: E402
+from loomdb.stores.remote import RemoteStore  # noqa: E402
+from loomdb.stores.sqlite import SQLiteStore  # noqa: E402
+from loomdb.sync import wire  # noqa: E402
+from loomdb.sync.replicate import pull_changes_from  # noqa: E402
+from loomdb.transports.base import RequestChannel  # noqa: E402
+from loomdb.transports.libp2p import P2PHost  # noqa: E402
+from loomdb.transports.websocket import WebSocketChannel  # noqa: E402
+
+DEFAULT_OUT = ROOT / "results" / "p2p.json"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+REQUEST_TIMEOUT = 30.0
+PULL_TIMEOUT = 600.0
+
+
+class RelayNode:
+    """``loomdb start --relay`` with libp2p on 127.0.0.1, over a copy of a store."""
+
+    def __init__(self, home: Path, store: Path) -> None:
+        bench_sync.copy_store(store, home / "store.db")
+        self.log_path = home.parent / f"{home.name}.log"
+        self._log = self.log_path.open("wb")
+        env = {k: v for k, v in os.environ.items() if k != "LOOMDB_KEYRING_SECRET"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p) != ROOT)
+        command = [sys.executable, "-m", "loomdb", "start", "--relay", "--home", str(home)]
+        command += ["--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0"]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0
+        )
+        try:
+            self.url, self.addr = self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> tuple[str, str]:
+        assert self.proc.stdout is not None
+        fd, out = self.proc.stdout.fileno(), b""
+        deadline = time.monotonic() + START_TIMEOUT
+        while b" ready, API at " not in out or not out.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise SystemExit(f"bench: node not ready in {START_TIMEOUT} s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise SystemExit(f"bench: node exited: {self.log_path.read_text()[-2000:]}")
+            out += chunk
+        line = out.decode().split(" ready, API at ", 1)[1]
+        url = line.split()[0]
+        if " and p2p at " not in line:
+            raise SystemExit(f"bench: the node runs no libp2p host: {line!r}")
+        return url, line.split(" and p2p at ", 1)[1].split()[0]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+async def round_trips(channel: RequestChannel, n: int) -> float:
+    """Requests per second, ``n`` ``hello`` requests one after the other."""
+    hello = wire.encode_request("hello", {})
+    await channel.request(hello, timeout=REQUEST_TIMEOUT)  # connected before the clock
+    started = bench_sync.clock()
+    for _ in range(n):
+        await channel.request(hello, timeout=REQUEST_TIMEOUT)
+    return n / (time.perf_counter() - started)
+
+
+async def fresh_streams(host: P2PHost, addr: str, n: int) -> float:
+    """Requests per second when each opens its own stream (the connection stays up)."""
+    hello = wire.encode_request("hello", {})
+    warm = host.channel(addr)
+    await warm.request(hello, timeout=REQUEST_TIMEOUT)  # the connection is up
+    started = bench_sync.clock()
+    for _ in range(n):
+        channel = host.channel(addr)
+        await channel.request(hello, timeout=REQUEST_TIMEOUT)
+        await channel.aclose()
+    rate = n / (time.perf_counter() - started)
+    await warm.aclose()
+    return rate
+
+
+async def bulk_pull(remote: RemoteStore, tmp: Path, n: int) -> dict[str, float]:
+    path = tmp / f"pull-{time.monotonic_ns()}.sqlite"
+    local = SQLiteStore(path)
+    try:
+        started = bench_sync.clock()
+        with anyio.fail_after(PULL_TIMEOUT):
+            report = await pull_changes_from(local, remote, bench_sync.SPACE)
+        seconds = time.perf_counter() - started
+        if report.pulled != n or await local.count() != n:
+            raise SystemExit(f"bench: pulled {report.pulled} of {n} entries")
+    finally:
+        await local.aclose()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return {"s": seconds, "rate": n / seconds, "requests": float(remote.requests)}
+
+
+async def one_rep(node: RelayNode, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+    async with host.run():
+        ws = WebSocketChannel(node.url)
+        out["ws_rtt_per_s"] = await round_trips(ws, args.round_trips)
+        await ws.aclose()
+        p2p = host.channel(node.addr)
+        out["p2p_rtt_per_s"] = await round_trips(p2p, args.round_trips)
+        out["p2p_streams_opened"] = float(p2p.streams_opened)
+        await p2p.aclose()
+        out["p2p_fresh_stream_per_s"] = await fresh_streams(
+            host, node.addr, max(1, args.round_trips // 10)
+        )
+        async with RemoteStore.connect(node.url) as remote:
+            ws_pull = await bulk_pull(remote, tmp, args.entries)
+        async with RemoteStore(host.channel(node.addr)) as remote:
+            p2p_pull = await bulk_pull(remote, tmp, args.entries)
+    out |= {f"ws_pull_{k}": v for k, v in ws_pull.items()}
+    out |= {f"p2p_pull_{k}": v for k, v in p2p_pull.items()}
+    return out
+
+
+ROWS: list[tuple[str, str, str]] = [
+    ("ws_rtt_per_s", "round trips, one WebSocket", "req/s"),
+    ("p2p_rtt_per_s", "round trips, one libp2p stream", "req/s"),
+    ("p2p_fresh_stream_per_s", "round trips, a new libp2p stream each", "req/s"),
+    ("ws_pull_rate", "bulk pull, WebSocket", "entries/s"),
+    ("p2p_pull_rate", "bulk pull, libp2p", "entries/s"),
+    ("ws_pull_s", "bulk pull, WebSocket", "s"),
+    ("p2p_pull_s", "bulk pull, libp2p", "s"),
+    ("ws_pull_requests", "bulk pull requests, WebSocket", "requests"),
+    ("p2p_pull_requests", "bulk pull requests, libp2p", "requests"),
+]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cached = await bench_sync.cached_entries(args.cache_dir, args.entries, 100)
+    reps: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="loomdb-bench-p2p-") as name:
+        tmp = Path(name)
+        node = RelayNode(tmp / "relay", cached.full)
+        try:
+            for rep in range(args.reps):
+                reps.append(await one_rep(node, args, tmp))
+                print(f"  rep {rep + 1}/{args.reps} done", flush=True)
+        finally:
+            node.stop()
+    results = []
+    for key, what, unit in ROWS:
+        values = [r[key] for r in reps]
+        results.append(
+            {
+                "name": key,
+                "what": what,
+                "unit": unit,
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "values": values,
+            }
+        )
+    return {
+        "meta": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python": sys.version.split()[0],
+            "libp2p": version("libp2p"),
+            "nproc": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+            "entries": args.entries,
+            "entry_bytes": cached.entry_bytes,
+            "round_trips": args.round_trips,
+            "reps": args.reps,
+        },
+        "results": results,
+    }
+
+
+def show(doc: dict[str, Any]) -> None:
+    meta = doc["meta"]
+    print(
+        f"\nlibp2p vs WebSocket, loopback, {meta['entries']:,} entries of "
+        f"~{meta['entry_bytes']:.0f} B, {meta['reps']} rep(s), median (min-max)"
+    )
+    for row in doc["results"]:
+        print(
+            f"  {row['what']:<40} {row['median']:>10,.1f} {row['unit']:<9}"
+            f" ({row['min']:,.1f}-{row['max']:,.1f})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=20_000)
+    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
+    args = parser.parse_args()
+    if min(args.entries, args.round_trips, args.reps) < 1:
+        parser.error("--entries, --round-trips and --reps are at least 1")
+    main_fn: Callable[[], Awaitable[dict[str, Any]]] = lambda: run(args)  # noqa: E731
+    doc = anyio.run(main_fn, backend="trio")
+    show(doc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
