@@ -115,9 +115,9 @@ def named_keys_of(node: Node) -> list[str]:
 
 def docs_api(node: Node, space: str) -> httpx.Client:
     """The node's document API addressing ``space`` (the X-Loomdb-Space header)."""
-    return httpx.Client(
-        base_url=f"{node.url}{API}", timeout=30.0, trust_env=False, headers={SPACE_HEADER: space}
-    )
+    http = node.http()
+    http.headers[SPACE_HEADER] = space
+    return http
 
 
 def write(node: Node, space: str, collection: str, doc_id: str, value: dict[str, Any]) -> None:
@@ -468,7 +468,9 @@ def test_t2_replayed_altered_and_foreign_challenges_and_tokens_are_refused(
             token_b = token_of(b, me)
             # malformed answers are 422/400, never 500
             assert other.post("/auth/token", json={"nope": 1}).status_code == 422
-            assert other.post("/auth/token", content=b"{").status_code == 400
+            as_json = {"content-type": "application/json"}
+            assert other.post("/auth/token", content=b"{", headers=as_json).status_code == 400
+            assert other.post("/auth/token", content=b"{}").status_code == 415
 
     # tokens: each node takes its own only; junk and missing schemes are 401
     assert raw_sync(a, token_a).status_code == 200
