@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,6 +144,17 @@ def test_p1_the_peer_id_is_kept_and_the_printed_multiaddrs_are_listened_on(
     assert info["security"] == ["/noise"] and info["protocols"] == ["/loomdb/sync/1.0.0"]
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
         pass  # it listens there
+    with a.http(admin=False) as stranger:  # a control route: the admin token, or nothing
+        assert stranger.get("/p2p/info").status_code == 401
+        assert stranger.post("/p2p/connect", json={"addr": p2p_addr(a)}).status_code == 401
+    with a.http() as http:
+        as_text = {"content-type": "text/plain"}
+        r = http.post("/p2p/connect", content=json.dumps({"addr": "x"}), headers=as_text)
+        assert r.status_code == 415
+        r = http.post("/p2p/connect", json={"addr": p2p_addr(a), "extra": 1})
+        assert r.status_code == 400
+        r = http.post("/p2p/connect", json={"addr": p2p_addr(a)})  # itself
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "validation")
     shown = json.loads(loomdb("id", "--home", str(home), "--json").stdout)
     assert shown["peer_id"] == peer and shown["listening"] == p2p_addr(a)
 
@@ -184,6 +196,36 @@ def test_without_p2p_the_node_has_no_host(cluster: Nodes, tmp_path: Path) -> Non
         r = http.get("/p2p/info")
         assert (r.status_code, r.json()["error"]["code"]) == (404, "route.not_found")
         assert http.get("/node").status_code == 200
+
+
+def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (bounded) for a node's state as its API shows it."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_bootstrap_peers_are_connected_and_reconnected_after_an_outage(
+    cluster: Nodes, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fixed = ("--p2p-addr", f"/ip4/127.0.0.1/tcp/{port}")  # the same address after a restart
+    a = cluster.start(tmp_path / "a", *fixed)
+    a_peer = cli_json(a, "p2p", "info")["peer_id"]
+    b = cluster.start(tmp_path / "b", "--peers", p2p_addr(a))
+    assert cli_json(b, "p2p", "info")["bootstrap"] == [p2p_addr(a)]
+    poll(lambda: peer_ids(b) == [a_peer], WAIT, "b connects to its bootstrap peer")
+
+    assert a.stop() == 0
+    poll(lambda: peer_ids(b) == [], WAIT, "b sees a gone")
+    a = cluster.start(tmp_path / "a", *fixed)
+    # b looks every 5 s and redials after 1, 2, 4 … s: back within a few seconds
+    poll(lambda: peer_ids(b) == [a_peer], 40.0, "b reconnects to a")
+    counters = cli_json(b, "p2p", "info")["counters"]
+    assert counters["dials"] >= 2 and counters["dial_failures"] < counters["dials"]
 
 
 # --- sync over libp2p -----------------------------------------------------------------------
