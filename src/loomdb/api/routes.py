@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import loomdb
 from loomdb.api.validation import Schema
 from loomdb.documents.model import CollectionInfo, Document, HistoryItem
+from loomdb.documents.query import MAX_OFFSET
 from loomdb.documents.values import document_to_json, from_json
 from loomdb.errors import LoomError, NotFoundError
 from loomdb.node.addrs import running_addrs
@@ -93,7 +94,7 @@ _SCHEMA: Schema = {
     "description": "the collection's schema; null removes it",
 }
 _LIMIT: Schema = {"type": "integer", "minimum": 0, "maximum": 1000, "default": 100}
-_OFFSET: Schema = {"type": "integer", "minimum": 0, "default": 0}
+_OFFSET: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}
 _PAGE: Mapping[str, Schema] = {"limit": _LIMIT, "offset": _OFFSET}
 
 
