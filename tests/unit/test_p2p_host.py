@@ -119,6 +119,7 @@ def test_bad_listen_addresses_are_refused(text: str) -> None:
         "/ip4/127.0.0.1/tcp/1",  # no peer
         "/ip4/127.0.0.1/tcp/1/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",  # not Ed25519
         "/p2p/12D3KooWCugzopk9fYBy1pvYVi94Qr2y9PL4CjSpYZUaXir3YWb7",  # no address
+        "/dns4/example.org/tcp/1/p2p/12D3KooWCugzopk9fYBy1pvYVi94Qr2y9PL4CjSpYZUaXir3YWb7",
         "garbage",
     ],
 )

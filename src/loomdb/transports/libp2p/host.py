@@ -85,14 +85,14 @@ def parse_listen_addr(text: str) -> multiaddr.Multiaddr:
 
 
 def parse_peer_addr(text: str) -> PeerInfo:
-    """A peer to dial: ``/ip4|ip6|dns/HOST/tcp/PORT/p2p/12D3KooW…``."""
+    """A peer to dial: ``/ip4/HOST/tcp/PORT/p2p/12D3KooW…`` (or ``/ip6/…``)."""
     try:
         addr = multiaddr.Multiaddr(text)
         names = [p.name for p in addr.protocols()]
         peer = addr.value_for_protocol("p2p") if names and names[-1] == "p2p" else None
     except _PARSE_ERRORS as exc:
         raise ValidationError(f"bad multiaddr {text!r}: {exc}") from None
-    if peer is None or len(names) != 3 or names[1] != "tcp":
+    if peer is None or names[:2] not in (["ip4", "tcp"], ["ip6", "tcp"]) or len(names) != 3:
         raise ValidationError(f"bad peer address {text!r}: expected /ip4/HOST/tcp/PORT/p2p/PEER_ID")
     public_key_from_peer_id(str(peer))  # an Ed25519 Peer ID, or ValidationError
     transport = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))
@@ -105,10 +105,9 @@ def peer_id_arg(text: str) -> ID:
 
 
 def _host_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
-    host = addr.value_for_protocol("ip4") if "ip4" in str(addr) else None
-    if host is None:
-        host = addr.value_for_protocol("ip6")
-    return str(host), int(addr.value_for_protocol("tcp"))
+    """``(host, port)`` of a listen address (:func:`parse_listen_addr`'s)."""
+    family = next(p.name for p in addr.protocols())
+    return str(addr.value_for_protocol(family)), int(addr.value_for_protocol("tcp"))
 
 
 def check_listen_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
