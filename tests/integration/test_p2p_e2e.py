@@ -255,7 +255,9 @@ def test_two_nodes_connect_and_sync_both_ways_over_libp2p(
     assert (report["pulled"], report["pushed"]) == (5, 3)
     assert documents(a, "notes") == documents(b, "notes")
     assert set(documents(a, "notes")) == {"a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2"}
-    # one long-lived stream carried the whole sync
+    # one long-lived stream to the peer: the whole sync, and the next one (nothing to do)
+    again = client_sync(p2p_addr(a), url=b.url)
+    assert (again["pulled"], again["pushed"]) == (0, 0)
     assert cli_json(b, "p2p", "info")["counters"]["streams_opened"] == 1
     served = cli_json(a, "p2p", "info")["counters"]
     assert served["streams_served"] == 1 and served["frames_served"] >= 3

@@ -18,7 +18,7 @@ from libp2p.network.exceptions import SwarmException
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from loomdb.errors import AddressInUseError, UnreachableError, ValidationError
+from loomdb.errors import AddressInUseError, TransportError, UnreachableError, ValidationError
 from loomdb.identity.keys import SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.transports.libp2p import P2PHost, check_listen_free, parse_listen_addr
@@ -72,6 +72,25 @@ async def test_two_hosts_connect_and_disconnect(two_hosts: tuple[P2PHost, P2PHos
     info = a.info()
     assert info["peer_id"] == a.peer_id and info["security"] == ["/noise"]
     assert info["counters"]["dials"] == 1
+
+
+async def test_the_peer_channel_is_one_stream_shared_by_its_borrowers(
+    two_hosts: tuple[P2PHost, P2PHost],
+) -> None:
+    a, b = two_hosts
+
+    async def echo(frame: bytes) -> bytes:
+        return frame[::-1]
+
+    b.serve_sync(lambda peer: echo)
+    first, second = a.peer_channel(b.listen_addrs()[0]), a.peer_channel(b.peer_id)
+    assert await first.request(b"ab", timeout=WAIT) == b"ba"
+    await first.aclose()  # this borrower is done; the shared channel is not
+    with pytest.raises(TransportError):
+        await first.request(b"ab", timeout=WAIT)
+    assert await second.request(b"cd", timeout=WAIT) == b"dc"
+    assert a.counters.streams_opened == 1
+    assert b.counters.server.streams == 1 and b.counters.server.frames == 2
 
 
 async def test_a_plaintext_dialer_is_refused(two_hosts: tuple[P2PHost, P2PHost]) -> None:

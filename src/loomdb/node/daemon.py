@@ -256,9 +256,7 @@ async def serve_node(
                 config.certfile = str(options.tls.cert)
                 config.keyfile = str(options.tls.key)
 
-            connector = p2p_connector(
-                p2p, remote_connector(home.user, options.max_frame), options.max_frame
-            )
+            connector = p2p_connector(p2p, remote_connector(home.user, options.max_frame))
             api = create_app(
                 db,
                 sync_handler_for=handler_for,

@@ -57,9 +57,10 @@ def is_multiaddr(remote: str) -> bool:
     return remote.startswith("/")
 
 
-def p2p_connector(p2p: P2PHost | None, fallback: Connect, max_frame: int) -> Connect:
-    """``sync_run_route``'s connector: a multiaddr remote over libp2p, any other
-    remote as ``fallback`` opens it (WebSocket or HTTP)."""
+def p2p_connector(p2p: P2PHost | None, fallback: Connect) -> Connect:
+    """``sync_run_route``'s connector: a multiaddr remote over libp2p, on the host's
+    shared channel to that peer (one stream per peer, whatever the number of syncs;
+    frames of the host's ``max_frame``), any other remote as ``fallback`` opens it."""
 
     async def connect(body: dict[str, Any]) -> RemoteStore:
         remote: str = body["remote"]
@@ -70,7 +71,7 @@ def p2p_connector(p2p: P2PHost | None, fallback: Connect, max_frame: int) -> Con
         peer = str(parse_peer_addr(remote).peer_id)
         if body.get("peer_id", peer) != peer:
             raise ValidationError(f"peer_id {body['peer_id']} is not the peer {remote} names")
-        return RemoteStore(p2p.channel(remote, max_frame=max_frame))
+        return RemoteStore(p2p.peer_channel(remote))  # the peer's one long-lived stream
 
     return connect
 

@@ -48,10 +48,16 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
-from loomdb.errors import AddressInUseError, UnreachableError, ValidationError
+from loomdb.errors import AddressInUseError, TransportError, UnreachableError, ValidationError
 from loomdb.identity.keys import SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key, public_key_from_peer_id
-from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler, describe
+from loomdb.transports.base import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_TIMEOUT,
+    FrameHandler,
+    RequestChannel,
+    describe,
+)
 from loomdb.transports.libp2p.channel import DEFAULT_CONNECT_TIMEOUT, Libp2pChannel
 from loomdb.transports.libp2p.server import ServerCounters, serve_sync_stream
 from loomdb.transports.libp2p.stream import STREAM_ERRORS, SyncStream
@@ -180,6 +186,27 @@ async def keep_connected(
 # --- the host ---------------------------------------------------------------------------
 
 
+class Borrowed:
+    """A :class:`RequestChannel` over a shared one: its ``aclose`` ends only this
+    borrower's use."""
+
+    def __init__(self, channel: RequestChannel) -> None:
+        self._channel = channel
+        self._closed = False
+
+    @property
+    def max_frame(self) -> int:
+        return self._channel.max_frame
+
+    async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        if self._closed:
+            raise TransportError("this channel is closed")
+        return await self._channel.request(frame, timeout=timeout)
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+
 @dataclass
 class P2PCounters:
     dials: int = 0
@@ -212,6 +239,7 @@ class P2PHost:
         self._backoff = backoff
         self._sleep = sleep
         self.counters = P2PCounters()
+        self._channels: dict[str, Libp2pChannel] = {}  # peer_channel's, by Peer ID
         key_pair = create_new_key_pair(node_key.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         self.host: IHost = new_host(
@@ -243,6 +271,9 @@ class P2PHost:
                 yield self
             finally:
                 nursery.cancel_scope.cancel()
+                channels, self._channels = list(self._channels.values()), {}
+                for channel in channels:
+                    await channel.aclose()
                 # Close every connection now (leaving the host's context alone does
                 # not close their sockets).
                 with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
@@ -391,3 +422,17 @@ class P2PHost:
             max_frame=self.max_frame if max_frame is None else max_frame,
             connect_timeout=self.connect_timeout if connect_timeout is None else connect_timeout,
         )
+
+    def peer_channel(self, target: str) -> RequestChannel:
+        """The host's one channel to ``target``'s peer, shared: every caller's requests
+        go over the same long-lived stream, one at a time (a stream that died is
+        reopened by the next request). Closing what this returns leaves the shared
+        channel open; the host closes it when it stops."""
+        peer = str(parse_peer_addr(target).peer_id) if target.startswith("/") else target
+        peer_id_arg(peer)
+        shared = self._channels.get(peer)
+        if shared is None:
+            shared = self._channels[peer] = self.channel(target)
+        elif target.startswith("/"):
+            shared.target = target  # dial the address given last, when it must dial
+        return Borrowed(shared)
