@@ -248,13 +248,13 @@ async def create_documents(call: Call) -> Any:
             except LoomError as exc:
                 exc.index = index
                 raise
-        docs = await call.collection().create_many(values, ids=[d.get("id") for d in items])
+        ids = await call.collection().create_many_ids(values, ids=[d.get("id") for d in items])
     except LoomError as exc:
         if exc.index is not None:
             exc.message = f"documents[{exc.index}]: {exc.message}"
             exc.args = (exc.message,)
         raise
-    return {"ids": [d.id for d in docs], "count": len(docs)}
+    return {"ids": ids, "count": len(ids)}
 
 
 async def get_document(call: Call) -> Any:

@@ -30,7 +30,7 @@ import json
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,7 @@ from loomdb.documents.views import (
     REFUSED,
     SCHEMA_DOC,
     STATE_NAMES,
+    DocWrite,
     StateRow,
     Views,
 )
@@ -422,30 +423,35 @@ class Database:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _preload(self, docs: Sequence[tuple[str, str]], pinned: dict[int, _Live]) -> None:
-        """Load the documents of a batch that are not open, with one store read.
-        Documents new to the views (their rows are made here, in one transaction)
-        start empty, without a read."""
+    async def _preload(
+        self, docs: Sequence[tuple[str, str]], pinned: dict[int, _Live]
+    ) -> dict[tuple[str, str], _Live]:
+        """Open the documents of a batch: those not open are loaded with one store
+        read; documents new to the views (their rows are made here, in one
+        transaction) start empty, without a read. Returns them by (collection,
+        document), each also pinned and in the cache."""
         by_coll: dict[str, list[str]] = {}
         for collection, document in docs:
             by_coll.setdefault(collection, []).append(document)
-        wanted: dict[int, None] = {}
+        found: dict[tuple[str, str], _Live] = {}
+        wanted: dict[int, tuple[str, str]] = {}
         with self._views.tx():
             for collection, names in by_coll.items():
                 coll = self._views.coll_id(collection)
                 assert coll is not None
                 ids, created = self._views.doc_ids(coll, names)
                 for name, doc_id in ids.items():
-                    if doc_id in pinned or doc_id in self._cache:
-                        continue
-                    if name in created:
+                    live = pinned.get(doc_id) or self._cache.get(doc_id)
+                    if live is None:
+                        if name not in created:
+                            wanted[doc_id] = (collection, name)
+                            continue
                         live = _Live(doc_id, coll, name == SCHEMA_DOC, crdt.new_doc(), [], False,
                                      {}, 0, 0)  # fmt: skip
-                        self._cache[doc_id] = pinned[doc_id] = live
-                    else:
-                        wanted[doc_id] = None
+                    self._cache[doc_id] = pinned[doc_id] = live
+                    found[(collection, name)] = live
         if not wanted:
-            return
+            return found
         with self._views.lock:
             plans = {
                 d: [s for s in self._views.doc_states(d) if s.state == APPLIED] for d in wanted
@@ -455,8 +461,8 @@ class Database:
         by_cid = dict(zip(cids, entries, strict=True))
         for doc_id, rows in plans.items():
             live = self._build_live(doc_id, rows, [by_cid[s.cid] for s in rows])
-            self._cache[doc_id] = live
-            pinned[doc_id] = live
+            self._cache[doc_id] = pinned[doc_id] = found[wanted[doc_id]] = live
+        return found
 
     async def _load(self, doc_id: int) -> _Live:
         """Rebuild a Loro document from its applied entries (they were checked once)."""
@@ -527,13 +533,20 @@ class Database:
     ) -> list[_Live]:
         made: list[tuple[Entry, _Live, int | None, int, int, bool]] = []
         lives = []
-        await self._preload([(c.collection, c.document) for c in changes], pinned)
+        opened = await self._preload([(c.collection, c.document) for c in changes], pinned)
+        cache = self._cache
         for change in changes:
-            live = await self._live(change.collection, change.document, pinned)
+            live = opened[(change.collection, change.document)]
+            cache[live.doc_id] = live
+            cache.move_to_end(live.doc_id)  # most recently used: the batch's order
             if check is not None:
                 check(change, live)
             created_at = self._hlc.now()
-            key = await self._key_for(change.collection, created_at)
+            if self._policy is None:
+                key = self._key or self.home.default_key
+            else:
+                key = await self._key_for(change.collection, created_at)
+            doc = live.loro
             if live.salt is None:
                 live.salt = self._random(crdt.SALT_SIZE)
                 live.peer = crdt.writer_peer(
@@ -543,14 +556,16 @@ class Database:
                     change.document,
                     live.salt,
                 )
-                live.loro.peer_id = live.peer
-            assert live.peer is not None
-            since = live.loro.oplog_vv
-            start = crdt.next_counter(live.loro, live.peer)
-            change.mutate(live.loro.get_map(ROOT))
-            live.loro.commit()
-            end = crdt.next_counter(live.loro, live.peer)
-            delta = crdt.export_since(live.loro, since) if end > start else b""
+                doc.peer_id = live.peer
+            peer = live.peer
+            assert peer is not None
+            since = doc.oplog_vv
+            last = since.get_last(peer)
+            start = 0 if last is None else last + 1
+            change.mutate(doc.get_map(ROOT))
+            doc.commit()
+            end = crdt.next_counter(doc, peer)
+            delta = crdt.export_since(doc, since) if end > start else b""
             deleted = change.kind == Kind.DELETE or (change.kind != Kind.CREATE and live.deleted)
             entry = build_entry(
                 author=self._author,
@@ -567,7 +582,7 @@ class Database:
             )
             live.heads = [_Ref(entry.cid, entry.height)]
             live.deleted = deleted
-            made.append((entry, live, live.peer if end > start else None, start, end, deleted))
+            made.append((entry, live, peer if end > start else None, start, end, deleted))
             lives.append(live)
 
         results = await self.store.put_entries([m[0] for m in made])
@@ -575,20 +590,21 @@ class Database:
         if bad:
             raise StoreError(f"the store refused a new entry: {bad[0].reason}")
 
+        states = []
+        for entry, live, peer, start, end, deleted in made:
+            states.append(
+                StateRow(
+                    entry.cid, live.doc_id, APPLIED, entry.kind, entry.height, entry.parents,
+                    entry.created_at, peer, start if peer is not None else None,
+                    end if peer is not None else None, deleted, None,
+                )
+            )  # fmt: skip
+            live.updated_at = max(live.updated_at, entry.created_at)
+            if not live.created_at:
+                live.created_at = entry.created_at
         with self._views.tx():
-            for entry, live, peer, start, end, deleted in made:
-                self._views.put_state(
-                    StateRow(
-                        entry.cid, live.doc_id, APPLIED, entry.kind, entry.height, entry.parents,
-                        entry.created_at, peer, start if peer is not None else None,
-                        end if peer is not None else None, deleted, None,
-                    )
-                )  # fmt: skip
-                live.updated_at = max(live.updated_at, entry.created_at)
-                if not live.created_at:
-                    live.created_at = entry.created_at
-            for live in {id(v): v for v in lives}.values():
-                self._materialize(live)
+            self._views.put_states(states)
+            self._materialize({id(v): v for v in lives}.values())
             # When nothing else reached the store since the views' position, these
             # entries are the next ones in its log: move past them without a scan.
             seqs = [r.seq for r in results]
@@ -597,28 +613,35 @@ class Database:
                 self._views.set_meta("cursor", str(self._cursor))
         return lives
 
-    def _materialize(self, live: _Live) -> None:
-        """Write a live document's value and heads to the views (inside a tx)."""
-        value = read_value(live.loro)
-        live.value = value
-        is_schema = live.is_schema
-        self._views.write_doc(
-            live.doc_id,
-            value,
-            live=not live.deleted and not is_schema and bool(live.heads),
-            deleted=live.deleted,
-            created_at=live.created_at,
-            updated_at=live.updated_at,
-            heads=[h.cid for h in live.heads],
-        )
-        if is_schema:
-            text = value.get("json")
+    def _materialize(self, lives: Iterable[_Live]) -> None:
+        """Write live documents' values and heads to the views (inside a tx)."""
+        rows = []
+        schemas = []
+        for live in lives:
+            value = read_value(live.loro)
+            live.value = value
+            rows.append(
+                DocWrite(
+                    live.doc_id,
+                    value,
+                    live=not live.deleted and not live.is_schema and bool(live.heads),
+                    deleted=live.deleted,
+                    created_at=live.created_at,
+                    updated_at=live.updated_at,
+                    heads=[h.cid for h in live.heads],
+                )
+            )
+            if live.is_schema:
+                schemas.append(live)
+        self._views.write_docs(rows)
+        for live in schemas:
+            text = live.value.get("json")
             self._views.set_schema(live.coll, text if type(text) is str else None)
             if type(text) is str:
                 try:
                     schema = Schema.from_json(json.loads(text))
                 except (SchemaError, ValueError):
-                    return  # a peer's malformed schema is kept as text, not enforced
+                    continue  # a peer's malformed schema is kept as text, not enforced
                 for path in schema.indexes:
                     self._views.ensure_index(live.coll, path)
 
@@ -712,8 +735,7 @@ class Database:
                     with self._views.tx():
                         woken += self._views.take_waiters(entry.cid)
             todo = [e for e in await self.store.get_entries(woken) if e is not None]
-        for live in pinned.values():
-            self._materialize(live)
+        self._materialize(pinned.values())
         return applied
 
     async def _try_apply(self, entry: Entry, pinned: dict[int, _Live]) -> int | None:
@@ -941,6 +963,20 @@ class Collection:
         of them is refused (a bad value or id, a schema violation, an id that
         exists or that comes twice), nothing is written and the error raised is
         that one's, with its position in :attr:`LoomError.index`."""
+        changes, lives = await self._create_many(values, ids)
+        return [self._from_live(c.document, live) for c, live in zip(changes, lives, strict=True)]
+
+    async def create_many_ids(
+        self, values: Sequence[Mapping[str, Any]], *, ids: Sequence[str | None] | None = None
+    ) -> builtins.list[str]:
+        """:meth:`create_many`, answering only the new documents' ids (what a bulk
+        import needs: no :class:`Document` is made)."""
+        changes, _ = await self._create_many(values, ids)
+        return [c.document for c in changes]
+
+    async def _create_many(
+        self, values: Sequence[Mapping[str, Any]], ids: Sequence[str | None] | None
+    ) -> tuple[builtins.list[_Change], builtins.list[_Live]]:
         ids = list(ids) if ids is not None else [None] * len(values)
         if len(ids) != len(values):
             raise ValidationError("give one id (or None) per value")
@@ -964,8 +1000,7 @@ class Collection:
                     position[id(change)],
                 )
 
-        lives = await self.db._commit(changes, check)
-        return [self._from_live(c.document, live) for c, live in zip(changes, lives, strict=True)]
+        return changes, await self.db._commit(changes, check)
 
     async def update(
         self, id: str, patch: Mapping[str, Any], *, unset: Sequence[str] = ()

@@ -72,9 +72,17 @@ def check_value(value: object, where: str = "value", depth: int = 0) -> None:
     if type(value) in (int, float):
         _number(value, where)
     elif isinstance(value, Mapping):
+        leaf = depth < MAX_DEPTH  # a plain field one level down is checked here, in line
         for k, v in value.items():
             check_key(k, where)
-            check_value(v, f"{where}.{k}", depth + 1)
+            t = type(v)
+            if leaf and (v is None or t is str or t is bool or t is bytes):
+                continue
+            if leaf and t is int and INT64_MIN <= v <= INT64_MAX:
+                continue
+            if leaf and t is float and math.isfinite(v):
+                continue
+            check_value(v, f"{where}.{k}", depth + 1)  # (the name is made only when needed)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
             if isinstance(v, Text | Counter | Increment):
@@ -281,6 +289,7 @@ def to_json(value: Any) -> Any:
 
 
 _TAGS: Final = ("$bytes", "$text", "$counter", "$inc")
+_JSON_SCALARS: Final = frozenset((str, int, float, bool, type(None)))  # from_json keeps them
 
 
 def from_json(value: Any, where: str = "value") -> Any:
@@ -293,7 +302,10 @@ def from_json(value: Any, where: str = "value") -> Any:
         for k in value:
             if type(k) is str and k.startswith("$"):
                 raise ValidationError(f"{where}: unknown tag {k!r}; known: {', '.join(_TAGS)}")
-        return {k: from_json(v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            k: v if type(v) in _JSON_SCALARS else from_json(v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [from_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value

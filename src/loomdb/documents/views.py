@@ -102,6 +102,19 @@ class DocRow:
     heads: tuple[CID, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class DocWrite:
+    """A document's materialized row, as :meth:`Views.write_docs` writes it."""
+
+    doc: int
+    value: dict[str, Any]
+    live: bool
+    deleted: bool
+    created_at: int
+    updated_at: int
+    heads: Sequence[CID]
+
+
 def _pack(cids: Iterable[CID]) -> bytes:
     return b"".join(c.binary for c in cids)
 
@@ -270,37 +283,32 @@ class Views:
                 f"SELECT name, id FROM docs WHERE coll = ? AND name IN ({marks})", (coll, *chunk)
             ).fetchall()
             ids.update(rows)
-        created = {name for name in todo if name not in ids}
-        for name in created:
-            ids[name] = self._db.execute(
-                "INSERT INTO docs(coll, name) VALUES (?, ?) RETURNING id", (coll, name)
-            ).fetchone()[0]
+        created = [name for name in todo if name not in ids]
+        if created:
+            # The ids SQLite would choose (max + 1, one writer inside its transaction),
+            # given here so that one statement inserts them all.
+            first = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM docs").fetchone()[0]
+            rows = [(first + i, coll, name) for i, name in enumerate(created)]
+            self._db.executemany("INSERT INTO docs(id, coll, name) VALUES (?, ?, ?)", rows)
+            ids.update((name, doc) for doc, _, name in rows)
         for name in todo:
             self._doc_ids[(coll, name)] = ids[name]
-        return ids, created
+        return ids, set(created)
 
     def doc(self, doc: int) -> DocRow:
         row = self._db.execute(f"SELECT {_DOC_COLS} FROM docs WHERE id = ?", (doc,)).fetchone()
         return _doc(row)
 
-    def write_doc(
-        self,
-        doc: int,
-        value: dict[str, Any],
-        *,
-        live: bool,
-        deleted: bool,
-        created_at: int,
-        updated_at: int,
-        heads: Sequence[CID],
-    ) -> None:
-        self._db.execute(
+    def write_docs(self, rows: Iterable[DocWrite]) -> None:
+        """Write documents' materialized rows (value, heads, times, flags), in one statement."""
+        self._db.executemany(
             "UPDATE docs SET value = ?, live = ?, deleted = ?, created_at = ?, updated_at = ?,"
             " heads = ? WHERE id = ?",
-            (
-                dumps(value), int(live), int(deleted), created_at, updated_at,
-                _pack(heads), doc,
-            ),
+            [
+                (dumps(w.value), int(w.live), int(w.deleted), w.created_at, w.updated_at,
+                 _pack(w.heads), w.doc)
+                for w in rows
+            ],
         )  # fmt: skip
 
     def count_docs(self, coll: int) -> int:
@@ -404,6 +412,17 @@ class Views:
                 s.cid.binary, s.doc, s.state, s.kind, s.height, _pack(s.parents), s.created_at,
                 s.peer, s.op_start, s.op_end, int(s.deleted), s.reason, s.wants_key,
             ),
+        )  # fmt: skip
+
+    def put_states(self, rows: Iterable[StateRow]) -> None:
+        """:meth:`put_state` for many rows, in one statement."""
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (s.cid.binary, s.doc, s.state, s.kind, s.height, _pack(s.parents), s.created_at,
+                 s.peer, s.op_start, s.op_end, int(s.deleted), s.reason, s.wants_key)
+                for s in rows
+            ],
         )  # fmt: skip
 
     def owner(self, doc: int, peer: int, counter: int) -> StateRow | None:

@@ -231,22 +231,50 @@ class SQLiteStore:
             found.update(CID(r[0]) for r in rows)
         return found
 
-    def _doc_id(self, key: tuple[str, str, str]) -> int:
-        doc = self._doc_ids.get(key)
-        if doc is None:
-            w = self._w
-            row = w.execute(
-                "SELECT id FROM docs WHERE space=? AND collection=? AND document=?", key
-            ).fetchone()
-            if row is None:
-                doc = w.execute(
-                    "INSERT INTO docs(space, collection, document) VALUES (?,?,?)", key
-                ).lastrowid
-                assert doc is not None
-            else:
-                doc = row[0]
+    def _doc_ids_of(self, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+        """The ``docs`` row ids of documents (space, collection, document), the
+        missing rows made: a few statements for a batch, not two per document. New
+        rows get the ids SQLite would choose (max + 1: one writer, inside its
+        transaction)."""
+        w = self._w
+        out: dict[tuple[str, str, str], int] = {}
+        todo: dict[tuple[str, str], list[str]] = {}
+        for key in keys:
+            doc = self._doc_ids.get(key)
+            if doc is not None:
+                out[key] = doc
+            elif key not in out:
+                out[key] = -1  # placeholder, keeps each key once
+                todo.setdefault(key[:2], []).append(key[2])
+        if not todo:
+            return out
+        missing: list[tuple[str, str, str]] = []
+        for (space, collection), names in todo.items():
+            found: dict[str, int] = {}
+            for part in _chunks(names):
+                found.update(
+                    w.execute(
+                        "SELECT document, id FROM docs WHERE space=? AND collection=?"
+                        f" AND document IN ({_marks(len(part))})",
+                        (space, collection, *part),
+                    )
+                )
+            for name in names:
+                doc = found.get(name)
+                if doc is None:
+                    missing.append((space, collection, name))
+                else:
+                    out[(space, collection, name)] = doc
+        if missing:
+            first = int(w.execute("SELECT coalesce(max(id), 0) + 1 FROM docs").fetchone()[0])
+            w.executemany(
+                "INSERT INTO docs(id, space, collection, document) VALUES (?,?,?,?)",
+                [(first + i, *key) for i, key in enumerate(missing)],
+            )
+            out.update((key, first + i) for i, key in enumerate(missing))
+        for key, doc in out.items():
             self._doc_ids[key] = doc
-        return doc
+        return out
 
     # --- writes ---------------------------------------------------------------
 
@@ -282,8 +310,9 @@ class SQLiteStore:
         rows = []
         refs: list[tuple[bytes, int]] = []
         placed: list[tuple[bytes, int]] = []
+        docs = self._doc_ids_of((e.space, e.collection, e.document) for e in entries)
         for e in entries:
-            doc = self._doc_id((e.space, e.collection, e.document))
+            doc = docs[(e.space, e.collection, e.document)]
             cid = e.cid.binary
             parents = b"".join(p.binary for p in e.parents)
             ts = e.created_at - _TS_OFFSET
