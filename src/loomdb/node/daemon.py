@@ -55,6 +55,7 @@ from loomdb.node.home import NodeHome
 from loomdb.node.lock import HomeLock
 from loomdb.node.p2p import P2PSettings, p2p_connector, ready_suffix
 from loomdb.node.runtime import admin_token, register
+from loomdb.replication.feed import EntryFeed
 from loomdb.stores.caching import CachingStore
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
@@ -209,7 +210,11 @@ async def serve_node(
                 await book.load(base)
             except LoomError as exc:  # a passthrough whose upstream is down: learn as we go
                 log.warning("cannot read the spaces' directories yet: %s", exc.message)
-            guarded = GuardedStore(base, book)
+            # Every entry the node stores (written here or received) wakes the
+            # followers of its receipt log: gossip, replicators.
+            feed = EntryFeed(base, home.user.signing_key.public_key)
+            await feed.start()
+            guarded = GuardedStore(base, book, on_stored=feed.stored)
             trust = NodeTrust(home, guarded, book, relay=options.relay)
             databases: NodeDatabases | None = None
             local: Any = guarded
@@ -272,6 +277,7 @@ async def serve_node(
             )
             api.state.trust = trust
             api.state.p2p = p2p
+            api.state.feed = feed
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )

@@ -21,7 +21,7 @@ False.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from loomdb.entries.cid import CID
@@ -61,11 +61,15 @@ class GuardedStore:
         *,
         open_spaces: bool = True,
         policy: EntryPolicy = DEFAULT_POLICY,
+        on_stored: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_stored(seq)`` is called after each batch that stored an entry, with
+        the highest seq it got (an :class:`~loomdb.replication.feed.EntryFeed`)."""
         self.inner = inner
         self.book = book
         self.open_spaces = open_spaces
         self.policy = policy
+        self.on_stored = on_stored
 
     def check(self, entry: Entry) -> None:
         """Raise the TrustError that refuses ``entry`` (not a directory entry), if any."""
@@ -143,7 +147,12 @@ class GuardedStore:
             forward.append((i, entry))
         if forward:
             await self._forward(forward, results)
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        if self.on_stored is not None:
+            seqs = [r.seq for r in done if r.status is PutStatus.ACCEPTED and r.seq is not None]
+            if seqs:
+                self.on_stored(max(seqs))
+        return done
 
     async def _forward(
         self, forward: list[tuple[int, EntryInput]], results: list[PutResult | None]
