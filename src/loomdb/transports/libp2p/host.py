@@ -9,6 +9,9 @@
   comes when something needs it).
 * It runs in the caller's trio loop (py-libp2p is trio-only): ``async with
   host.run(): …``.
+* **Gossipsub** (``/meshsub/1.2.0``, ``1.1.0``) runs on it unless ``gossip=False``,
+  with py-libp2p's lossy defaults fixed and its drops counted
+  (:mod:`loomdb.transports.libp2p.pubsub`); ``host.pubsub`` while it runs.
 
 Listen addresses are ``/ip4/…/tcp/PORT`` or ``/ip6/…/tcp/PORT``; port 0 takes
 any free port and :meth:`P2PHost.listen_addrs` gives the one chosen. py-libp2p
@@ -27,7 +30,7 @@ import errno
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -59,6 +62,7 @@ from loomdb.transports.base import (
     describe,
 )
 from loomdb.transports.libp2p.channel import DEFAULT_CONNECT_TIMEOUT, Libp2pChannel
+from loomdb.transports.libp2p.pubsub import NodePubsub, drops, make_pubsub, run_pubsub
 from loomdb.transports.libp2p.server import ServerCounters, serve_sync_stream
 from loomdb.transports.libp2p.stream import STREAM_ERRORS, SyncStream
 
@@ -228,7 +232,10 @@ class P2PHost:
         backoff: Backoff = Backoff(),
         sleep: Callable[[float], Awaitable[None]] = trio.sleep,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        gossip: bool = True,
     ) -> None:
+        """``gossip``: run gossipsub too (:mod:`~loomdb.transports.libp2p.pubsub`;
+        ``self.pubsub`` while the host runs)."""
         self.peer_id: Final = peer_id_from_public_key(node_key.public_key)
         self._listen = [parse_listen_addr(a) for a in listen]
         if not self._listen:
@@ -254,6 +261,8 @@ class P2PHost:
             connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
         )
         assert self.host.get_id().to_base58() == self.peer_id
+        self._gossip = make_pubsub(self.host) if gossip else None
+        self.pubsub: NodePubsub | None = None  # set while running
 
     def check_free(self) -> None:
         """:func:`check_listen_free` on this host's listen addresses."""
@@ -265,11 +274,15 @@ class P2PHost:
         async with self.host.run(self._listen), trio.open_nursery() as nursery:
             if len(self.host.get_transport_addrs()) < len(self._listen):
                 raise AddressInUseError(f"cannot listen on every one of {self._listen}")
-            for text, info in self._bootstrap:
-                nursery.start_soon(self._keep, text, info)
             try:
-                yield self
+                async with AsyncExitStack() as gossip:
+                    if self._gossip is not None:
+                        self.pubsub = await gossip.enter_async_context(run_pubsub(*self._gossip))
+                    for text, info in self._bootstrap:
+                        nursery.start_soon(self._keep, text, info)
+                    yield self
             finally:
+                self.pubsub = None
                 nursery.cancel_scope.cancel()
                 channels, self._channels = list(self._channels.values()), {}
                 for channel in channels:
@@ -326,6 +339,20 @@ class P2PHost:
                 "bytes_out": server.bytes_out,
                 "refused": dict(server.refused),
             },
+            "pubsub": self.pubsub_info(),
+        }
+
+    def pubsub_info(self) -> dict[str, Any] | None:
+        """Gossipsub's state: topics joined, peers in them, py-libp2p's drops."""
+        if self.pubsub is None:
+            return None
+        peer_topics = self.pubsub.peer_topics
+        return {
+            "protocols": [str(p) for p in self.pubsub.protocols],
+            "topics": len(self.pubsub.topic_ids),
+            "peers": len(self.pubsub.peers),
+            "topic_peers": {t: len(peer_topics.get(t, ())) for t in sorted(self.pubsub.topic_ids)},
+            "drops": drops(),
         }
 
     # --- connecting ------------------------------------------------------------------

@@ -1,0 +1,364 @@
+"""``PassiveReplication``: the driver of gossip and head exchange on the node's host.
+
+It runs beside the node's libp2p host (trio) and does the IO around the
+decisions of :mod:`~loomdb.replication.gossip`,
+:mod:`~loomdb.replication.fetches` and :mod:`~loomdb.replication.heads`:
+
+* **publish**: a follower of the node's receipt log (an
+  :class:`~loomdb.replication.feed.EntryFeed` cursor, from the head at start:
+  gossip is best effort and head exchange repairs the rest) announces each
+  entry the node's user wrote on its document's and its collection's topic —
+  one message with both topics, sent only to topics some peer has joined;
+* **topics**: joins the collection topic of every collection it follows (and of
+  every followed document's collection), leaves those it no longer needs;
+* **receive**: one task per topic decides each message and hands verified
+  entries to one **store** task, which stores them in batches through the
+  node's guarded store (``NodeDatabases.put_entries``: membership checked,
+  documents applied in causal order);
+* **fetch**: documents whose entries arrived without their parents (or were
+  announced by CID) are pulled in the background, first from the publisher,
+  then from the topic's other peers, then from any connected peer; bounded
+  (:class:`FetchQueue`), never blocking the receive loop;
+* **head exchange**: on each new connection and every ``anti_entropy`` seconds,
+  pulls what it follows from each peer (:class:`HeadSchedule`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import trio
+from libp2p.peer.id import ID
+
+from loomdb.documents.database import DEFAULT_SPACE
+from loomdb.entries.entry import Entry
+from loomdb.errors import LoomError
+from loomdb.replication.feed import EntryFeed
+from loomdb.replication.fetches import FetchQueue
+from loomdb.replication.gossip import GossipCounters, Verdict, decide
+from loomdb.replication.heads import DEFAULT_INTERVAL, POLL_SECONDS, HeadSchedule
+from loomdb.replication.message import encode_entry
+from loomdb.replication.subscriptions import Subscriptions, parse_document_name
+from loomdb.replication.topics import topics_of
+from loomdb.stores.base import PutStatus
+from loomdb.stores.remote import RemoteStore
+from loomdb.sync.replicate import SyncScope, pull_changes_from
+from loomdb.transports.libp2p import P2PHost
+
+log = logging.getLogger("loomdb.gossip")
+
+INBOX_SIZE: Final = 10_000  # verified entries waiting to be stored
+STORE_BATCH: Final = 500
+FETCH_WORKERS: Final = 2
+FETCH_TIMEOUT: Final = 30.0
+EXCHANGE_TIMEOUT: Final = 60.0
+PUBLISH_BATCH: Final = 500
+
+
+class PassiveReplication:
+    """See the module doc. ``local`` is the node's store (its databases, or a
+    relay's guarded store); ``check`` the guard's membership rule."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        local: Any,
+        feed: EntryFeed,
+        subscriptions: Subscriptions,
+        check: Callable[[Entry], None],
+        *,
+        anti_entropy: float = DEFAULT_INTERVAL,
+        default_space: str = DEFAULT_SPACE,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = trio.sleep,
+    ) -> None:
+        self.host = host
+        self.local = local
+        self.feed = feed
+        self.subscriptions = subscriptions
+        self.check = check
+        self.default_space = default_space  # of the API's names without a space
+        self.counters = GossipCounters()
+        self.heads: Counter[str] = Counter()
+        self.schedule = HeadSchedule(anti_entropy)
+        self.fetches = FetchQueue()
+        self._clock = clock
+        self._sleep = sleep
+        self._topics: dict[str, trio.CancelScope] = {}
+        self._topics_changed = trio.Event()
+        self._fetch_ready = trio.Event()
+        self._inbox_send, self._inbox = trio.open_memory_channel[Entry](INBOX_SIZE)
+        self._origins: dict[Any, tuple[str | None, str]] = {}  # inbox entry -> publisher, topic
+
+    # --- what the API calls -------------------------------------------------------------
+
+    def subscriptions_changed(self) -> None:
+        self._topics_changed.set()
+
+    def info(self) -> dict[str, Any]:
+        subs = self.subscriptions
+        return {
+            "subscriptions": {
+                "collections": len(subs.collections),
+                "documents": len(subs.documents),
+            },
+            "topics": sorted(self._topics),
+            "gossip": self.counters.as_dict(),
+            "fetch_queue": len(self.fetches),
+            "head_exchange": {
+                "interval_seconds": self.schedule.interval,
+                "running": len(self.schedule.running),
+                **{k: self.heads.get(k, 0) for k in ("runs", "rounds", "pulled", "failed")},
+            },
+        }
+
+    async def sync_documents(self, space: str, names: Sequence[object]) -> list[dict[str, Any]]:
+        """Pull the named documents (``COLLECTION/DOCUMENT``) from every connected peer."""
+        documents = tuple(dict.fromkeys(parse_document_name(n) for n in names))
+        scope = SyncScope(space, documents=documents)
+        out = []
+        for peer in self._connected():
+            try:
+                with trio.fail_after(EXCHANGE_TIMEOUT):
+                    report = await self._pull(peer, scope)
+                out.append({"peer_id": peer, "pulled": report.pulled, "rounds": report.rounds})
+            except (LoomError, trio.TooSlowError) as exc:
+                message = getattr(exc, "message", "timed out")
+                out.append({"peer_id": peer, "error": {"code": _code(exc), "message": message}})
+        return out
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_loop)
+            nursery.start_soon(self._topics_loop, nursery)
+            nursery.start_soon(self._store_loop)
+            nursery.start_soon(self._fetch_loop, nursery)
+            nursery.start_soon(self._heads_loop, nursery)
+
+    def _connected(self) -> list[str]:
+        return sorted(p.to_base58() for p in self.host.host.get_network().connections)
+
+    async def _pull(self, peer: str, scope: SyncScope) -> Any:
+        remote = RemoteStore(self.host.peer_channel(peer), retries=1)
+        async with remote:
+            return await pull_changes_from(self.local, remote, scope)
+
+    # --- publishing ----------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        cursor = self.feed.latest
+        while True:
+            rows = await self.feed.read(cursor, PUBLISH_BATCH)
+            if not rows:
+                await self.feed.wait(cursor)
+                continue
+            cursor = rows[-1].seq
+            for row in rows:
+                if self.feed.is_local(row):
+                    await self._publish(row.entry)
+
+    async def _publish(self, entry: Entry) -> None:
+        pubsub = self.host.pubsub
+        if pubsub is None:
+            return
+        heard = [
+            t
+            for t in topics_of(entry.space, entry.collection, entry.document)
+            if pubsub.peer_topics.get(t)
+        ]
+        if not heard:
+            self.counters["unheard"] += 1  # no peer joined either topic
+            return
+        data = encode_entry(entry.raw, entry.space, entry.collection, entry.document, entry.cid)
+        try:
+            await pubsub.publish(heard, data)
+            self.counters["published"] += 1
+        except Exception as exc:  # py-libp2p raises its own types, none documented
+            self.counters["publish_failed"] += 1
+            log.debug("publishing %s: %s", entry.cid, exc)
+
+    # --- topics and receiving --------------------------------------------------------
+
+    async def _topics_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            self._topics_changed = trio.Event()
+            await self._sync_topics(nursery)
+            await self._topics_changed.wait()
+
+    async def _sync_topics(self, nursery: trio.Nursery) -> None:
+        pubsub = self.host.pubsub
+        if pubsub is None:
+            return
+        wanted = self.subscriptions.topics()
+        for topic in [t for t in self._topics if t not in wanted]:
+            self._topics.pop(topic).cancel()
+            await pubsub.unsubscribe(topic)
+        for topic in [t for t in wanted if t not in self._topics]:
+            subscription = await pubsub.subscribe(topic)
+            scope = self._topics[topic] = trio.CancelScope()
+            nursery.start_soon(self._receive_loop, topic, subscription, scope)
+
+    async def _receive_loop(self, topic: str, subscription: Any, scope: trio.CancelScope) -> None:
+        my_id = self.host.host.get_id().to_bytes()
+        with scope:
+            while True:
+                try:
+                    message = await subscription.get()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return  # unsubscribed
+                self._receive(topic, message, my_id)
+
+    def _receive(self, topic: str, message: Any, my_id: bytes) -> None:
+        self.counters["received"] += 1
+        decision = decide(
+            bytes(message.data),
+            from_self=bytes(message.from_id) == my_id,
+            wants=self.subscriptions.wants,
+            check=self.check,
+        )
+        self.counters[decision.counter] += 1
+        if decision.verdict is Verdict.DROP:
+            if decision.reason:
+                log.info("gossip message dropped (%s): %s", decision.counter, decision.reason)
+            return
+        origin = _peer_of(bytes(message.from_id))
+        if decision.verdict is Verdict.FETCH:
+            assert decision.document is not None
+            self._fetch(decision.document, origin, topic)
+            return
+        assert decision.entry is not None
+        try:
+            self._inbox_send.send_nowait(decision.entry)
+            self._origins[decision.entry.cid] = (origin, topic)
+        except trio.WouldBlock:
+            self.counters["inbox_full"] += 1
+
+    async def _store_loop(self) -> None:
+        async for first in self._inbox:
+            batch = [first]
+            while len(batch) < STORE_BATCH:
+                try:
+                    batch.append(self._inbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            origins = {e.cid: self._origins.pop(e.cid, (None, "")) for e in batch}
+            try:
+                results = await self.local.put_entries(batch)
+            except LoomError as exc:
+                self.counters["store_refused"] += len(batch)
+                log.warning("storing %d gossiped entries: %s", len(batch), exc.message)
+                continue
+            accepted = []
+            for entry, result in zip(batch, results, strict=True):
+                if result.status is PutStatus.ACCEPTED:
+                    self.counters["stored"] += 1
+                    accepted.append(entry)
+                elif result.status is PutStatus.DUPLICATE:
+                    self.counters["duplicate"] += 1
+                else:
+                    self.counters["store_refused"] += 1
+            await self._check_parents(accepted, origins)
+
+    async def _check_parents(
+        self, accepted: list[Entry], origins: dict[Any, tuple[str | None, str]]
+    ) -> None:
+        parents = list(dict.fromkeys(p for e in accepted for p in e.parents))
+        if not parents:
+            return
+        held = dict(zip(parents, await self.local.has_entries(parents), strict=True))
+        for entry in accepted:
+            if all(held[p] for p in entry.parents):
+                continue
+            self.counters["missing_parents"] += 1
+            origin, topic = origins.get(entry.cid, (None, ""))
+            self._fetch((entry.space, entry.collection, entry.document), origin, topic)
+
+    # --- fetching ------------------------------------------------------------------------
+
+    def _fetch(self, document: tuple[str, str, str], origin: str | None, topic: str) -> None:
+        connected = self._connected()
+        pubsub = self.host.pubsub
+        in_topic = (
+            sorted(p.to_base58() for p in pubsub.peer_topics.get(topic, ()))
+            if pubsub is not None
+            else []
+        )
+        peers = [*([origin] if origin in connected else []), *in_topic, *connected]
+        peers = [p for p in dict.fromkeys(peers) if p in connected]
+        if not self.fetches.add(document, peers):
+            self.counters["fetch_dropped"] += 1
+            return
+        self._fetch_ready.set()
+
+    async def _fetch_loop(self, nursery: trio.Nursery) -> None:
+        slots = trio.Semaphore(FETCH_WORKERS)
+        while True:
+            item = self.fetches.pop()
+            if item is None:
+                await self._fetch_ready.wait()
+                self._fetch_ready = trio.Event()
+                continue
+            await slots.acquire()
+            nursery.start_soon(self._fetch_one, item, slots)
+
+    async def _fetch_one(
+        self, item: tuple[tuple[str, str, str], list[str]], slots: trio.Semaphore
+    ) -> None:
+        try:
+            (space, collection, document), peers = item
+            self.counters["fetches"] += 1
+            scope = SyncScope(space, documents=((collection, document),))
+            for peer in peers:
+                try:
+                    with trio.fail_after(FETCH_TIMEOUT):
+                        await self._pull(peer, scope)
+                    self.counters["fetched"] += 1
+                    return
+                except (LoomError, trio.TooSlowError) as exc:
+                    log.info("fetching %s/%s from %s: %s", collection, document, peer, exc)
+            self.counters["fetch_failed"] += 1
+        finally:
+            slots.release()
+
+    # --- head exchange ---------------------------------------------------------------
+
+    async def _heads_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            now = self._clock()
+            self.schedule.on_peers(self._connected(), now)
+            for peer in self.schedule.due(now):
+                nursery.start_soon(self._exchange, peer)
+            await self._sleep(min(POLL_SECONDS, self.schedule.next_wakeup(now)))
+
+    async def _exchange(self, peer: str) -> None:
+        try:
+            for scope in self.subscriptions.scopes():
+                self.heads["runs"] += 1
+                try:
+                    with trio.fail_after(EXCHANGE_TIMEOUT):
+                        report = await self._pull(peer, scope)
+                    self.heads["rounds"] += report.rounds
+                    self.heads["pulled"] += report.pulled
+                except (LoomError, trio.TooSlowError) as exc:
+                    self.heads["failed"] += 1
+                    log.info("head exchange of %s with %s: %s", scope.space, peer, exc)
+        finally:
+            self.schedule.finished(peer, self._clock())
+
+
+def _peer_of(from_id: bytes) -> str | None:
+    try:
+        return ID(from_id).to_base58()
+    except Exception:  # py-libp2p's ID takes any bytes; base58 of garbage is garbage
+        return None
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, LoomError) else "transport.timeout"

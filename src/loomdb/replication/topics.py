@@ -1,0 +1,47 @@
+"""Gossip topic names: hashes of what they are about, so routers learn no names.
+
+A topic is ``/loomdb/gossip/1/`` and the base32 of a BLAKE2b-256 digest, keyed by
+a domain string (:data:`DOMAIN`) and taken over the length-prefixed parts
+(space, collection[, document]) — so no two tuples share a topic, a document's
+topic never equals a collection's, and the digest is of no use outside this
+protocol. Anyone who knows the names computes the topic; a router relaying the
+messages of a space it is not told about sees opaque strings.
+
+Every local write is announced on its document's topic and its collection's
+(:func:`topics_of`). A node joins only **collection** topics, also for its
+document subscriptions, and keeps or drops each message by its own
+subscriptions: 10,000 subscribed documents of one collection cost one topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Final
+
+DOMAIN: Final = b"loomdb/gossip-topic/v1"
+PREFIX: Final = "/loomdb/gossip/1/"
+
+
+def _digest(kind: bytes, *parts: str) -> str:
+    h = hashlib.blake2b(digest_size=32, key=DOMAIN)
+    h.update(kind)
+    for part in parts:
+        data = part.encode()
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+    return PREFIX + base64.b32encode(h.digest()).decode().rstrip("=").lower()
+
+
+def collection_topic(space: str, collection: str) -> str:
+    return _digest(b"c", space, collection)
+
+
+def document_topic(space: str, collection: str, document: str) -> str:
+    return _digest(b"d", space, collection, document)
+
+
+def topics_of(space: str, collection: str, document: str) -> tuple[str, str]:
+    """Where an entry of this document is announced: its document's topic, its
+    collection's."""
+    return document_topic(space, collection, document), collection_topic(space, collection)

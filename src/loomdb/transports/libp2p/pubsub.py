@@ -1,0 +1,154 @@
+"""Gossipsub on the node's host, with py-libp2p 0.8.1's lossy defaults fixed.
+
+Measured (``../shared/notes/py-libp2p.md``), py-libp2p loses messages without a
+word in three places. Here each is raised and **every drop is counted**
+(:data:`DROPS`, shown in ``p2p info``):
+
+* **spam protection** caps every forwarder at 10 messages per topic per second —
+  the node's *own* publishes included. :class:`NodeGossipSub` never limits its
+  own publishes and allows :data:`REMOTE_RATE` per second to others; a message
+  refused for its rate is counted (``rate_limited``).
+* **two queues of 32** drop when full: each subscription's channel
+  (``SUBSCRIPTION_CHANNEL_SIZE`` in ``libp2p.pubsub.pubsub``) and each peer's
+  outbound queue (``OutBoundQueueSize`` in ``libp2p.pubsub.rpc_queue``). Neither
+  is a constructor argument: :func:`tune_pubsub` — the one place they are
+  patched — sets both to :data:`QUEUE_SIZE` (``RpcQueue``'s default argument is
+  bound when its module loads, so its ``__defaults__`` are patched too). A
+  subscription's drop is counted by :class:`NodePubsub` (``subscription_full``),
+  an outbound drop by wrapping ``drop_rpc`` (``outbound_dropped``).
+
+The patches are process-wide (py-libp2p reads module globals), as is
+:data:`DROPS`: one daemon runs one host.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.pubsub import pubsub as _pubsub_module
+from libp2p.pubsub import rpc_queue as _rpc_queue_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+QUEUE_SIZE: Final = 4096
+"""Each subscription's channel and each peer's outbound queue (py-libp2p: 32)."""
+REMOTE_RATE: Final = 2000.0
+"""Messages per topic per second a forwarding peer may send (py-libp2p: 10)."""
+MAX_RPC_BYTES: Final = 1024 * 1024
+"""An inbound pubsub RPC larger than this is refused by py-libp2p unread."""
+HEARTBEAT_SECONDS: Final = 1
+"""Gossipsub's mesh maintenance (the spec's 1 s; py-libp2p's default is 120 s)."""
+
+DROPS: Counter[str] = Counter()
+"""Messages lost inside py-libp2p, by where: ``rate_limited``,
+``subscription_full``, ``outbound_dropped``, ``pending_dropped``."""
+
+_original_drop_rpc = _rpc_queue_module.drop_rpc
+
+
+def _counting_drop_rpc(peer_id: ID, rpc: rpc_pb2.RPC) -> None:
+    DROPS["outbound_dropped"] += max(1, len(rpc.publish))
+    _original_drop_rpc(peer_id, rpc)
+
+
+def tune_pubsub(queue_size: int = QUEUE_SIZE) -> None:
+    """Raise py-libp2p's two queues to ``queue_size`` and count outbound drops
+    (idempotent; see the module doc)."""
+    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = queue_size
+    _rpc_queue_module.OutBoundQueueSize = queue_size
+    init: Any = _rpc_queue_module.RpcQueue.__init__
+    defaults = init.__defaults__
+    init.__defaults__ = (queue_size, *defaults[1:])
+    _pubsub_module.drop_rpc = _counting_drop_rpc  # type: ignore[attr-defined]
+
+
+class NodeGossipSub(GossipSub):
+    """Gossipsub whose own publishes are never rate-limited, and whose rate
+    refusals are counted.
+
+    py-libp2p also queues each published message for every connected peer whose
+    subscription to the topic it has not seen (the subscription race), at most
+    100 a peer, flushed when the subscription arrives; beyond that the oldest go.
+    That queue fills with messages for topics the peer never joins, and it warned
+    at every publish: here it is pruned quietly and what it drops is counted
+    (``pending_dropped``; mostly messages for peers that do not want them).
+    """
+
+    def _prune_pending_messages(self, peer_id: ID) -> None:
+        queue = self._pending_messages.get(peer_id)
+        if queue is None:
+            return
+        now = time.time()
+        queue[:] = [(ts, m) for ts, m in queue if now - ts <= self._pending_messages_ttl]
+        excess = len(queue) - self._max_pending_messages_per_peer
+        if excess > 0:
+            DROPS["pending_dropped"] += excess
+            del queue[:excess]
+        if not queue:
+            self._pending_messages.pop(peer_id, None)
+
+    def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
+        if self.pubsub is not None and peer_id == self.pubsub.my_id:
+            return True
+        ok: bool = super()._check_spam_protection(peer_id, msg)
+        if not ok:
+            DROPS["rate_limited"] += 1
+        return ok
+
+
+class NodePubsub(Pubsub):
+    """Pubsub that counts a message its subscription's full channel drops."""
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        for topic in publish_message.topicIDs:
+            channel = self.subscribed_topics_send.get(topic)
+            if channel is None:
+                continue
+            try:
+                channel.send_nowait(publish_message)
+            except trio.WouldBlock:
+                DROPS["subscription_full"] += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # unsubscribed meanwhile
+
+
+def make_pubsub(host: IHost) -> tuple[NodePubsub, NodeGossipSub]:
+    """A gossipsub router and its pubsub on ``host`` (not started: :func:`run_pubsub`)."""
+    tune_pubsub()
+    router = NodeGossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        max_messages_per_topic_per_second=REMOTE_RATE,
+        # Mesh diversity by IP makes no sense on one machine or a LAN; peers are
+        # the ones the node was told to dial.
+        eclipse_protection_enabled=False,
+    )
+    pubsub = NodePubsub(
+        host, router, strict_signing=True, max_inbound_rpc_size=MAX_RPC_BYTES, cache_size=4096
+    )
+    return pubsub, router
+
+
+@asynccontextmanager
+async def run_pubsub(pubsub: NodePubsub, router: NodeGossipSub) -> AsyncIterator[NodePubsub]:
+    """Run both services until the block ends."""
+    async with background_trio_service(pubsub), background_trio_service(router):
+        await pubsub.wait_until_ready()
+        yield pubsub
+
+
+def drops() -> dict[str, int]:
+    names = ("rate_limited", "subscription_full", "outbound_dropped", "pending_dropped")
+    return {k: DROPS.get(k, 0) for k in names}
