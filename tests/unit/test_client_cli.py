@@ -105,6 +105,7 @@ def test_every_client_command_has_help_url_and_json() -> None:
             ]
         ),
         *(f"client p2p {c}" for c in ["info", "peers", "connect", "disconnect"]),
+        *(f"client p2p replicator {c}" for c in ["set", "delete", "getall"]),
     }
     for _, sub in leaves:
         assert sub.description

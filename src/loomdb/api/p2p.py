@@ -8,6 +8,10 @@ Thin routes over the :class:`~loomdb.transports.libp2p.P2PHost` the daemon puts 
 
 A peer that cannot be reached is 502 with the transport's code
 (``transport.unreachable``): the failing link is the peer's, not this API's.
+
+An endpoint's handler is given the ``app.state`` attribute its ``service`` names
+(the host by default; ``replicators``: the node's
+:class:`~loomdb.replication.replicators.Replicators`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from loomdb.api.validation import Schema, check, parse_query, read_json
 from loomdb.errors import TransportError
 
 if TYPE_CHECKING:
+    from loomdb.replication.replicators import Replicators
     from loomdb.transports.libp2p import P2PHost
 
 MAX_P2P_BODY_BYTES: Final = 16 * 1024
@@ -36,11 +41,12 @@ UNREACHABLE_STATUS: Final = 502
 class P2PEndpoint:
     method: str
     path: str
-    handler: Callable[[P2PHost, Any], Awaitable[Any]]
+    handler: Callable[[Any, Any], Awaitable[Any]]  # (the service, the body)
     summary: str
     status: int = 200
     body: Schema | None = None
     errors: tuple[int, ...] = ()
+    service: str = "p2p"  # the app.state attribute handed to the handler
 
 
 _TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": 1024}
@@ -60,6 +66,49 @@ DISCONNECT = {
 
 async def p2p_info(p2p: P2PHost, body: Any) -> Any:
     return p2p.info()
+
+
+# --- replicators ---------------------------------------------------------------------
+
+_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 256}
+SET_REPLICATOR = {
+    "type": "object",
+    "properties": {
+        "addr": {**_TEXT, "description": "the target: /ip4/HOST/tcp/PORT/p2p/12D3KooW…"},
+        "space": {**_NAME, "description": "default: the node's space"},
+        "collections": {"type": "array", "items": _NAME, "maxItems": 1000},
+        "documents": {
+            "type": "array",
+            "items": {"type": "array", "items": _NAME, "minItems": 2, "maxItems": 2},
+            "maxItems": 1000,
+            "description": "[collection, document] pairs",
+        },
+    },
+    "required": ["addr"],
+    "additionalProperties": False,
+}
+DELETE_REPLICATOR = {
+    "type": "object",
+    "properties": {
+        "peer": {**_TEXT, "description": "the target's Peer ID, 12D3KooW…"},
+        "space": {**_NAME, "description": "only its replicator of this space"},
+    },
+    "required": ["peer"],
+    "additionalProperties": False,
+}
+
+
+async def p2p_replicators(replicators: Replicators, body: Any) -> Any:
+    return {"replicators": replicators.list()}
+
+
+async def p2p_replicator_set(replicators: Replicators, body: Any) -> Any:
+    documents = [(c, d) for c, d in body.get("documents", ())]
+    return replicators.set(body["addr"], body.get("space"), body.get("collections", ()), documents)
+
+
+async def p2p_replicator_delete(replicators: Replicators, body: Any) -> Any:
+    return {"deleted": replicators.delete(body["peer"], body.get("space"))}
 
 
 async def p2p_peers(p2p: P2PHost, body: Any) -> Any:
@@ -104,6 +153,32 @@ P2P_ENDPOINTS: tuple[P2PEndpoint, ...] = (
         body=DISCONNECT,
         errors=(422,),
     ),
+    P2PEndpoint(
+        "GET",
+        f"{_P2P}/replicators",
+        p2p_replicators,
+        "The replicators: target, scope, state, lag, cursor, last error, next retry",
+        service="replicators",
+    ),
+    P2PEndpoint(
+        "POST",
+        f"{_P2P}/replicators",
+        p2p_replicator_set,
+        "Push a space (or collections, documents) to a peer: backfill, then each new local"
+        " entry; replaces the scope of the peer's replicator of that space",
+        body=SET_REPLICATOR,
+        errors=(422,),
+        service="replicators",
+    ),
+    P2PEndpoint(
+        "DELETE",
+        f"{_P2P}/replicators",
+        p2p_replicator_delete,
+        "Stop and forget the replicators to a peer (of one space, if given)",
+        body=DELETE_REPLICATOR,
+        errors=(404, 422),
+        service="replicators",
+    ),
 )
 
 
@@ -131,7 +206,12 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
         if endpoint.body is not None:
             body = await read_json(request, MAX_P2P_BODY_BYTES)
             check(endpoint.body, body)
-        result = await endpoint.handler(p2p, body)
+        service = p2p if endpoint.service == "p2p" else getattr(request.app.state, endpoint.service)
+        result = await endpoint.handler(service, body)
+        if endpoint.handler is p2p_info:
+            replicators = getattr(request.app.state, "replicators", None)
+            if replicators is not None:
+                result["replicators"] = replicators.summary()
         return JSONResponse(result, status_code=endpoint.status)
 
     return serve

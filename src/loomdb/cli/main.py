@@ -167,7 +167,17 @@ def cmd_start(args: argparse.Namespace) -> None:
         space=args.space,
         allow_hosts=tuple(args.api_allow_host),
         p2p=p2p,
+        replicator_retry=args.replicator_retry_intervals,
     )
+
+
+def _retry_intervals(text: str) -> Any:
+    from loomdb.replication.replicator_state import RetrySchedule
+
+    try:
+        return RetrySchedule.parse(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _positive(text: str) -> int:
@@ -301,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         help="bootstrap peers (/ip4/HOST/tcp/PORT/p2p/12D3KooW…), kept connected",
+    )
+    p.add_argument(
+        "--replicator-retry-intervals",
+        metavar="SECONDS,…",
+        type=_retry_intervals,
+        default=None,
+        help="how long a failing replicator waits before each new try, the last repeated "
+        "(default 30,60,120,240,480,960,1920)",
     )
     add_client_parser(sub)
     return parser

@@ -1,4 +1,4 @@
-"""``loomdb client p2p info|peers|connect|disconnect``: the node's libp2p host, over
+"""``loomdb client p2p info|peers|connect|disconnect|replicator``: the node's libp2p host, over
 its API (:mod:`loomdb.api.p2p`). Thin like every client command: one API call,
 the answer for people by default, the API's JSON with ``--json``.
 
@@ -9,10 +9,11 @@ syncs over libp2p: the node dials the peer itself.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from typing import Any
 
-from loomdb.cli.client import _run, _table
+from loomdb.cli.client import _run, _table, document_arg
 
 Command = Callable[[Any, str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -30,8 +31,59 @@ def show_info(info: dict[str, Any]) -> None:
             "frames_served": counters["frames_served"],
             "refused": ", ".join(f"{k}: {v}" for k, v in sorted(counters["refused"].items()))
             or "-",
+            **_replicator_states(info),
         }
     )
+
+
+def _replicator_states(info: dict[str, Any]) -> dict[str, str]:
+    summary = info.get("replicators")
+    if summary is None:
+        return {}
+    states = ", ".join(f"{n} {state}" for state, n in sorted(summary["states"].items()))
+    return {"replicators": states or "-"}
+
+
+def _scope(rep: dict[str, Any]) -> str:
+    parts = [*rep["collections"], *(f"{c}/{d}" for c, d in rep["documents"])]
+    return f"{rep['space']}: {', '.join(parts)}" if parts else rep["space"]
+
+
+def show_replicator(rep: dict[str, Any]) -> None:
+    error = rep["last_error"]
+    _table(
+        {
+            "peer": rep["peer"],
+            "addr": rep["addr"],
+            "scope": _scope(rep),
+            "state": rep["state"],
+            "lag": rep["lag"],
+            "pushed": f"{rep['pushed']} ({rep['refused']} refused)",
+            "cursor": rep["cursor"],
+            "last_error": f"{error['code']}: {error['message']}" if error else "-",
+            "next_retry": _when(rep["next_retry"]),
+        }
+    )
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def show_replicators(answer: dict[str, Any]) -> None:
+    if not answer["replicators"]:
+        print("no replicators")
+    for rep in answer["replicators"]:
+        error = rep["last_error"]
+        why = f"  {error['code']}" if error and rep["state"] in ("failing", "refused") else ""
+        print(f"{rep['peer']}  {_scope(rep)}  {rep['state']}  lag {rep['lag']}{why}")
+
+
+def show_deleted(answer: dict[str, Any]) -> None:
+    for rep in answer["deleted"]:
+        print(f"deleted the replicator to {rep['peer']} ({rep['space']})")
 
 
 def show_peers(answer: dict[str, Any]) -> None:
@@ -67,6 +119,50 @@ def cmd_p2p_disconnect(args: argparse.Namespace) -> None:
     _run(args, lambda api: api.call("POST", "/p2p/disconnect", body), show_disconnected)
 
 
+def cmd_replicator_set(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"addr": args.addr}
+    if args.space:
+        body["space"] = args.space
+    if args.collection:
+        body["collections"] = args.collection
+    if args.document:
+        body["documents"] = args.document
+    _run(args, lambda api: api.call("POST", "/p2p/replicators", body), show_replicator)
+
+
+def cmd_replicator_delete(args: argparse.Namespace) -> None:
+    body = {"peer": args.peer, **({"space": args.space} if args.space else {})}
+    _run(args, lambda api: api.call("DELETE", "/p2p/replicators", body), show_deleted)
+
+
+def cmd_replicator_getall(args: argparse.Namespace) -> None:
+    _run(args, lambda api: api.call("GET", "/p2p/replicators"), show_replicators)
+
+
+def add_replicator_commands(sub: Any, command: Command) -> None:
+    """``p2p replicator set|delete|getall``."""
+    help_ = "push a space, collections or documents to a peer: set, delete, getall"
+    group = sub.add_parser("replicator", help=help_, description=help_)
+    reps = group.add_subparsers(dest="client_command", metavar="COMMAND", required=True)
+    help_ = "replicate to a peer: push what it lacks, then each new local entry (--space: which)"
+    p = command(reps, "set", cmd_replicator_set, help_)
+    p.add_argument("addr", metavar="PEER_MULTIADDR", help="/ip4/HOST/tcp/PORT/p2p/12D3KooW…")
+    p.add_argument(
+        "-c", "--collection", action="append", default=[], help="only this collection (repeatable)"
+    )
+    p.add_argument(
+        "--document",
+        metavar="COLLECTION/DOC",
+        type=document_arg,
+        action="append",
+        default=[],
+        help="only this document (repeatable)",
+    )
+    p = command(reps, "delete", cmd_replicator_delete, "stop replicating to a peer")
+    p.add_argument("peer", metavar="PEER_ID", help="12D3KooW… (--space: only that space's)")
+    command(reps, "getall", cmd_replicator_getall, "the replicators and their states")
+
+
 def add_p2p_commands(groups: Any, command: Command) -> None:
     """Add ``p2p …`` to the ``client`` groups ``groups``."""
     help_ = "the node's libp2p host: info, peers, connect, disconnect"
@@ -78,3 +174,4 @@ def add_p2p_commands(groups: Any, command: Command) -> None:
     p.add_argument("addr", metavar="MULTIADDR", help="/ip4/HOST/tcp/PORT/p2p/12D3KooW…")
     p = command(sub, "disconnect", cmd_p2p_disconnect, "close the connections to a peer")
     p.add_argument("peer", metavar="PEER_ID", help="12D3KooW…")
+    add_replicator_commands(sub, command)

@@ -56,11 +56,13 @@ from loomdb.node.lock import HomeLock
 from loomdb.node.p2p import P2PSettings, p2p_connector, ready_suffix
 from loomdb.node.runtime import admin_token, register
 from loomdb.replication.feed import EntryFeed
+from loomdb.replication.replicator_state import RetrySchedule
+from loomdb.replication.replicators import Replicators
 from loomdb.stores.caching import CachingStore
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
-from loomdb.transports.libp2p import P2PHost
+from loomdb.transports.libp2p import P2PHost, parse_peer_addr
 from loomdb.transports.tls import TlsFiles, Verify
 from loomdb.trust.admin import NodeTrust
 from loomdb.trust.auth import AuthService
@@ -101,6 +103,7 @@ class ServeOptions:
     space: str = DEFAULT_SPACE
     allow_hosts: tuple[str, ...] = ()  # names the API answers to besides loopback
     p2p: P2PSettings | None = None  # None: no libp2p host
+    replicator_retry: RetrySchedule | None = None  # None: the default back-off
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -147,6 +150,7 @@ def run_daemon(
     space: str = DEFAULT_SPACE,
     allow_hosts: tuple[str, ...] = (),
     p2p: P2PSettings | None = None,
+    replicator_retry: RetrySchedule | None = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Raises LoomError for a bad home or port,
     or TLS files that do not load.
@@ -154,7 +158,8 @@ def run_daemon(
     ``announce`` gets the ready line (default: print it on stdout, flushed).
     ``tls``: serve HTTPS and WSS with this certificate and key. ``sync_handler``:
     called with the open database, its handler serves ``/api/v0/sync`` (frames of
-    at most ``max_frame`` bytes). ``p2p``: run a libp2p host too (default: none)."""
+    at most ``max_frame`` bytes). ``p2p``: run a libp2p host too (default: none),
+    and the node's replicators, retried after ``replicator_retry``'s delays."""
     announce = announce or partial(print, flush=True)
     if (upstream or cache) and not relay:
         raise ValidationError("--upstream and --cache are for a relay: add --relay")
@@ -174,6 +179,7 @@ def run_daemon(
         space,
         tuple(allow_hosts),
         p2p,
+        replicator_retry,
     )
     sock = listen_socket(api_host, api_port)  # first: a busy port creates nothing
     try:
@@ -237,6 +243,7 @@ async def serve_node(
             if options.sync_handler is not None and db is not None:
                 handler_for = fixed(options.sync_handler(db))
             p2p = None
+            replicators = None
             if options.p2p is not None:
                 p2p = P2PHost(
                     home.keyring.node_key,
@@ -248,6 +255,18 @@ async def serve_node(
                 p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))
                 await stack.enter_async_context(p2p.run())
                 stack.callback(record_addrs(home.path, p2p.listen_addrs()))
+                # Stopped before the host (the stack unwinds in reverse), cursors saved.
+                replicators = Replicators(
+                    home.path,
+                    base,
+                    feed,
+                    _peer_store(p2p),
+                    peer_of=lambda addr: str(parse_peer_addr(addr).peer_id),
+                    own_peer=home.peer_id,
+                    default_space=options.space,
+                    schedule=options.replicator_retry,
+                )
+                await stack.enter_async_context(replicators.run())
             bound_host = sock.getsockname()[0]
             config = Config()
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
@@ -278,6 +297,7 @@ async def serve_node(
             api.state.trust = trust
             api.state.p2p = p2p
             api.state.feed = feed
+            api.state.replicators = replicators
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )
@@ -299,6 +319,22 @@ async def serve_node(
                     if registration is not None:
                         registration.remove()
     log.info("stopped")
+
+
+def _peer_store(p2p: P2PHost) -> Callable[[str], Any]:
+    """A replicator's connection to its peer: the host's one stream to that peer."""
+
+    @asynccontextmanager
+    async def connect(addr: str) -> AsyncIterator[RemoteStore]:
+        # After a failed dial py-libp2p refuses to dial that peer again for 60 s (its
+        # swarm's "negative cache"), whatever the replicator's back-off says: a
+        # target back after 5 s would wait a minute. The schedule decides: lift it.
+        network: Any = p2p.host.get_network()
+        network.unblock_peer(parse_peer_addr(addr).peer_id)
+        async with RemoteStore(p2p.peer_channel(addr), retries=1) as remote:
+            yield remote
+
+    return connect
 
 
 @asynccontextmanager
