@@ -101,7 +101,10 @@ for _qid, (_label, _) in QUERIES.items():
 ROWS["create_index"] = ("create_index (group and n)", "s")
 ROWS["query_build"] = ("create_many building the query home", "docs/s")
 ROWS["import_http"] = ("doc import over HTTP (a real node)", "docs/s")
+ROWS["import_node_cpu"] = ("  the node's CPU per imported doc (all threads)", "µs")
 ROWS["post_loop_http"] = ("POST …/docs one at a time over HTTP", "docs/s")
+
+PARTS = ("writes", "queries", "http")  # --only
 
 # id -> (comparison, value)
 TARGETS: dict[str, tuple[str, float]] = {
@@ -293,6 +296,15 @@ class NodeProcess:
             self.proc.stdout.close()
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_jsonl(path: Path, n: int, rng: random.Random) -> None:
     with path.open("w", encoding="utf-8") as f:
         for i in range(n):
@@ -307,11 +319,13 @@ def http_rep(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
         write_jsonl(source, args.import_docs, rng)
         node = NodeProcess(Path(tmp) / "a")
         try:
+            cpu_before = process_cpu_s(node.proc.pid)
             run = subprocess.run(
                 [sys.executable, "-m", "loomdb", "client", "--url", node.url, "doc", "import",
                  COLL, str(source), "--batch", str(args.batch), "--json"],
                 capture_output=True, text=True, timeout=CLIENT_S, env=node.env, check=False,
             )  # fmt: skip
+            cpu_after = process_cpu_s(node.proc.pid)
             if run.returncode != 0:
                 raise SystemExit(f"bench: doc import failed ({run.returncode}): {run.stderr}")
             report = json.loads(run.stdout)
@@ -324,6 +338,9 @@ def http_rep(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
             # The CLI's own clock: from its first read of the file to the last answer.
             out["import_http"] = args.import_docs / report["seconds"]
             out["import_requests"] = report["requests"]
+            if cpu_before is not None and cpu_after is not None:
+                # Less sensitive to others' load than the wall figure: what the node spent.
+                out["import_node_cpu"] = (cpu_after - cpu_before) * 1e6 / args.import_docs
         finally:
             node.close()
         node = NodeProcess(Path(tmp) / "b")
@@ -610,7 +627,13 @@ def row(rid: str, values: list[float]) -> dict[str, Any]:
         values,
         None if target is None else {"op": target[0], "value": target[1]},
     )
-    fmt = "{:>11,.0f}" if unit.endswith("/s") else "{:>11,.2f}" if unit == "ms" else "{:>11,.3f}"
+    fmt = (
+        "{:>11,.0f}"
+        if unit.endswith("/s") or unit == "µs"
+        else "{:>11,.2f}"
+        if unit == "ms"
+        else "{:>11,.3f}"
+    )
     nums = " ".join(fmt.format(r[k]) for k in ("min", "median", "max"))
     verdict = ""
     if target is not None:
@@ -630,7 +653,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(20261121)
     vals: dict[str, list[float]] = {}
     extra: dict[str, Any] = {}
-    for rep in range(args.reps):
+    parts = set(args.only or PARTS)
+    for rep in range(args.reps if "writes" in parts else 0):
         print(f"rep {rep + 1}/{args.reps}: writes on a fresh home …", flush=True)
         got = await write_rep(args, rng, profile=args.profile and rep == args.reps - 1)
         for k in ("profile", "profile_materialize"):
@@ -641,15 +665,66 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for k, v in got.items():
             vals.setdefault(k, []).append(v)
 
-    for rep in range(args.reps):
+    for rep in range(args.reps if "http" in parts else 0):
         print(f"rep {rep + 1}/{args.reps}: over HTTP, fresh nodes …", flush=True)
         got = http_rep(args, rng)
         extra.setdefault("import_requests", got.pop("import_requests"))
         for k, v in got.items():
             vals.setdefault(k, []).append(v)
-    if args.profile:
+    if args.profile and "http" in parts:
         extra["profile_import"] = await profile_import(args, rng)
+    results = []
+    if "writes" in parts:
+        results += write_rows(args, vals, extra)
+    query_plans = None
+    if "queries" in parts:
+        got_rows, query_plans = await query_rows(args, rng, vals)
+        results += got_rows
+    if "http" in parts:
+        section(
+            f"over HTTP: a real node, 127.0.0.1; import of {args.import_docs} docs"
+            f" ({extra['import_requests']} requests), {args.post_docs} single POSTs"
+        )
+        results += [
+            row(k, vals[k])
+            for k in ("import_http", "import_node_cpu", "post_loop_http")
+            if k in vals
+        ]
+    return {"results": results, "plans": query_plans, **extra}
 
+
+def write_rows(
+    args: argparse.Namespace, vals: dict[str, list[float]], extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    results = []
+    section(f"writes: {args.write_docs} docs, reps={args.reps}")
+    results += [
+        row(k, vals[k])
+        for k in (
+            "single_update_p50",
+            "single_update_p99",
+            "hot_update_p50",
+            "hot_update_p99",
+            "update_many",
+            "create_many",
+        )
+    ]
+    print(
+        f"  (single: {args.single} updates round-robin over {args.single_docs} docs, then over"
+        f" {args.hot_docs} (all in the live cache); batched:"
+        f" {args.updates} updates, batch {args.batch}; slowest single update per rep, ms: "
+        + ", ".join(f"{x:.1f}" for x in extra["single_update_max_ms"])
+        + ")"
+    )
+    section(f"materialize: {args.write_docs} docs, {extra['materialize_entries']} entries")
+    results += [row(k, vals[k]) for k in ("materialize_s", "materialize_rate", "reopen_ms")]
+    return results
+
+
+async def query_rows(
+    args: argparse.Namespace, rng: random.Random, vals: dict[str, list[float]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The query figures, on one home of --docs documents, and SQLite's plans."""
     with tempfile.TemporaryDirectory(prefix="loomdb-bench-query-") as tmp:
         print(f"building the query home: {args.docs} documents …", flush=True)
         qdb = await Database.open(Path(tmp) / "home")
@@ -678,27 +753,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await qdb.aclose()
 
     results = []
-    section(f"writes: {args.write_docs} docs, reps={args.reps}")
-    results += [
-        row(k, vals[k])
-        for k in (
-            "single_update_p50",
-            "single_update_p99",
-            "hot_update_p50",
-            "hot_update_p99",
-            "update_many",
-            "create_many",
-        )
-    ]
-    print(
-        f"  (single: {args.single} updates round-robin over {args.single_docs} docs, then over"
-        f" {args.hot_docs} (all in the live cache); batched:"
-        f" {args.updates} updates, batch {args.batch}; slowest single update per rep, ms: "
-        + ", ".join(f"{x:.1f}" for x in extra["single_update_max_ms"])
-        + ")"
-    )
-    section(f"materialize: {args.write_docs} docs, {extra['materialize_entries']} entries")
-    results += [row(k, vals[k]) for k in ("materialize_s", "materialize_rate", "reopen_ms")]
     section(f"queries, limit 10, on {args.docs} docs (median of ≤ {args.runs} calls)")
     for qid in QUERIES:
         results += [
@@ -706,11 +760,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             row(f"{qid}_indexed", vals[f"{qid}_indexed"]),
         ]
     results += [row(k, vals[k]) for k in ("create_index", "query_build")]
-    section(
-        f"over HTTP: a real node, 127.0.0.1; import of {args.import_docs} docs"
-        f" ({extra['import_requests']} requests), {args.post_docs} single POSTs"
-    )
-    results += [row(k, vals[k]) for k in ("import_http", "post_loop_http")]
     print("\nSQLite plans (Collection.explain), without → with the indexes on group and n")
     query_plans = {}
     for qid, (label, where) in QUERIES.items():
@@ -723,7 +772,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {label}")
         print(f"    no index: {plan_before[qid].replace(chr(10), ' | ')}")
         print(f"    indexed:  {plan_after[qid].replace(chr(10), ' | ')}")
-    return {"results": results, "plans": query_plans, **extra}
+    return results, query_plans
 
 
 def library_digest() -> str:
@@ -774,6 +823,12 @@ def main() -> None:
         "--post-docs", type=int, default=500, help="single POSTs of the HTTP comparison figure"
     )
     ap.add_argument("--reps", type=int, default=3, help="runs of every figure")
+    ap.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="run only these figures (repeatable; default: all of them)",
+    )
     ap.add_argument(
         "--out", type=Path, help=f"results file (default {DEFAULT_OUT}; none with --quick)"
     )

@@ -260,10 +260,14 @@ def _unwrap(node: Any) -> Any:
             if node["cid"].endswith(":Counter") and type(inner) is float:
                 return int(inner) if inner.is_integer() and abs(inner) < 2**53 else inner
             return _unwrap(inner)
-        return {k: _unwrap(v) for k, v in node.items()}
+        # Plain values (most fields) are taken as they are, without a call each.
+        return {k: _unwrap(v) if type(v) in _NESTED else v for k, v in node.items()}
     if isinstance(node, list):
-        return [_unwrap(v) for v in node]
+        return [_unwrap(v) if type(v) in _NESTED else v for v in node]
     return node
+
+
+_NESTED: Final = frozenset((dict, list))  # what Loro's deep values nest (it makes no subclasses)
 
 
 def read_value(doc: loro.LoroDoc) -> dict[str, Any]:
