@@ -17,6 +17,18 @@ both transports; this process is the client, on trio (py-libp2p is trio-only):
 
 Loopback, 2 shared cores: the node and this process compete for them, as in
 bench/sync.py. Prints a table; writes JSON (meta, every rep) to ``--out``.
+
+``--replicator-docs N`` (default 5000; 0: skip) adds the replicator case, with full
+nodes (``loomdb start``, libp2p on 127.0.0.1), fresh ones each rep:
+
+* A holds N documents (one entry each, written by ``docs:batch``); a replicator
+  A→B is set: the **backfill** (push reconciliation over libp2p) until B has stored
+  all N (A's ``GET /p2p/replicators`` says ``pushed``), in entries/s;
+* **live**: A writes N more, 1,000 a request, while the replicator pushes each
+  batch as it lands: entries/s from the first write to B holding the last, and the
+  **catch-up** after the last write was acknowledged;
+* for comparison, ``client sync --push`` of the same 2N entries into a fresh node
+  (``POST /sync/run``): over HTTP POST, over WebSocket, and over libp2p.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -187,6 +200,132 @@ ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+# --- replicators vs client sync --push ---------------------------------------------------
+
+REPLICATE_TIMEOUT = 600.0
+BENCH_COLL = "bench"
+
+
+class FullNode(RelayNode):
+    """``loomdb start`` (a full node) with libp2p on 127.0.0.1; its API as an httpx client."""
+
+    def __init__(self, home: Path) -> None:  # not RelayNode's: no store to copy
+        self.log_path = home.parent / f"{home.name}.log"
+        self._log = self.log_path.open("wb")
+        env = {k: v for k, v in os.environ.items() if k != "LOOMDB_KEYRING_SECRET"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p) != ROOT)
+        command = [sys.executable, "-m", "loomdb", "start", "--home", str(home)]
+        command += ["--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0"]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0
+        )
+        try:
+            self.url, self.addr = self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        token = (home / "api.token").read_text().strip()
+        self.api = httpx.Client(
+            base_url=f"{self.url}/api/v0",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=REQUEST_TIMEOUT,
+            trust_env=False,
+        )
+
+    def stop(self) -> None:
+        if hasattr(self, "api"):
+            self.api.close()
+        super().stop()
+
+
+def write_docs(node: FullNode, prefix: str, n: int) -> None:
+    for start in range(0, n, 1000):
+        docs = [
+            {"id": f"{prefix}{i}", "value": {"i": i, "text": "x" * 100}}
+            for i in range(start, min(n, start + 1000))
+        ]
+        r = node.api.post(f"/collections/{BENCH_COLL}/docs:batch", json={"documents": docs})
+        if r.status_code != 201:
+            raise SystemExit(f"bench: docs:batch answered {r.status_code}: {r.text}")
+
+
+def wait_pushed(node: FullNode, n: int) -> float:
+    """Poll A's replicator until it has pushed ``n`` entries; when it saw them."""
+    deadline = time.monotonic() + REPLICATE_TIMEOUT
+    while True:
+        [rep] = node.api.get("/p2p/replicators").json()["replicators"]
+        if rep["pushed"] >= n:
+            return time.perf_counter()
+        if rep["state"] in ("failing", "refused"):
+            raise SystemExit(f"bench: the replicator is {rep['state']}: {rep['last_error']}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {rep['pushed']} of {n} entries pushed")
+        time.sleep(0.005)  # a poll of the API, bounded by the deadline above
+
+
+def sync_push(node: FullNode, remote: str, n: int, transport: str | None) -> float:
+    """``POST /sync/run`` (what ``client sync --push`` does); its wall time."""
+    body: dict[str, Any] = {"remote": remote, "direction": "push", "collections": [BENCH_COLL]}
+    if transport is not None:
+        body["transport"] = transport
+    started = time.perf_counter()
+    with node.api.stream("POST", "/sync/run", json=body, timeout=REPLICATE_TIMEOUT) as r:
+        events = [json.loads(line) for line in r.iter_lines() if line.strip()]
+    seconds = time.perf_counter() - started
+    done = events[-1]
+    if done["event"] != "done" or done["pushed"] != n:
+        raise SystemExit(f"bench: the sync pushed {done.get('pushed')} of {n}: {done}")
+    return seconds
+
+
+def replicator_rep(tmp: Path, n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    started: list[FullNode] = []
+
+    def start(name: str) -> FullNode:
+        node = FullNode(tmp / f"{name}-{time.monotonic_ns()}")
+        started.append(node)
+        return node
+
+    try:
+        a, b = start("a"), start("b")
+        write_docs(a, "old", n)
+        t = time.perf_counter()
+        r = a.api.post("/p2p/replicators", json={"addr": b.addr, "collections": [BENCH_COLL]})
+        if r.status_code != 200:
+            raise SystemExit(f"bench: replicator set answered {r.status_code}: {r.text}")
+        out["rep_backfill_s"] = wait_pushed(a, n) - t
+        out["rep_backfill_rate"] = n / out["rep_backfill_s"]
+        t = time.perf_counter()
+        write_docs(a, "new", n)
+        written = time.perf_counter()
+        done = wait_pushed(a, 2 * n)
+        out["rep_live_rate"] = n / (done - t)
+        out["rep_write_rate"] = n / (written - t)
+        out["rep_catch_up_ms"] = (done - written) * 1000
+        for key, transport in (("http", "http"), ("ws", "ws"), ("p2p", None)):
+            target = start(key)
+            remote = target.addr if transport is None else target.url
+            seconds = sync_push(a, remote, 2 * n, transport)
+            out[f"sync_{key}_push_rate"] = 2 * n / seconds
+            target.stop()
+    finally:
+        for node in started:
+            node.stop()
+    return out
+
+
+REPLICATOR_ROWS: list[tuple[str, str, str]] = [
+    ("rep_backfill_rate", "replicator backfill (push reconcile, libp2p)", "entries/s"),
+    ("rep_live_rate", "replicator live, writes of 1,000 + pushes", "entries/s"),
+    ("rep_write_rate", "  the writes alone (docs:batch, same run)", "entries/s"),
+    ("rep_catch_up_ms", "replicator catch-up after the last write", "ms"),
+    ("sync_http_push_rate", "client sync --push, HTTP", "entries/s"),
+    ("sync_ws_push_rate", "client sync --push, WebSocket", "entries/s"),
+    ("sync_p2p_push_rate", "client sync --push, libp2p", "entries/s"),
+]
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     cached = await bench_sync.cached_entries(args.cache_dir, args.entries, 100)
     reps: list[dict[str, float]] = []
@@ -199,8 +338,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  rep {rep + 1}/{args.reps} done", flush=True)
         finally:
             node.stop()
+        rows = list(ROWS)
+        if args.replicator_docs:
+            rows += REPLICATOR_ROWS
+            for rep in range(args.reps):
+                reps[rep] |= replicator_rep(tmp, args.replicator_docs)
+                print(f"  replicator rep {rep + 1}/{args.reps} done", flush=True)
     results = []
-    for key, what, unit in ROWS:
+    for key, what, unit in rows:
         values = [r[key] for r in reps]
         results.append(
             {
@@ -224,6 +369,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "entry_bytes": cached.entry_bytes,
             "round_trips": args.round_trips,
             "reps": args.reps,
+            "replicator_docs": args.replicator_docs,
         },
         "results": results,
     }
@@ -247,11 +393,16 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20_000)
     parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--replicator-docs", type=int, default=5000, help="the replicator case's N (0: skip it)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
     args = parser.parse_args()
     if min(args.entries, args.round_trips, args.reps) < 1:
         parser.error("--entries, --round-trips and --reps are at least 1")
+    if args.replicator_docs < 0:
+        parser.error("--replicator-docs is at least 0")
     main_fn: Callable[[], Awaitable[dict[str, Any]]] = lambda: run(args)  # noqa: E731
     doc = anyio.run(main_fn, backend="trio")
     show(doc)
