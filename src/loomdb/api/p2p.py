@@ -30,6 +30,7 @@ from loomdb.api.validation import Schema, check, parse_query, read_json
 from loomdb.errors import TransportError
 
 if TYPE_CHECKING:
+    from loomdb.replication.passive import PassiveReplication
     from loomdb.replication.replicators import Replicators
     from loomdb.transports.libp2p import P2PHost
 
@@ -127,6 +128,121 @@ async def p2p_disconnect(p2p: P2PHost, body: Any) -> Any:
     return {"peer_id": body["peer"], "disconnected": await p2p.disconnect(body["peer"])}
 
 
+# --- subscriptions (gossip) -----------------------------------------------------------
+
+_NAMES: Schema = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}
+_SPACE: Schema = {"type": "string", "minLength": 1, "maxLength": 256}
+COLLECTIONS = {
+    "type": "object",
+    "properties": {
+        "collections": {**_NAMES, "description": "collection names; one bad, none changed"},
+        "space": {**_SPACE, "description": "default: the node's space"},
+    },
+    "required": ["collections"],
+    "additionalProperties": False,
+}
+DOCUMENTS = {
+    "type": "object",
+    "properties": {
+        "documents": {**_NAMES, "description": "COLLECTION/DOCUMENT names; one bad, none changed"},
+        "space": {**_SPACE, "description": "default: the node's space"},
+    },
+    "required": ["documents"],
+    "additionalProperties": False,
+}
+
+
+async def p2p_collections(replication: PassiveReplication, body: Any) -> Any:
+    return {"collections": replication.subscriptions.listing()["collections"]}
+
+
+async def p2p_collections_add(replication: PassiveReplication, body: Any) -> Any:
+    space = body.get("space") or replication.default_space
+    added = replication.subscriptions.add_collections(space, body["collections"])
+    replication.subscriptions_changed()
+    return {"added": [{"space": s, "collection": c} for s, c in added]}
+
+
+async def p2p_collections_remove(replication: PassiveReplication, body: Any) -> Any:
+    space = body.get("space") or replication.default_space
+    removed = replication.subscriptions.remove_collections(space, body["collections"])
+    replication.subscriptions_changed()
+    return {"removed": [{"space": s, "collection": c} for s, c in removed]}
+
+
+async def p2p_documents(replication: PassiveReplication, body: Any) -> Any:
+    return {"documents": replication.subscriptions.listing()["documents"]}
+
+
+async def p2p_documents_add(replication: PassiveReplication, body: Any) -> Any:
+    space = body.get("space") or replication.default_space
+    added = replication.subscriptions.add_documents(space, body["documents"])
+    replication.subscriptions_changed()
+    return {"added": [{"space": s, "collection": c, "document": d} for s, c, d in added]}
+
+
+async def p2p_documents_remove(replication: PassiveReplication, body: Any) -> Any:
+    space = body.get("space") or replication.default_space
+    removed = replication.subscriptions.remove_documents(space, body["documents"])
+    replication.subscriptions_changed()
+    return {"removed": [{"space": s, "collection": c, "document": d} for s, c, d in removed]}
+
+
+async def p2p_documents_sync(replication: PassiveReplication, body: Any) -> Any:
+    space = body.get("space") or replication.default_space
+    return {"peers": await replication.sync_documents(space, body["documents"])}
+
+
+def _subscription_endpoints(p2p: str) -> tuple[P2PEndpoint, ...]:
+    def endpoint(method: str, path: str, handler: Any, summary: str, **kw: Any) -> P2PEndpoint:
+        return P2PEndpoint(method, f"{p2p}{path}", handler, summary, service="replication", **kw)
+
+    return (
+        endpoint("GET", "/collections", p2p_collections, "The collections followed by gossip"),
+        endpoint(
+            "POST",
+            "/collections",
+            p2p_collections_add,
+            "Follow collections: receive their documents' updates, new documents too",
+            body=COLLECTIONS,
+            errors=(422,),
+        ),
+        endpoint(
+            "DELETE",
+            "/collections",
+            p2p_collections_remove,
+            "Stop following collections",
+            body=COLLECTIONS,
+            errors=(422,),
+        ),
+        endpoint("GET", "/documents", p2p_documents, "The documents followed by gossip"),
+        endpoint(
+            "POST",
+            "/documents",
+            p2p_documents_add,
+            "Follow documents (COLLECTION/DOCUMENT): receive their updates",
+            body=DOCUMENTS,
+            errors=(422,),
+        ),
+        endpoint(
+            "DELETE",
+            "/documents",
+            p2p_documents_remove,
+            "Stop following documents",
+            body=DOCUMENTS,
+            errors=(422,),
+        ),
+        endpoint(
+            "POST",
+            "/documents/sync",
+            p2p_documents_sync,
+            "Pull the named documents from every connected peer, once",
+            body=DOCUMENTS,
+            errors=(422,),
+        ),
+    )
+
+
 _P2P = f"{PREFIX}/p2p"
 
 P2P_ENDPOINTS: tuple[P2PEndpoint, ...] = (
@@ -179,6 +295,7 @@ P2P_ENDPOINTS: tuple[P2PEndpoint, ...] = (
         errors=(404, 422),
         service="replicators",
     ),
+    *_subscription_endpoints(_P2P),
 )
 
 
@@ -212,6 +329,9 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
             replicators = getattr(request.app.state, "replicators", None)
             if replicators is not None:
                 result["replicators"] = replicators.summary()
+            replication = getattr(request.app.state, "replication", None)
+            if replication is not None:
+                result["replication"] = replication.info()
         return JSONResponse(result, status_code=endpoint.status)
 
     return serve

@@ -136,7 +136,7 @@ def cmd_start(args: argparse.Namespace) -> None:
     from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
 
     host, port = parse_address(args.api)
-    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers)
+    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
     if args.self_signed_tls and args.tls_cert:
@@ -311,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         help="bootstrap peers (/ip4/HOST/tcp/PORT/p2p/12D3KooW…), kept connected",
+    )
+    p.add_argument(
+        "--anti-entropy-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="how often the node reconciles what it follows with each peer (default 30; "
+        "also on every new connection)",
     )
     p.add_argument(
         "--replicator-retry-intervals",

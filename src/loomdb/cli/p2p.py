@@ -32,6 +32,7 @@ def show_info(info: dict[str, Any]) -> None:
             "refused": ", ".join(f"{k}: {v}" for k, v in sorted(counters["refused"].items()))
             or "-",
             **_replicator_states(info),
+            **_replication_rows(info),
         }
     )
 
@@ -84,6 +85,128 @@ def show_replicators(answer: dict[str, Any]) -> None:
 def show_deleted(answer: dict[str, Any]) -> None:
     for rep in answer["deleted"]:
         print(f"deleted the replicator to {rep['peer']} ({rep['space']})")
+
+
+# --- subscriptions (gossip) -----------------------------------------------------------
+
+
+def _replication_rows(info: dict[str, Any]) -> dict[str, str]:
+    rep = info.get("replication")
+    if rep is None:
+        return {}
+    gossip, heads = rep["gossip"], rep["head_exchange"]
+    dropped = {
+        k: gossip[k]
+        for k in (
+            "oversized",
+            "malformed",
+            "unverifiable",
+            "refused",
+            "store_refused",
+            "inbox_full",
+        )
+        if gossip[k]
+    }
+    lost = {k: v for k, v in (info.get("pubsub") or {}).get("drops", {}).items() if v}
+    subs = rep["subscriptions"]
+    return {
+        "following": f"{subs['collections']} collections, {subs['documents']} documents",
+        "topics": str(len(rep["topics"])),
+        "gossip": f"{gossip['published']} published, {gossip['received']} received, "
+        f"{gossip['stored']} stored, {gossip['fetched']} fetched",
+        "gossip_dropped": ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "-",
+        "pubsub_dropped": ", ".join(f"{k}: {v}" for k, v in sorted(lost.items())) or "-",
+        "head_exchange": f"every {heads['interval_seconds']:g} s; {heads['runs']} runs, "
+        f"{heads['pulled']} pulled, {heads['failed']} failed",
+    }
+
+
+def show_collections(answer: dict[str, Any]) -> None:
+    if not answer["collections"]:
+        print("no collections followed")
+    for item in answer["collections"]:
+        print(f"{item['space']}  {item['collection']}")
+
+
+def show_documents(answer: dict[str, Any]) -> None:
+    if not answer["documents"]:
+        print("no documents followed")
+    for item in answer["documents"]:
+        print(f"{item['space']}  {item['collection']}/{item['document']}")
+
+
+def _show_changed(what: str) -> Callable[[dict[str, Any]], None]:
+    def show(answer: dict[str, Any]) -> None:
+        key = "added" if "added" in answer else "removed"
+        names = [
+            f"{i['collection']}/{i['document']}" if "document" in i else i["collection"]
+            for i in answer[key]
+        ]
+        print(
+            f"{key} {len(names)} {what}{'s' if len(names) != 1 else ''}: {' '.join(names) or '-'}"
+        )
+
+    return show
+
+
+def show_document_sync(answer: dict[str, Any]) -> None:
+    if not answer["peers"]:
+        print("no peers connected")
+    for peer in answer["peers"]:
+        error = peer.get("error")
+        done = f"{error['code']}: {error['message']}" if error else f"{peer['pulled']} pulled"
+        print(f"{peer['peer_id']}  {done}")
+
+
+def _names_body(args: argparse.Namespace, key: str) -> dict[str, Any]:
+    body: dict[str, Any] = {key: args.names}
+    if args.space:
+        body["space"] = args.space
+    return body
+
+
+def _subscription_command(path: str, key: str, method: str, what: str) -> Callable[..., None]:
+    def cmd(args: argparse.Namespace) -> None:
+        body = _names_body(args, key)
+        _run(args, lambda api: api.call(method, path, body), _show_changed(what))
+
+    return cmd
+
+
+def cmd_collection_getall(args: argparse.Namespace) -> None:
+    _run(args, lambda api: api.call("GET", "/p2p/collections"), show_collections)
+
+
+def cmd_document_getall(args: argparse.Namespace) -> None:
+    _run(args, lambda api: api.call("GET", "/p2p/documents"), show_documents)
+
+
+def cmd_document_sync(args: argparse.Namespace) -> None:
+    body = _names_body(args, "documents")
+    _run(args, lambda api: api.call("POST", "/p2p/documents/sync", body), show_document_sync)
+
+
+def add_subscription_commands(sub: Any, command: Command) -> None:
+    """``p2p collection add|remove|getall`` and ``p2p document add|remove|getall|sync``."""
+    help_ = "follow collections by gossip (their documents, new ones too): add, remove, getall"
+    group = sub.add_parser("collection", help=help_, description=help_)
+    colls = group.add_subparsers(dest="client_command", metavar="COMMAND", required=True)
+    for name, method, text in (("add", "POST", "follow"), ("remove", "DELETE", "stop following")):
+        cmd = _subscription_command("/p2p/collections", "collections", method, "collection")
+        p = command(colls, name, cmd, f"{text} collections (one bad name: none changed)")
+        p.add_argument("names", metavar="COLLECTION", nargs="+")
+    command(colls, "getall", cmd_collection_getall, "the collections followed")
+
+    help_ = "follow documents by gossip (their updates): add, remove, getall, sync"
+    group = sub.add_parser("document", help=help_, description=help_)
+    docs = group.add_subparsers(dest="client_command", metavar="COMMAND", required=True)
+    for name, method, text in (("add", "POST", "follow"), ("remove", "DELETE", "stop following")):
+        cmd = _subscription_command("/p2p/documents", "documents", method, "document")
+        p = command(docs, name, cmd, f"{text} documents (one bad name: none changed)")
+        p.add_argument("names", metavar="COLLECTION/DOC", nargs="+")
+    command(docs, "getall", cmd_document_getall, "the documents followed")
+    p = command(docs, "sync", cmd_document_sync, "pull documents from every connected peer, once")
+    p.add_argument("names", metavar="COLLECTION/DOC", nargs="+")
 
 
 def show_peers(answer: dict[str, Any]) -> None:
@@ -175,3 +298,4 @@ def add_p2p_commands(groups: Any, command: Command) -> None:
     p = command(sub, "disconnect", cmd_p2p_disconnect, "close the connections to a peer")
     p.add_argument("peer", metavar="PEER_ID", help="12D3KooW…")
     add_replicator_commands(sub, command)
+    add_subscription_commands(sub, command)

@@ -53,7 +53,7 @@ from loomdb.node.addrs import record_addrs
 from loomdb.node.databases import NodeDatabases
 from loomdb.node.home import NodeHome
 from loomdb.node.lock import HomeLock
-from loomdb.node.p2p import P2PSettings, p2p_connector, ready_suffix
+from loomdb.node.p2p import P2PSettings, p2p_connector, passive_replication, ready_suffix
 from loomdb.node.runtime import admin_token, register
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.replicator_state import RetrySchedule
@@ -244,6 +244,7 @@ async def serve_node(
                 handler_for = fixed(options.sync_handler(db))
             p2p = None
             replicators = None
+            replication = None
             if options.p2p is not None:
                 p2p = P2PHost(
                     home.keyring.node_key,
@@ -255,6 +256,18 @@ async def serve_node(
                 p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))
                 await stack.enter_async_context(p2p.run())
                 stack.callback(record_addrs(home.path, p2p.listen_addrs()))
+                # Gossip and head exchange (stopped before the host, like the replicators).
+                replication = await stack.enter_async_context(
+                    passive_replication(
+                        home.path,
+                        p2p,
+                        local,
+                        feed=feed,
+                        check=guarded.check,
+                        settings=options.p2p,
+                        default_space=options.space,
+                    )
+                )
                 # Stopped before the host (the stack unwinds in reverse), cursors saved.
                 replicators = Replicators(
                     home.path,
@@ -298,6 +311,7 @@ async def serve_node(
             api.state.p2p = p2p
             api.state.feed = feed
             api.state.replicators = replicators
+            api.state.replication = replication
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )

@@ -12,12 +12,22 @@ node dials the peer and proves who it is by Noise, with no sign-in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
+import trio
+
 from loomdb.api.sync_run import Connect
+from loomdb.entries.entry import Entry
 from loomdb.errors import ValidationError
+from loomdb.replication.feed import EntryFeed
+from loomdb.replication.heads import DEFAULT_INTERVAL
+from loomdb.replication.passive import PassiveReplication
+from loomdb.replication.subscriptions import FILE as SUBSCRIPTIONS_FILE
+from loomdb.replication.subscriptions import Subscriptions
 from loomdb.stores.remote import RemoteStore
 from loomdb.transports.libp2p import (
     DEFAULT_P2P_ADDR,
@@ -33,10 +43,12 @@ P2P_READY: Final = " and p2p at {addrs}"
 
 @dataclass(frozen=True, slots=True)
 class P2PSettings:
-    """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected."""
+    """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected;
+    ``anti_entropy``: seconds between head exchanges with each peer."""
 
     listen: tuple[str, ...]
     peers: tuple[str, ...] = ()
+    anti_entropy: float = DEFAULT_INTERVAL
 
     def check(self) -> None:
         """Before anything is opened: bad addresses are ``ValidationError``, a busy
@@ -46,6 +58,8 @@ class P2PSettings:
             raise ValidationError("give at least one --p2p-addr, or --no-p2p")
         for peer in self.peers:
             parse_peer_addr(peer)
+        if not 0.1 <= self.anti_entropy <= 86400:
+            raise ValidationError("--anti-entropy-seconds is between 0.1 and 86400")
         check_listen_free(addrs)
 
 
@@ -77,11 +91,48 @@ def p2p_connector(p2p: P2PHost | None, fallback: Connect) -> Connect:
 
 
 def p2p_settings(
-    addrs: Sequence[str] | None, no_p2p: bool, peers: Sequence[str]
+    addrs: Sequence[str] | None,
+    no_p2p: bool,
+    peers: Sequence[str],
+    anti_entropy: float | None = None,
 ) -> P2PSettings | None:
     """``loomdb start``'s options as settings (None: no libp2p)."""
     if no_p2p:
-        if addrs or peers:
-            raise ValidationError("--no-p2p and --p2p-addr/--peers do not go together")
+        if addrs or peers or anti_entropy is not None:
+            raise ValidationError(
+                "--no-p2p and --p2p-addr/--peers/--anti-entropy-seconds do not go together"
+            )
         return None
-    return P2PSettings(tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers))
+    interval = DEFAULT_INTERVAL if anti_entropy is None else anti_entropy
+    return P2PSettings(tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval)
+
+
+@asynccontextmanager
+async def passive_replication(
+    home: Path,
+    p2p: P2PHost,
+    local: Any,
+    *,
+    feed: EntryFeed,
+    check: Callable[[Entry], None],
+    settings: P2PSettings,
+    default_space: str,
+) -> AsyncIterator[PassiveReplication]:
+    """Gossip and head exchange on ``p2p`` (running) until the block ends, with the
+    subscriptions saved in ``home``."""
+    subscriptions = Subscriptions(home / SUBSCRIPTIONS_FILE)
+    replication = PassiveReplication(
+        p2p,
+        local,
+        feed,
+        subscriptions,
+        check,
+        anti_entropy=settings.anti_entropy,
+        default_space=default_space,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replication.run)
+        try:
+            yield replication
+        finally:
+            nursery.cancel_scope.cancel()

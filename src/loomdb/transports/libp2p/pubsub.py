@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -72,8 +72,8 @@ def tune_pubsub(queue_size: int = QUEUE_SIZE) -> None:
 
 
 class NodeGossipSub(GossipSub):
-    """Gossipsub whose own publishes are never rate-limited, and whose rate
-    refusals are counted.
+    """Gossipsub whose own publishes are never rate-limited and go to every peer of
+    the topic (flood publishing), and whose rate refusals are counted.
 
     py-libp2p also queues each published message for every connected peer whose
     subscription to the topic it has not seen (the subscription race), at most
@@ -82,6 +82,24 @@ class NodeGossipSub(GossipSub):
     at every publish: here it is pruned quietly and what it drops is counted
     (``pending_dropped``; mostly messages for peers that do not want them).
     """
+
+    def _get_peers_to_send(
+        self,
+        topic_ids: Iterable[str],
+        msg_forwarder: ID,
+        origin: ID,
+        msg_id: bytes | None = None,
+    ) -> Iterable[ID]:
+        """Flood publishing (go-libp2p's default): the node's own messages go to every
+        peer in the topic, not only its mesh — a peer just back in a topic is kept
+        out of the mesh for the prune back-off (60 s), and would miss them."""
+        topic_ids = list(topic_ids)
+        peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+        if self.pubsub is not None and origin == self.pubsub.my_id:
+            for topic in topic_ids:
+                peers.update(self.pubsub.peer_topics.get(topic, ()))
+            peers.discard(origin)
+        return peers
 
     def _prune_pending_messages(self, peer_id: ID) -> None:
         queue = self._pending_messages.get(peer_id)

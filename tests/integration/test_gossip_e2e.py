@@ -1,0 +1,330 @@
+"""Passive replication end to end: real ``loomdb start`` processes on 127.0.0.1,
+subscribed with ``loomdb client p2p collection|document …``, gossip over
+gossipsub, missing history fetched over ``/loomdb/sync``, head exchange on
+connect; plus a libp2p host in this process that publishes garbage and forgeries.
+
+ACCEPTANCE.md P2 (document subscribers exchange updates both ways; a node not
+subscribed, or not connected, receives nothing), P3 (a collection subscription
+receives new documents of that collection only, until it is removed), P6 (missed
+updates: the history is fetched on the next update, and on connect; divergent
+offline edits converge), P9 (a five-node chain). Every wait polls an API with a
+deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trio
+from libp2p.peer.id import ID
+
+from loomdb.entries.entry import build_entry
+from loomdb.identity.keys import NamedKey, SigningKey
+from loomdb.replication.message import MAX_MESSAGE, encode_entry
+from loomdb.replication.topics import collection_topic
+from loomdb.transports.libp2p import P2PHost
+from tests.doc_support import make_home
+from tests.integration.nodes import Node, Nodes, nodes
+from tests.integration.test_p2p_e2e import cli, cli_json, p2p_addr, peer_ids, read_all, write
+
+pytestmark = pytest.mark.integration
+
+WAIT = 20.0
+QUIET = ("--anti-entropy-seconds", "3600")  # head exchange on connect only
+
+
+@pytest.fixture
+def cluster() -> Iterator[Nodes]:
+    with nodes() as group:
+        yield group
+
+
+@pytest.fixture
+def key() -> NamedKey:
+    return NamedKey.generate_fingerprinted("shared")
+
+
+def poll(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = WAIT,
+    details: Callable[[], Any] = lambda: "",
+) -> Any:
+    """Wait (bounded) until ``check()`` is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s {details()}"
+        time.sleep(0.05)
+    return found
+
+
+def start(cluster: Nodes, tmp_path: Path, key: NamedKey, names: str, *args: str) -> list[Node]:
+    for name in names:
+        make_home(tmp_path / name, key)
+    group = [cluster.launch(tmp_path / name, *args) for name in names]
+    cluster.wait_ready()
+    return group
+
+
+def doc(node: Node, collection: str, doc_id: str, space: str = "main") -> Any:
+    with node.http() as http:
+        r = http.get(f"/collections/{collection}/docs/{doc_id}", headers={"X-Loomdb-Space": space})
+        return r.json() if r.status_code == 200 else None
+
+
+def update(node: Node, collection: str, doc_id: str, patch: dict[str, Any]) -> None:
+    with node.http() as http:
+        r = http.patch(f"/collections/{collection}/docs/{doc_id}", json={"set": patch})
+        assert r.status_code == 200, r.text
+
+
+def replication(node: Node) -> dict[str, Any]:
+    info: dict[str, Any] = cli_json(node, "p2p", "info")["replication"]
+    return info
+
+
+def gossip(node: Node) -> dict[str, int]:
+    counters: dict[str, int] = replication(node)["gossip"]
+    return counters
+
+
+def joined(node: Node, peers: int = 1) -> bool:
+    """Every topic of ``node`` has ``peers`` peers in it (gossip can flow)."""
+    topics = cli_json(node, "p2p", "info")["pubsub"]["topic_peers"]
+    return bool(topics) and all(n >= peers for n in topics.values())
+
+
+def connect(node: Node, other: Node) -> None:
+    assert cli_json(node, "p2p", "connect", p2p_addr(other))["connected"] is True
+
+
+def follow(node: Node, kind: str, *names: str) -> None:
+    done = cli_json(node, "p2p", kind, "add", *names)
+    assert len(done["added"]) == len(set(names)), done
+
+
+# --- P2 -------------------------------------------------------------------------------------
+
+
+def test_p2_document_subscribers_exchange_updates_both_ways(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    a, b, c, d = start(cluster, tmp_path, key, "abcd", *QUIET)
+    for node in (a, b, d):
+        follow(node, "document", "notes/n1")
+    assert cli_json(b, "p2p", "document", "getall")["documents"] == [
+        {"space": "main", "collection": "notes", "document": "n1"}
+    ]
+    connect(b, a)
+    connect(c, a)  # c is connected but follows nothing; d follows n1 but is not connected
+    poll(lambda: joined(a) and joined(b), "a and b in each other's topic")
+
+    write(a, "main", "notes", "n1", {"by": "a"})
+    write(a, "main", "notes", "n2", {"by": "a"})  # not followed by anyone
+    poll(lambda: doc(b, "notes", "n1"), "b receives a's new document")
+    update(b, "notes", "n1", {"seen_by": "b"})
+    found = poll(lambda: (doc(a, "notes", "n1") or {}).get("value", {}).get("seen_by"), "a")
+    assert found == "b"
+    poll(lambda: gossip(b)["not_subscribed"] >= 1, "b drops the message of n2")
+    assert doc(b, "notes", "n2") is None
+
+    # a marker that c would have seen by now if it got anything: b's later update
+    update(a, "notes", "n1", {"last": True})
+    poll(lambda: (doc(b, "notes", "n1") or {}).get("value", {}).get("last"), "b sees the last")
+    assert read_all(c, "main", "notes") == {} and gossip(c)["received"] == 0
+    assert read_all(d, "main", "notes") == {}
+    counters = gossip(a)
+    assert counters["published"] >= 3 and counters["stored"] >= 1
+    assert counters["malformed"] == counters["unverifiable"] == counters["refused"] == 0
+    drops = cli_json(a, "p2p", "info")["pubsub"]["drops"]
+    assert drops["rate_limited"] == drops["subscription_full"] == drops["outbound_dropped"] == 0
+    shown = cli(a, "p2p", "info")
+    assert "following" in shown.stdout and "head_exchange" in shown.stdout
+
+
+# --- P3 -------------------------------------------------------------------------------------
+
+
+def test_p3_a_collection_subscription_receives_new_documents_until_removed(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    a, b = start(cluster, tmp_path, key, "ab", *QUIET)
+    follow(a, "collection", "notes", "marks", "other")
+    follow(b, "collection", "notes", "marks")
+    # a batch with one bad name changes nothing
+    bad = cli(b, "p2p", "collection", "add", "fine", "$bad")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert {c["collection"] for c in cli_json(b, "p2p", "collection", "getall")["collections"]} == {
+        "notes",
+        "marks",
+    }
+    connect(b, a)
+    poll(lambda: joined(b), "b in a's topics")
+
+    for i in range(3):
+        write(a, "main", "notes", f"n{i}", {"i": i})
+    write(a, "main", "other", "o1", {"x": 1})
+    write(a, "main", "marks", "m1", {"x": 1})
+    poll(lambda: len(read_all(b, "main", "notes")) == 3, "b receives every new document")
+    poll(lambda: doc(b, "marks", "m1"), "b receives the marker")
+    assert read_all(b, "main", "other") == {}
+
+    assert cli_json(b, "p2p", "collection", "remove", "notes")["removed"] == [
+        {"space": "main", "collection": "notes"}
+    ]
+    poll(lambda: len(cli_json(b, "p2p", "info")["pubsub"]["topic_peers"]) == 1, "b leaves")
+    write(a, "main", "notes", "late", {"late": True})
+    write(a, "main", "marks", "m2", {"x": 2})
+    poll(lambda: doc(b, "marks", "m2"), "b receives the second marker")
+    assert doc(b, "notes", "late") is None
+
+
+# --- P6 -------------------------------------------------------------------------------------
+
+
+def test_p6_missed_updates_are_fetched_on_the_next_update_and_on_connect(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    a, b = start(cluster, tmp_path, key, "ab", *QUIET)
+    follow(a, "document", "notes/n1")
+    follow(b, "document", "notes/n1")
+    connect(b, a)
+    poll(lambda: joined(a) and joined(b), "a and b in the topic")
+    write(a, "main", "notes", "n1", {"v": 0})
+    poll(lambda: doc(b, "notes", "n1"), "b receives n1")
+
+    # b leaves the topic: a's next two updates are not sent to it
+    cli_json(b, "p2p", "document", "remove", "notes/n1")
+    poll(lambda: not joined(a), "a sees b leave")
+    update(a, "notes", "n1", {"v": 1, "one": True})
+    update(a, "notes", "n1", {"v": 2, "two": True})
+    follow(b, "document", "notes/n1")
+    poll(lambda: joined(a), "b back in the topic")
+    assert doc(b, "notes", "n1")["value"] == {"v": 0}  # it missed them
+    update(a, "notes", "n1", {"v": 3})
+    # the new entry's parents are missing: b fetches the history from a
+    value = {"v": 3, "one": True, "two": True}
+    poll(
+        lambda: (doc(b, "notes", "n1") or {}).get("value") == value,
+        "b has the full history",
+        details=lambda: (doc(b, "notes", "n1"), gossip(b), b.stderr()[-3000:]),
+    )
+    counters = gossip(b)
+    assert counters["missing_parents"] >= 1 and counters["fetched"] >= 1
+
+    # divergent offline edits: the connection goes, both edit, it comes back
+    a_peer = cli_json(a, "p2p", "info")["peer_id"]
+    assert cli_json(b, "p2p", "disconnect", a_peer)["disconnected"] is True
+    poll(lambda: peer_ids(a) == [] and peer_ids(b) == [], "both see the connection gone")
+    update(a, "notes", "n1", {"a_offline": 1})
+    update(b, "notes", "n1", {"b_offline": 1})
+    connect(b, a)  # head exchange on connect, both ways
+
+    def converged() -> bool:
+        x, y = doc(a, "notes", "n1"), doc(b, "notes", "n1")
+        return bool(x and y and x["value"] == y["value"] and x["heads"] == y["heads"])
+
+    poll(converged, "divergent edits converge")
+    assert {"a_offline", "b_offline"} <= set(doc(a, "notes", "n1")["value"])
+
+    # b offline (stopped): a writes; b restarts with its subscription and catches up
+    assert b.stop() == 0
+    update(a, "notes", "n1", {"while_b_was_down": True})
+    b = cluster.start(tmp_path / "b", *QUIET, "--peers", p2p_addr(a))
+    assert cli_json(b, "p2p", "document", "getall")["documents"] == [
+        {"space": "main", "collection": "notes", "document": "n1"}
+    ]
+    poll(lambda: (doc(b, "notes", "n1") or {})["value"].get("while_b_was_down"), "b catches up")
+    assert replication(b)["head_exchange"]["pulled"] >= 1
+
+
+# --- P9 -------------------------------------------------------------------------------------
+
+
+def test_p9_a_five_node_chain_delivers_end_to_end(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    chain = start(cluster, tmp_path, key, "01234", *QUIET)
+    for node in chain:
+        follow(node, "document", "notes/c1")
+    for left, right in itertools.pairwise(chain):
+        connect(right, left)
+    poll(lambda: all(joined(n) for n in chain), "every node in the topic")
+    write(chain[0], "main", "notes", "c1", {"hop": 0})
+    poll(lambda: doc(chain[4], "notes", "c1"), "the far end receives it")
+    update(chain[4], "notes", "c1", {"back": True})
+    poll(lambda: (doc(chain[0], "notes", "c1") or {})["value"].get("back"), "and back")
+    assert gossip(chain[4])["stored"] >= 1 and gossip(chain[0])["stored"] >= 1
+
+
+# --- misbehaving publishers -------------------------------------------------------------------
+
+
+def test_bad_gossip_is_dropped_and_counted_with_the_node_up(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    [a] = start(cluster, tmp_path, key, "a")
+    space = cli_json(a, "space", "create", "team")["space"]
+    follow(a, "collection", "notes")
+    assert cli_json(a, "--space", space, "p2p", "collection", "add", "notes")["added"] == [
+        {"space": space, "collection": "notes"}
+    ]
+    stranger = SigningKey.generate()
+
+    def forged(space_: str, doc_id: str, payload: bytes = b"{}") -> Any:
+        return build_entry(
+            author=stranger,
+            space=space_,
+            collection="notes",
+            document=doc_id,
+            kind="create",
+            payload=payload,
+            created_at=1,
+            key=NamedKey.generate("stranger@1"),
+        )
+
+    open_topic, team_topic = collection_topic("main", "notes"), collection_topic(space, "notes")
+
+    async def publish() -> None:
+        host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
+        async with host.run():
+            pubsub = host.pubsub
+            assert pubsub is not None
+            a_id = ID.from_base58(await host.connect(p2p_addr(a)))
+            with trio.fail_after(WAIT):
+                while a_id not in pubsub.peer_topics.get(team_topic, set()):
+                    await trio.sleep(0.05)
+            bad = forged("main", "bad")
+            flipped = bytearray(bad.raw)
+            flipped[-1] ^= 1
+            member_only = forged(space, "forged")
+            team_entry = encode_entry(member_only.raw, space, "notes", "forged", member_only.cid)
+            for topic, data in (
+                (open_topic, b"\x00garbage"),
+                (open_topic, b"\xa0" * (MAX_MESSAGE + 1)),
+                (open_topic, encode_entry(bytes(flipped), "main", "notes", "bad", bad.cid)),
+                (team_topic, team_entry),
+            ):
+                await pubsub.publish([topic], data)
+            ok = forged("main", "ok")  # an open space takes anyone's entries
+            await pubsub.publish([open_topic], encode_entry(ok.raw, "main", "notes", "ok", ok.cid))
+            with trio.fail_after(WAIT):
+                while await trio.to_thread.run_sync(lambda: gossip(a)["stored"] < 1):
+                    await trio.sleep(0.05)
+
+    anyio.run(publish, backend="trio")
+    counters = gossip(a)
+    assert counters["malformed"] == 1 and counters["oversized"] == 1
+    assert counters["unverifiable"] == 1 and counters["refused"] == 1
+    assert counters["stored"] == 1
+    assert read_all(a, space, "notes") == {}
+    with a.http() as http:
+        assert http.get("/node").status_code == 200
+    assert json.loads(cli(a, "p2p", "info", "--json").stdout)["replication"]["gossip"] == counters
