@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from loomdb.documents import query as q
 from loomdb.documents.values import dumps, loads
@@ -102,9 +102,9 @@ class DocRow:
     heads: tuple[CID, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class DocWrite:
-    """A document's materialized row, as :meth:`Views.write_docs` writes it."""
+class DocWrite(NamedTuple):
+    """A document's materialized row, as :meth:`Views.write_docs` writes it (a tuple:
+    one is made per document written)."""
 
     doc: int
     value: dict[str, Any]

@@ -1,0 +1,114 @@
+"""The bulk-write path's shortcuts give what the general code gives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from loomdb.documents import Counter, Database, Text, crdt
+from loomdb.documents.values import MAX_DEPTH, check_value, from_json
+from loomdb.errors import ConflictError, ValidationError
+from loomdb.stores.base import PutStatus
+from loomdb.stores.sqlite import SQLiteStore
+from tests.doc_support import all_entries, open_peers
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Any:
+    (one,) = await open_peers(tmp_path, 1)
+    yield one
+    await one.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_payload_is_cbor2s_encoding(size: int) -> None:
+    salt, delta = os.urandom(crdt.SALT_SIZE), os.urandom(size)
+    payload = crdt.encode_payload(salt, delta)
+    assert payload == cbor2.dumps({"s": salt, "d": delta})
+    assert crdt.decode_payload(payload) == (salt, delta)
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("leaf", ["s", 1, 1.5, True, None, b"x"])
+def test_plain_fields_checked_in_line_as_before(leaf: Any) -> None:
+    check_value(_nested(MAX_DEPTH, leaf))  # a plain value at depth 32: stored
+    with pytest.raises(ValidationError, match="nested deeper than 32 levels"):
+        check_value(_nested(MAX_DEPTH + 1, leaf))
+    with pytest.raises(ValidationError, match="nested deeper than 32 levels"):
+        check_value(_nested(MAX_DEPTH, [leaf]))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"a": {"b": 2**63}}, "value.a.b: integer out of the 64-bit range"),
+        ({"a": -(2**63) - 1}, "value.a: integer out of the 64-bit range"),
+        ({"a": float("nan")}, "value.a: NaN and infinities are not stored"),
+        ({"a": {"b": float("inf")}}, "value.a.b: NaN and infinities are not stored"),
+        ({"a": object()}, "value.a: cannot store a object"),
+    ],
+)
+def test_bad_plain_fields_named_as_before(value: Any, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        check_value(value)
+    assert caught.value.message == message
+
+
+def test_from_json_keeps_plain_values_and_decodes_tags() -> None:
+    got = from_json({"a": 1, "b": "x", "c": None, "d": {"$text": "t"}, "e": [{"$bytes": "AA=="}]})
+    assert got == {"a": 1, "b": "x", "c": None, "d": Text("t"), "e": [b"\x00"]}
+    with pytest.raises(ValidationError, match=r"value.f: unknown tag '\$x'"):
+        from_json({"a": 1, "f": {"$x": 1, "y": 2}})
+
+
+async def test_create_many_ids_is_create_many_without_documents(db: Database) -> None:
+    coll = db.collection("c")
+    values = [
+        {"n": i, "t": Text("x"), "c": Counter(i), "m": {"k": [1, {"z": None}]}} for i in range(5)
+    ]
+    ids = await coll.create_many_ids(values, ids=["a", None, "b", None, "c"])
+    assert len(ids) == 5 and ids[0] == "a" and ids[2] == "b" and ids[4] == "c"
+    assert len(set(ids)) == 5
+    for i, doc_id in enumerate(ids):
+        got = await coll.get(doc_id)
+        assert got.value == {"n": i, "t": "x", "c": i, "m": {"k": [1, {"z": None}]}}
+        assert len(got.heads) == 1
+    with pytest.raises(ConflictError) as caught:
+        await coll.create_many_ids([{"n": 9}, {"n": 10}], ids=["new", "b"])
+    assert caught.value.index == 1
+    assert await coll.count() == 5  # "new" was not written either
+    states = await db.stats()
+    assert states["entries"] == len(await all_entries(db)) == 5
+
+
+async def test_new_rows_take_the_next_ids(db: Database, tmp_path: Path) -> None:
+    coll = db.collection("c")
+    await coll.create_many_ids([{"n": i} for i in range(3)], ids=["a", "b", "c"])
+    await coll.delete("b")
+    await coll.create_many_ids([{"n": i} for i in range(3)], ids=["b", "d", "e"])  # b revived
+    assert sorted(d.id for d in await coll.list()) == ["a", "b", "c", "d", "e"]
+    # The store made its document rows in a batch too: every entry's document is its own.
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        results = await store.put_entries(await all_entries(db))
+        assert all(r.status is PutStatus.ACCEPTED for r in results)
+        again = await store.put_entries(await all_entries(db))
+        assert all(r.status is PutStatus.DUPLICATE for r in again)
+        for entry in await all_entries(db):
+            where = (entry.space, entry.collection, entry.document)
+            assert await store.heads(*where) == await db.store.heads(*where)
+            assert len(await store.heads(*where)) == 1
+    finally:
+        await store.aclose()
