@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loomdb.clock import pack_hlc
 from loomdb.entries.entry import Entry, build_entry
 from loomdb.errors import NotMemberError, ProtocolError, StoreCorruptError, ValidationError
 from loomdb.identity.keys import NamedKey, SigningKey
 from loomdb.replication.fetches import FetchQueue
-from loomdb.replication.gossip import RECEIVE_COUNTERS, GossipCounters, Verdict, decide
+from loomdb.replication.gossip import RECEIVE_COUNTERS, Delays, GossipCounters, Verdict, decide
 from loomdb.replication.heads import HeadSchedule
 from loomdb.replication.message import (
     MAX_INLINE,
@@ -266,3 +267,14 @@ def test_head_exchange_on_connect_then_every_interval() -> None:
     schedule.on_peers([], now=36.0)
     schedule.finished("b", now=36.0)  # finished after it went: forgotten
     assert schedule.next_wakeup(36.0) == math.inf and schedule.running == frozenset()
+
+
+def test_delays_are_summarised_from_the_entries_clock() -> None:
+    delays = Delays(keep=100)
+    assert delays.summary()["count"] == 0
+    for ms in range(1, 101):
+        delays.add(pack_hlc(1_000_000, 3), 1_000_000 + ms)
+    delays.add(pack_hlc(2_000_000, 0), 1_999_000)  # an author's clock ahead: 0, not negative
+    summary = delays.summary()
+    assert summary["count"] == 100  # the last 100 kept
+    assert summary["p50_ms"] == 51 and summary["p99_ms"] == 100 and summary["max_ms"] == 100

@@ -20,11 +20,12 @@ Invariants:
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from loomdb.clock import LOGICAL_BITS
 from loomdb.entries.entry import Entry, decode_entry
 from loomdb.errors import EntryError, ProtocolError, TrustError
 from loomdb.replication.message import Announcement, OversizedError, parse_message
@@ -113,3 +114,25 @@ class GossipCounters(Counter[str]):
 
     def as_dict(self) -> dict[str, int]:
         return {name: self.get(name, 0) for name in self.NAMES}
+
+
+class Delays:
+    """How long gossiped entries took from their author's clock to this node's store
+    (ms; the entry's HLC wall time against the node's clock, so only meaningful
+    between clocks in step): the last ``keep`` samples."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._samples: deque[int] = deque(maxlen=keep)
+
+    def add(self, created_at: int, now_ms: int) -> None:
+        self._samples.append(max(0, now_ms - (created_at >> LOGICAL_BITS)))
+
+    def summary(self) -> dict[str, float | int | None]:
+        ordered = sorted(self._samples)
+        if not ordered:
+            return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+
+        def at(q: float) -> int:
+            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        return {"count": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ordered[-1]}

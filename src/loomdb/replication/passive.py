@@ -34,12 +34,13 @@ from typing import Any, Final
 import trio
 from libp2p.peer.id import ID
 
+from loomdb.clock import Clock, SystemClock
 from loomdb.documents.database import DEFAULT_SPACE
 from loomdb.entries.entry import Entry
 from loomdb.errors import LoomError
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.fetches import FetchQueue
-from loomdb.replication.gossip import GossipCounters, Verdict, decide
+from loomdb.replication.gossip import Delays, GossipCounters, Verdict, decide
 from loomdb.replication.heads import DEFAULT_INTERVAL, POLL_SECONDS, HeadSchedule
 from loomdb.replication.message import encode_entry
 from loomdb.replication.subscriptions import Subscriptions, parse_document_name
@@ -75,7 +76,10 @@ class PassiveReplication:
         default_space: str = DEFAULT_SPACE,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = trio.sleep,
+        wall: Clock | None = None,
     ) -> None:
+        """``clock`` and ``sleep`` pace head exchange; ``wall`` (the system clock by
+        default) dates arrivals, for :class:`Delays`."""
         self.host = host
         self.local = local
         self.feed = feed
@@ -83,6 +87,8 @@ class PassiveReplication:
         self.check = check
         self.default_space = default_space  # of the API's names without a space
         self.counters = GossipCounters()
+        self.delays = Delays()
+        self._wall = wall or SystemClock()
         self.heads: Counter[str] = Counter()
         self.schedule = HeadSchedule(anti_entropy)
         self.fetches = FetchQueue()
@@ -108,6 +114,7 @@ class PassiveReplication:
             },
             "topics": sorted(self._topics),
             "gossip": self.counters.as_dict(),
+            "gossip_delay": self.delays.summary(),
             "fetch_queue": len(self.fetches),
             "head_exchange": {
                 "interval_seconds": self.schedule.interval,
@@ -256,9 +263,11 @@ class PassiveReplication:
                 log.warning("storing %d gossiped entries: %s", len(batch), exc.message)
                 continue
             accepted = []
+            now_ms = self._wall.now_ms()
             for entry, result in zip(batch, results, strict=True):
                 if result.status is PutStatus.ACCEPTED:
                     self.counters["stored"] += 1
+                    self.delays.add(entry.created_at, now_ms)
                     accepted.append(entry)
                 elif result.status is PutStatus.DUPLICATE:
                     self.counters["duplicate"] += 1
