@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,26 @@ def test_a_managed_space_is_refused_until_the_target_admits_this_node(
     write(a, space, "notes", "a2", {"by": "a"})
     poll(lambda: set(read_all(b, space, "notes")) == {"a1", "a2"}, WAIT, "live push")
     assert cli_json(a, "p2p", "replicator", "delete", b_peer, "--space", space)["deleted"]
+
+
+def test_a_failing_replicator_pushes_as_soon_as_its_peer_connects_again(
+    cluster: Nodes, key: NamedKey, tmp_path: Path
+) -> None:
+    make_home(tmp_path / "a", key)
+    make_home(tmp_path / "b", key)
+    b_addr_opt = free_p2p()
+    a = cluster.launch(tmp_path / "a")  # the default back-off: 30 s before the first retry
+    b = cluster.launch(tmp_path / "b", *b_addr_opt)
+    cluster.wait_ready()
+    cli_json(a, "p2p", "replicator", "set", "-c", "notes", p2p_addr(b))
+    poll(lambda: the_replicator(a)["state"] == "active", WAIT, "active")
+    assert b.stop() == 0
+    create_docs(a, "notes", [("while-away", {"i": 1})])
+    poll(lambda: the_replicator(a)["state"] == "failing", WAIT, "failing")
+    next_retry = the_replicator(a)["next_retry"]
+    assert next_retry - time.time() > 20  # 30 s from the failure
+    # b comes back and dials a (its bootstrap peer): a pushes at once, not in 30 s
+    b = cluster.start(tmp_path / "b", *b_addr_opt, "--peers", p2p_addr(a))
+    poll(lambda: has(b, "notes", "while-away"), WAIT, "pushed once b connected")
+    assert time.time() < next_retry
+    poll(lambda: the_replicator(a)["state"] == "active", WAIT, "active again")

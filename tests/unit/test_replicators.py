@@ -352,3 +352,30 @@ async def test_replicators_and_their_cursor_survive_a_restart(tmp_path: Path) ->
         await until(lambda: state_of(again) == "active", "caught up after the restart")
         assert "while-down" in peer.documents()  # the restart reconciled
         assert again.list()[0]["history"][-3:] == ["inactive", "backfilling", "active"]
+
+
+@pytest.mark.anyio
+async def test_a_failing_replicator_tries_again_at_once_when_its_peer_is_back(
+    tmp_path: Path,
+) -> None:
+    local, peer, time = Local(), Peer(), FakeTime()
+    await local.feed.start()
+    await local.store.put_entries([local.write(document="d1")])
+    back = anyio.Event()
+    watched: list[str] = []
+
+    async def reconnected(peer_id: str) -> None:
+        watched.append(peer_id)
+        await back.wait()
+
+    peer.down = True
+    reps = replicators(tmp_path, local, peer, time)
+    reps.reconnected = reconnected
+    async with reps.run():
+        reps.set(ADDR)
+        await until(time.sleeping, "waits to retry")
+        assert state_of(reps) == "failing" and watched == [PEER]
+        peer.down = False
+        back.set()  # the peer connected: no need to wait out the back-off
+        await until(lambda: state_of(reps) == "active", "tried again at once")
+        assert "d1" in peer.documents() and time.sleeps == [1.0]

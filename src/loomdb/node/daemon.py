@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +38,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
+from libp2p.peer.id import ID
 
 from loomdb.api import create_app
 from loomdb.api.auth import auth_routes
@@ -74,6 +75,7 @@ from loomdb.trust.principal import Principal
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 9181
 GRACE_SECONDS = 5.0
+PEER_CHECK_SECONDS = 1.0  # how often a failing replicator's peer is looked for
 READY = "loomdb: node {peer_id} ready, API at {url}"
 
 log = logging.getLogger(__name__)
@@ -278,6 +280,7 @@ async def serve_node(
                     own_peer=home.peer_id,
                     default_space=options.space,
                     schedule=options.replicator_retry,
+                    reconnected=_reconnected(p2p),
                 )
                 await stack.enter_async_context(replicators.run())
             bound_host = sock.getsockname()[0]
@@ -349,6 +352,24 @@ def _peer_store(p2p: P2PHost) -> Callable[[str], Any]:
             yield remote
 
     return connect
+
+
+def _reconnected(p2p: P2PHost) -> Callable[[str], Awaitable[None]]:
+    """Returns once the host is connected to the peer again after being away (looked
+    at every :data:`PEER_CHECK_SECONDS`): it dialled us, or we dialled it."""
+
+    async def reconnected(peer: str) -> None:
+        network = p2p.host.get_network()
+        peer_id = ID.from_base58(peer)
+        away = False
+        while True:
+            up = peer_id in network.connections
+            if up and away:
+                return
+            away = away or not up
+            await trio.sleep(PEER_CHECK_SECONDS)
+
+    return reconnected
 
 
 @asynccontextmanager

@@ -20,6 +20,8 @@
    node write those entries: for a managed space, the binding of this node's
    Peer ID as a device of a member, see :mod:`loomdb.trust.devices`) is
    ``refused``, retried as many times as the schedule has intervals, then left.
+   A failing replicator also tries again at once when its peer, gone when the
+   try failed, connects again (``reconnected``: the daemon watches the host).
 
 Records live in ``<home>/replicators.json`` (:class:`ReplicatorFile`), written at
 every state change and at most every :data:`SAVE_EVERY` seconds for the cursor
@@ -66,6 +68,8 @@ Connect = Callable[[str], AbstractAsyncContextManager[ContentAddressedStore]]
 """Opens the store of the peer a multiaddr names (closed when the block ends)."""
 PeerOf = Callable[[str], str]
 """The Peer ID a multiaddr names (``ValidationError`` for a bad one)."""
+Reconnected = Callable[[str], Awaitable[None]]
+"""Returns once the peer (a Peer ID) is connected again after being away."""
 
 
 class PushRefused(LoomError):
@@ -212,11 +216,20 @@ class Replicator:
             rec.last_error = {"code": code, "message": message, "at": now}
 
     async def _wait(self, delay: float) -> None:
-        """Sleep ``delay`` (the injected sleep), counting the lag meanwhile."""
+        """Sleep ``delay`` (the injected sleep), counting the lag meanwhile; cut short
+        when the peer connects again."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._count_lag)
+            if self.owner.reconnected is not None:
+                tg.start_soon(self._until_reconnected, tg.cancel_scope)
             await self.owner.sleep(delay)
             tg.cancel_scope.cancel()
+
+    async def _until_reconnected(self, wait: anyio.CancelScope) -> None:
+        assert self.owner.reconnected is not None
+        await self.owner.reconnected(self.record.peer)
+        log.info("replicator to %s: the peer is back, trying now", self.record.peer)
+        wait.cancel()
 
     async def _count_lag(self) -> None:
         feed, counted, lag = self.owner.feed, self.record.cursor, 0
@@ -246,8 +259,10 @@ class Replicators:
         schedule: RetrySchedule | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        reconnected: Reconnected | None = None,
     ) -> None:
         self.file = ReplicatorFile(home)
+        self.reconnected = reconnected
         self.store = store
         self.feed = feed
         self.connect = connect
