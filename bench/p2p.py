@@ -27,7 +27,9 @@ nodes (``loomdb start``, libp2p on 127.0.0.1), fresh ones each rep:
 * **live**: A writes N more, 1,000 a request, while the replicator pushes each
   batch as it lands: entries/s from the first write to B holding the last, and the
   **catch-up** after the last write was acknowledged;
-* for comparison, ``client sync --push`` of the same 2N entries into a fresh node
+* **latency**: 50 single writes (``POST …/docs``), each timed until A's replicator
+  says the peer stored it (polled every 5 ms);
+* for comparison, ``client sync --push`` of the same entries into a fresh node
   (``POST /sync/run``): over HTTP POST, over WebSocket, and over libp2p.
 """
 
@@ -203,6 +205,7 @@ ROWS: list[tuple[str, str, str]] = [
 # --- replicators vs client sync --push ---------------------------------------------------
 
 REPLICATE_TIMEOUT = 600.0
+LATENCY_WRITES = 50
 BENCH_COLL = "bench"
 
 
@@ -303,11 +306,21 @@ def replicator_rep(tmp: Path, n: int) -> dict[str, float]:
         out["rep_live_rate"] = n / (done - t)
         out["rep_write_rate"] = n / (written - t)
         out["rep_catch_up_ms"] = (done - written) * 1000
+        latencies = []
+        for i in range(LATENCY_WRITES):  # one write at a time: until the peer has it
+            t = time.perf_counter()
+            r = a.api.post(f"/collections/{BENCH_COLL}/docs", json={"id": f"one{i}", "value": {}})
+            if r.status_code != 201:
+                raise SystemExit(f"bench: a write answered {r.status_code}: {r.text}")
+            latencies.append((wait_pushed(a, 2 * n + i + 1) - t) * 1000)
+        out["rep_latency_p50_ms"] = statistics.median(latencies)
+        out["rep_latency_max_ms"] = max(latencies)
+        n_all = 2 * n + LATENCY_WRITES
         for key, transport in (("http", "http"), ("ws", "ws"), ("p2p", None)):
             target = start(key)
             remote = target.addr if transport is None else target.url
-            seconds = sync_push(a, remote, 2 * n, transport)
-            out[f"sync_{key}_push_rate"] = 2 * n / seconds
+            seconds = sync_push(a, remote, n_all, transport)
+            out[f"sync_{key}_push_rate"] = n_all / seconds
             target.stop()
     finally:
         for node in started:
@@ -320,6 +333,8 @@ REPLICATOR_ROWS: list[tuple[str, str, str]] = [
     ("rep_live_rate", "replicator live, writes of 1,000 + pushes", "entries/s"),
     ("rep_write_rate", "  the writes alone (docs:batch, same run)", "entries/s"),
     ("rep_catch_up_ms", "replicator catch-up after the last write", "ms"),
+    ("rep_latency_p50_ms", "one write, until the peer stored it: p50", "ms"),
+    ("rep_latency_max_ms", "one write, until the peer stored it: max", "ms"),
     ("sync_http_push_rate", "client sync --push, HTTP", "entries/s"),
     ("sync_ws_push_rate", "client sync --push, WebSocket", "entries/s"),
     ("sync_p2p_push_rate", "client sync --push, libp2p", "entries/s"),
