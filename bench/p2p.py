@@ -31,6 +31,17 @@ nodes (``loomdb start``, libp2p on 127.0.0.1), fresh ones each rep:
   says the peer stored it (polled every 5 ms);
 * for comparison, ``client sync --push`` of the same entries into a fresh node
   (``POST /sync/run``): over HTTP POST, over WebSocket, and over libp2p.
+
+**Head exchange** between equal stores (the relay's and a copy of it, N entries):
+a pull of the space and of its collection, on a new connection (dial, Noise,
+stream, one reconciliation) and on an open one: ms and round trips.
+
+``--gossip-updates N`` (default 1000; 0: skip) at ``--gossip-rate`` (100/s): full
+nodes sharing a key, a writer and 1, then 4, subscribers connected to it, all
+following the collection; the writer makes N documents, one ``POST …/docs`` each,
+paced. Per subscriber, the delay from each entry's HLC time to its storing there
+(``p2p info``'s ``gossip_delay``: p50, the worst p99, max), the entries that did
+not come by gossip, and those still missing after head exchange (every 5 s) repaired.
 """
 
 from __future__ import annotations
@@ -57,11 +68,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 import sync as bench_sync  # noqa: E402  (bench/sync.py: the cached workload)
-from loomdb.identity.keys import SigningKey  # noqa: E402
+from loomdb.identity.keys import NamedKey, SigningKey  # noqa: E402
+from loomdb.node.home import NodeHome  # noqa: E402
 from loomdb.stores.remote import RemoteStore  # noqa: E402
 from loomdb.stores.sqlite import SQLiteStore  # noqa: E402
 from loomdb.sync import wire  # noqa: E402
-from loomdb.sync.replicate import pull_changes_from  # noqa: E402
+from loomdb.sync.replicate import SyncScope, pull_changes_from  # noqa: E402
 from loomdb.transports.base import RequestChannel  # noqa: E402
 from loomdb.transports.libp2p import P2PHost  # noqa: E402
 from loomdb.transports.websocket import WebSocketChannel  # noqa: E402
@@ -212,13 +224,13 @@ BENCH_COLL = "bench"
 class FullNode(RelayNode):
     """``loomdb start`` (a full node) with libp2p on 127.0.0.1; its API as an httpx client."""
 
-    def __init__(self, home: Path) -> None:  # not RelayNode's: no store to copy
+    def __init__(self, home: Path, *extra: str) -> None:  # not RelayNode's: no store to copy
         self.log_path = home.parent / f"{home.name}.log"
         self._log = self.log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if k != "LOOMDB_KEYRING_SECRET"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p) != ROOT)
         command = [sys.executable, "-m", "loomdb", "start", "--home", str(home)]
-        command += ["--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0"]
+        command += ["--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0", *extra]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0
         )
@@ -341,6 +353,166 @@ REPLICATOR_ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+# --- gossip: replication latency, and head exchange on connect --------------------------
+
+GOSSIP_REPAIR_TIMEOUT = 120.0
+GOSSIP_QUIET = 5.0  # no new gossip arrival for this long: delivery is over
+GOSSIP_ANTI_ENTROPY = "5"  # seconds: the repair after gossip
+
+
+def gossip_home(path: Path, key: NamedKey) -> Path:
+    """A node home that writes and reads its open spaces with ``key`` (shared)."""
+    home = NodeHome.open(path, environ={})
+    home.keyring.import_key(key)
+    home.keyring.set_default_key(key.key_id)
+    home.keyring.save()
+    return path
+
+
+def gossip_counters(node: FullNode) -> dict[str, Any]:
+    info: dict[str, Any] = node.api.get("/p2p/info").json()["replication"]
+    return info
+
+
+def doc_count(node: FullNode) -> int:
+    r = node.api.get(f"/collections/{BENCH_COLL}/docs", params={"limit": 1})
+    return int(r.json()["count"]) if r.status_code == 200 else 0
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what}: not within {timeout} s")
+        time.sleep(0.05)  # a poll of the API, bounded by the deadline above
+
+
+def gossip_rep(tmp: Path, n: int, rate: float, subscribers: int) -> dict[str, float]:
+    """A writes ``n`` documents at ``rate``/s (one entry each, one request each);
+    ``subscribers`` nodes connected to A follow the collection. Delays are the
+    subscribers' own (entry HLC time to stored here), lost counts before and after
+    head exchange's repair."""
+    key = NamedKey.generate_fingerprinted("bench-gossip")
+    started: list[FullNode] = []
+
+    def start(name: str) -> FullNode:
+        home = gossip_home(tmp / f"{name}-{time.monotonic_ns()}", key)
+        node = FullNode(home, "--anti-entropy-seconds", GOSSIP_ANTI_ENTROPY)
+        started.append(node)
+        return node
+
+    tag = f"s{subscribers}"
+    try:
+        a = start("writer")
+        subs = [start(f"sub{i}") for i in range(subscribers)]
+        for node in (a, *subs):
+            r = node.api.post("/p2p/collections", json={"collections": [BENCH_COLL]})
+            assert r.status_code == 200, r.text
+        for node in subs:
+            assert node.api.post("/p2p/connect", json={"addr": a.addr}).status_code == 200
+
+        def joined() -> bool:
+            topics = a.api.get("/p2p/info").json()["pubsub"]["topic_peers"]
+            return list(topics.values()) == [subscribers]
+
+        wait_for(joined, 30.0, "the subscribers join the topic")
+        t0 = time.perf_counter()
+        for i in range(n):
+            wait = t0 + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)  # pacing the writes, not waiting for a result
+            r = a.api.post(
+                f"/collections/{BENCH_COLL}/docs", json={"id": f"g{i}", "value": {"i": i}}
+            )
+            assert r.status_code == 201, r.text
+        achieved = n / (time.perf_counter() - t0)
+        last: list[int] = [-1]
+        quiet_since = time.monotonic()
+
+        def delivered() -> bool:
+            nonlocal quiet_since
+            stored = sum(gossip_counters(s)["gossip"]["stored"] for s in subs)
+            if stored != last[0]:
+                last[0], quiet_since = stored, time.monotonic()
+            return stored == n * subscribers or time.monotonic() - quiet_since > GOSSIP_QUIET
+
+        wait_for(delivered, GOSSIP_REPAIR_TIMEOUT, "gossip delivery")
+        by_gossip = [gossip_counters(s) for s in subs]
+        wait_for(
+            lambda: all(doc_count(s) == n for s in subs),
+            GOSSIP_REPAIR_TIMEOUT,
+            "head exchange repairs what gossip lost",
+        )
+        delays = [c["gossip_delay"] for c in by_gossip]
+        stored = sum(c["gossip"]["stored"] for c in by_gossip)
+        return {
+            f"gossip_{tag}_rate": achieved,
+            f"gossip_{tag}_p50_ms": statistics.median(d["p50_ms"] for d in delays),
+            f"gossip_{tag}_p99_ms": max(d["p99_ms"] for d in delays),
+            f"gossip_{tag}_max_ms": max(d["max_ms"] for d in delays),
+            f"gossip_{tag}_lost": float(n * subscribers - stored),
+            f"gossip_{tag}_lost_after_repair": float(sum(n - doc_count(s) for s in subs)),
+        }
+    finally:
+        for node in started:
+            node.stop()
+
+
+def gossip_rows(subscribers: tuple[int, ...]) -> list[tuple[str, str, str]]:
+    rows = []
+    for k in subscribers:
+        tag, who = f"s{k}", f"{k} subscriber{'s' if k != 1 else ''}"
+        rows += [
+            (f"gossip_{tag}_rate", f"gossip to {who}: writes", "updates/s"),
+            (f"gossip_{tag}_p50_ms", f"gossip to {who}: delay p50", "ms"),
+            (f"gossip_{tag}_p99_ms", f"gossip to {who}: delay p99 (worst)", "ms"),
+            (f"gossip_{tag}_max_ms", f"gossip to {who}: delay max", "ms"),
+            (f"gossip_{tag}_lost", f"gossip to {who}: not by gossip", "entries"),
+            (f"gossip_{tag}_lost_after_repair", f"gossip to {who}: lost after repair", "entries"),
+        ]
+    return rows
+
+
+async def head_exchange(node: RelayNode, local_path: Path, reps: int) -> dict[str, float]:
+    """Head exchange between equal stores (the relay's and a copy of it): a pull of
+    the space, and of its collection (what a collection subscription reconciles),
+    on a fresh connection (dial, Noise, stream, one reconciliation) and on an open one."""
+    local = SQLiteStore(local_path)
+    out: dict[str, list[float]] = {}
+    try:
+        for _ in range(reps):
+            for name, scope in (
+                ("space", SyncScope(bench_sync.SPACE)),
+                ("coll", SyncScope(bench_sync.SPACE, collections=(bench_sync.COLLECTION,))),
+            ):
+                host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+                async with host.run():
+                    t = time.perf_counter()
+                    async with RemoteStore(host.peer_channel(node.addr)) as remote:
+                        report = await pull_changes_from(local, remote, scope)
+                        first = time.perf_counter() - t
+                        t = time.perf_counter()
+                        again = await pull_changes_from(local, remote, scope)
+                        warm = time.perf_counter() - t
+                if report.pulled or again.pulled:
+                    raise SystemExit("bench: the stores differ")
+                out.setdefault(f"heads_{name}_connect_ms", []).append(first * 1000)
+                out.setdefault(f"heads_{name}_open_ms", []).append(warm * 1000)
+                out.setdefault(f"heads_{name}_rounds", []).append(float(again.rounds))
+    finally:
+        await local.aclose()
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+HEAD_ROWS: list[tuple[str, str, str]] = [
+    ("heads_space_connect_ms", "head exchange, equal, new connection", "ms"),
+    ("heads_space_open_ms", "head exchange, equal, connection up", "ms"),
+    ("heads_space_rounds", "head exchange, equal: round trips", "rounds"),
+    ("heads_coll_open_ms", "  a collection's set, connection up", "ms"),
+    ("heads_coll_rounds", "  a collection's set: round trips", "rounds"),
+]
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     cached = await bench_sync.cached_entries(args.cache_dir, args.entries, 100)
     reps: list[dict[str, float]] = []
@@ -351,9 +523,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for rep in range(args.reps):
                 reps.append(await one_rep(node, args, tmp))
                 print(f"  rep {rep + 1}/{args.reps} done", flush=True)
+            local_copy = bench_sync.copy_store(cached.full, tmp / "heads-local.sqlite")
+            heads = await head_exchange(node, local_copy, 5)
+            for measured in reps:
+                measured.update(heads)
         finally:
             node.stop()
-        rows = list(ROWS)
+        rows = [*ROWS, *HEAD_ROWS]
+        if args.gossip_updates:
+            subscribers = (1, 4)
+            rows += gossip_rows(subscribers)
+            for rep in range(args.reps):
+                for k in subscribers:
+                    reps[rep] |= gossip_rep(tmp, args.gossip_updates, args.gossip_rate, k)
+                print(f"  gossip rep {rep + 1}/{args.reps} done", flush=True)
         if args.replicator_docs:
             rows += REPLICATOR_ROWS
             for rep in range(args.reps):
@@ -385,6 +568,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "round_trips": args.round_trips,
             "reps": args.reps,
             "replicator_docs": args.replicator_docs,
+            "gossip_updates": args.gossip_updates,
+            "gossip_rate": args.gossip_rate,
         },
         "results": results,
     }
@@ -411,6 +596,13 @@ def main() -> None:
     parser.add_argument(
         "--replicator-docs", type=int, default=5000, help="the replicator case's N (0: skip it)"
     )
+    parser.add_argument(
+        "--gossip-updates",
+        type=int,
+        default=1000,
+        help="the gossip case's updates, to 1 and to 4 subscribers (0: skip it)",
+    )
+    parser.add_argument("--gossip-rate", type=float, default=100.0, help="updates/s written")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
     args = parser.parse_args()
@@ -418,6 +610,8 @@ def main() -> None:
         parser.error("--entries, --round-trips and --reps are at least 1")
     if args.replicator_docs < 0:
         parser.error("--replicator-docs is at least 0")
+    if args.gossip_updates < 0 or args.gossip_rate <= 0:
+        parser.error("--gossip-updates is at least 0, --gossip-rate above 0")
     main_fn: Callable[[], Awaitable[dict[str, Any]]] = lambda: run(args)  # noqa: E731
     doc = anyio.run(main_fn, backend="trio")
     show(doc)
