@@ -84,6 +84,7 @@ def test_p4_a_replicator_pushes_its_collections_one_way_until_deleted(
                      p2p_addr(b))  # fmt: skip
     assert shown["peer"] == b_peer and shown["space"] == "main"
     assert shown["collections"] == ["notes"] and shown["documents"] == [["todos", "t1"]]
+    assert shown["state"] == "backfilling"
     poll(lambda: has(b, "notes", "n0", "n1", "n2") and has(b, "todos", "t1"), WAIT, "backfill")
     poll(lambda: the_replicator(a)["state"] == "active", WAIT, "active")
     assert documents(b, "notes")["n1"] == {"i": 1}

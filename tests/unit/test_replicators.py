@@ -235,7 +235,7 @@ async def test_backfill_then_live_pushes_of_the_scope_only_one_way(tmp_path: Pat
             reps.set(f"/ip4/127.0.0.1/tcp/1/p2p/{ME}")  # itself
         shown = reps.set(ADDR, collections=["notes"])
         assert shown["peer"] == PEER and shown["space"] == SPACE
-        assert shown["collections"] == ["notes"]
+        assert shown["collections"] == ["notes"] and shown["state"] == "backfilling"
         await until(lambda: state_of(reps) == "active", "caught up")
         assert peer.documents() == {"old1", "old2", "peer-own"}  # what existed before
         # each new local entry of the scope is pushed as it lands, over one connection

@@ -127,9 +127,7 @@ class Replicator:
 
     async def run(self) -> None:
         rec = self.record
-        with self.cancel:
-            rec.handle(ReplicatorEvent.START, self._now())
-            self._save(True)
+        with self.cancel:  # started (backfilling) by Replicators._start
             while True:
                 try:
                     await self._backfill()
@@ -296,6 +294,7 @@ class Replicators:
                 for record in self._records:
                     record.state = ReplicatorState.INACTIVE  # it was not running
                     self._start(record)
+                self.save(True)
                 try:
                     yield self
                 finally:
@@ -309,6 +308,7 @@ class Replicators:
 
     def _start(self, record: ReplicatorRecord) -> None:
         assert self._tg is not None, "Replicators.run() is not running"
+        record.handle(ReplicatorEvent.START, self.now())  # shown backfilling from now on
         replicator = Replicator(record, self)
         self._running[record.key] = replicator
         self._tg.start_soon(replicator.run, name=f"replicator {record.peer} {record.space}")
@@ -349,8 +349,8 @@ class Replicators:
         )
         self._stop(record.key)
         self._records = [r for r in self._records if r.key != record.key] + [record]
-        self.save(True)
         self._start(record)
+        self.save(True)
         log.info("replicator to %s (%s) set", peer, space)
         return record.as_dict()
 
