@@ -17,6 +17,11 @@ word in three places. Here each is raised and **every drop is counted**
   subscription's drop is counted by :class:`NodePubsub` (``subscription_full``),
   an outbound drop by wrapping ``drop_rpc`` (``outbound_dropped``).
 
+Also: a peer's subscriptions beyond 100 topics are ignored by default (raised to
+:data:`MAX_PEER_TOPICS`); gossipsub's heartbeat is 1 s (not 120 s); the node's
+own messages are flood-published; IP-diversity "eclipse protection" is off (all
+peers share one address on a machine or behind one NAT).
+
 The patches are process-wide (py-libp2p reads module globals), as is
 :data:`DROPS`: one daemon runs one host.
 """
@@ -47,6 +52,10 @@ MAX_RPC_BYTES: Final = 1024 * 1024
 """An inbound pubsub RPC larger than this is refused by py-libp2p unread."""
 HEARTBEAT_SECONDS: Final = 1
 """Gossipsub's mesh maintenance (the spec's 1 s; py-libp2p's default is 120 s)."""
+MAX_PEER_TOPICS: Final = 10_000
+"""Topics a peer may join as this node sees it: py-libp2p ignores a peer's
+subscriptions beyond 100, which would make a peer following its 101st collection
+deaf to this node's messages for it."""
 
 DROPS: Counter[str] = Counter()
 """Messages lost inside py-libp2p, by where: ``rate_limited``,
@@ -154,7 +163,12 @@ def make_pubsub(host: IHost) -> tuple[NodePubsub, NodeGossipSub]:
         eclipse_protection_enabled=False,
     )
     pubsub = NodePubsub(
-        host, router, strict_signing=True, max_inbound_rpc_size=MAX_RPC_BYTES, cache_size=4096
+        host,
+        router,
+        strict_signing=True,
+        max_inbound_rpc_size=MAX_RPC_BYTES,
+        max_subscriptions_per_peer=MAX_PEER_TOPICS,
+        cache_size=4096,
     )
     return pubsub, router
 
