@@ -42,6 +42,12 @@ following the collection; the writer makes N documents, one ``POST …/docs`` ea
 paced. Per subscriber, the delay from each entry's HLC time to its storing there
 (``p2p info``'s ``gossip_delay``: p50, the worst p99, max), the entries that did
 not come by gossip, and those still missing after head exchange (every 5 s) repaired.
+
+``--scale-docs N`` (default 10,000; 0: skip), in this process: N followed documents
+of one collection as loomdb follows them (``Subscriptions``: one collection topic,
+messages filtered locally) against a gossipsub topic per document — time to join,
+the subscriptions a new peer is sent, one heartbeat, and how many topics the peer
+takes (py-libp2p refuses a hello of more than 5,000 subscriptions whole).
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ sys.path.insert(0, str(ROOT))
 import sync as bench_sync  # noqa: E402  (bench/sync.py: the cached workload)
 from loomdb.identity.keys import NamedKey, SigningKey  # noqa: E402
 from loomdb.node.home import NodeHome  # noqa: E402
+from loomdb.replication.subscriptions import Subscriptions  # noqa: E402
+from loomdb.replication.topics import document_topic  # noqa: E402
 from loomdb.stores.remote import RemoteStore  # noqa: E402
 from loomdb.stores.sqlite import SQLiteStore  # noqa: E402
 from loomdb.sync import wire  # noqa: E402
@@ -513,6 +521,72 @@ HEAD_ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+# --- scale: 10,000 followed documents ------------------------------------------------------
+
+
+async def topic_scale(n: int, tmp: Path) -> dict[str, float]:
+    """``n`` followed documents of one collection as loomdb follows them (one
+    collection topic, filtered locally) against one gossipsub topic each: what
+    joining costs, what a new peer is sent, and one gossipsub heartbeat."""
+    out: dict[str, float] = {}
+    subs = Subscriptions(tmp / f"subs-{time.monotonic_ns()}.json")
+    names = [f"{BENCH_COLL}/d{i}" for i in range(n)]
+    t = time.perf_counter()
+    for start in range(0, n, 1000):
+        subs.add_documents("main", names[start : start + 1000])
+    out["scale_add_ms"] = (time.perf_counter() - t) * 1000
+    out["scale_file_kb"] = (subs.path.stat().st_size if subs.path else 0) / 1024
+    out["scale_topics"] = float(len(subs.topics()))
+    t = time.perf_counter()
+    for i in range(10_000):
+        subs.wants("main", BENCH_COLL, f"d{i}")
+    out["scale_wants_us"] = (time.perf_counter() - t) / 10_000 * 1e6
+    for label, topics in (("ours", list(subs.topics())), ("per_doc", None)):
+        host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        peer = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        async with host.run(), peer.run():
+            pubsub, other = host.pubsub, peer.pubsub
+            assert pubsub is not None
+            assert other is not None
+            wanted = topics or [document_topic("main", BENCH_COLL, f"d{i}") for i in range(n)]
+            t = time.perf_counter()
+            for topic in wanted:
+                await pubsub.subscribe(topic)
+            out[f"scale_{label}_join_ms"] = (time.perf_counter() - t) * 1000
+            out[f"scale_{label}_hello_kb"] = pubsub.get_hello_packet().ByteSize() / 1024
+            t = time.perf_counter()
+            pubsub.router.mesh_heartbeat()  # type: ignore[attr-defined]
+            out[f"scale_{label}_heartbeat_ms"] = (time.perf_counter() - t) * 1000
+            await peer.connect(host.listen_addrs()[0])
+            deadline = time.monotonic() + 30
+            seen = 0
+            while time.monotonic() < deadline:
+                seen = sum(
+                    1 for t_ in wanted if host.host.get_id() in other.peer_topics.get(t_, ())
+                )
+                if seen == len(wanted):
+                    break
+                await anyio.sleep(0.1)
+            out[f"scale_{label}_seen_by_peer"] = float(seen)
+    return out
+
+
+SCALE_ROWS: list[tuple[str, str, str]] = [
+    ("scale_add_ms", "follow 10k documents: add, 10 batches", "ms"),
+    ("scale_file_kb", "  their subscriptions file", "KiB"),
+    ("scale_wants_us", "  filter a message (wants)", "us"),
+    ("scale_topics", "  gossip topics joined", "topics"),
+    ("scale_ours_join_ms", "  joining them", "ms"),
+    ("scale_ours_hello_kb", "  subscriptions sent to each new peer", "KiB"),
+    ("scale_ours_heartbeat_ms", "  one gossipsub heartbeat", "ms"),
+    ("scale_ours_seen_by_peer", "  topics a new peer learns", "topics"),
+    ("scale_per_doc_join_ms", "a topic per document: joining 10k", "ms"),
+    ("scale_per_doc_hello_kb", "  subscriptions sent to each new peer", "KiB"),
+    ("scale_per_doc_heartbeat_ms", "  one gossipsub heartbeat", "ms"),
+    ("scale_per_doc_seen_by_peer", "  topics a new peer learns", "topics"),
+]
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     cached = await bench_sync.cached_entries(args.cache_dir, args.entries, 100)
     reps: list[dict[str, float]] = []
@@ -530,6 +604,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             node.stop()
         rows = [*ROWS, *HEAD_ROWS]
+        if args.scale_docs:
+            rows += SCALE_ROWS
+            for rep in range(args.reps):
+                reps[rep] |= await topic_scale(args.scale_docs, tmp)
+            print("  scale done", flush=True)
         if args.gossip_updates:
             subscribers = (1, 4)
             rows += gossip_rows(subscribers)
@@ -570,6 +649,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "replicator_docs": args.replicator_docs,
             "gossip_updates": args.gossip_updates,
             "gossip_rate": args.gossip_rate,
+            "scale_docs": args.scale_docs,
         },
         "results": results,
     }
@@ -603,6 +683,12 @@ def main() -> None:
         help="the gossip case's updates, to 1 and to 4 subscribers (0: skip it)",
     )
     parser.add_argument("--gossip-rate", type=float, default=100.0, help="updates/s written")
+    parser.add_argument(
+        "--scale-docs",
+        type=int,
+        default=10_000,
+        help="followed documents of the scale case (0: skip it)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
     args = parser.parse_args()
