@@ -77,6 +77,17 @@ def test_the_default_schedule_backs_off_from_30_s_to_32_min() -> None:
             RetrySchedule.parse(bad)
 
 
+def test_start_takes_the_retry_intervals(capsys: pytest.CaptureFixture[str]) -> None:
+    from loomdb.cli.main import build_parser
+
+    args = build_parser().parse_args(["start", "--replicator-retry-intervals", "1,2,5"])
+    assert args.replicator_retry_intervals == RetrySchedule((1.0, 2.0, 5.0))
+    assert build_parser().parse_args(["start"]).replicator_retry_intervals is None  # default
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["start", "--replicator-retry-intervals", "1,x"])
+    assert exit_.value.code == 2 and "bad retry intervals" in capsys.readouterr().err
+
+
 def test_failures_set_the_next_retry_and_refusals_give_up_after_the_schedule() -> None:
     schedule = RetrySchedule((1.0, 2.0, 5.0))
     record = ReplicatorRecord(PEER, ADDR, SPACE)
