@@ -36,9 +36,12 @@ from typing import Any, Final
 
 import trio
 from libp2p.abc import IHost
+from libp2p.peer import peerstore as _peerstore_module
 from libp2p.peer.id import ID
+from libp2p.pubsub import gossipsub as _gossipsub_module
 from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub import rpc_queue as _rpc_queue_module
+from libp2p.pubsub import utils as _utils_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -62,6 +65,44 @@ DROPS: Counter[str] = Counter()
 ``subscription_full``, ``outbound_dropped``, ``pending_dropped``."""
 
 _original_drop_rpc = _rpc_queue_module.drop_rpc
+_original_consume = _utils_module.maybe_consume_signed_record
+_original_envelope = _peerstore_module.env_to_send_in_RPC
+ENVELOPE_SECONDS: Final = 5.0
+"""How long the node's own signed peer record is reused before its addresses are
+looked at again."""
+IDONTWANT_MIN_BYTES: Final = 1024
+"""IDONTWANT is sent for messages at least this large (go-libp2p's threshold)."""
+
+# A peer's last signed peer record, by Peer ID, and the node's own, by host.
+_consumed: dict[ID, bytes] = {}
+_envelopes: dict[int, tuple[float, tuple[bytes, bool]]] = {}
+
+
+def _consume_once(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
+    """py-libp2p verifies the signed peer record of every RPC (one Ed25519 check per
+    message, IDONTWANT and control included): the bytes already accepted from that
+    peer are not checked again."""
+    if not msg.HasField("senderRecord"):
+        return True
+    record = bytes(msg.senderRecord)
+    if _consumed.get(peer_id) == record:
+        return True
+    ok: bool = _original_consume(msg, host, peer_id)
+    if ok:
+        _consumed[peer_id] = record
+    return ok
+
+
+def _envelope_cached(host: IHost) -> tuple[bytes, bool]:
+    """py-libp2p re-reads (and re-parses) the host's addresses for every RPC it
+    sends, to reuse its signed peer record: here the answer is kept a few seconds."""
+    now = time.monotonic()
+    cached = _envelopes.get(id(host))
+    if cached is not None and now - cached[0] < ENVELOPE_SECONDS:
+        return cached[1]
+    answer: tuple[bytes, bool] = _original_envelope(host)
+    _envelopes[id(host)] = (now, answer)
+    return answer
 
 
 def _counting_drop_rpc(peer_id: ID, rpc: rpc_pb2.RPC) -> None:
@@ -78,6 +119,9 @@ def tune_pubsub(queue_size: int = QUEUE_SIZE) -> None:
     defaults = init.__defaults__
     init.__defaults__ = (queue_size, *defaults[1:])
     _pubsub_module.drop_rpc = _counting_drop_rpc  # type: ignore[attr-defined]
+    for module in (_pubsub_module, _gossipsub_module):
+        module.maybe_consume_signed_record = _consume_once  # type: ignore[attr-defined]
+        module.env_to_send_in_RPC = _envelope_cached  # type: ignore[attr-defined]
 
 
 class NodeGossipSub(GossipSub):
@@ -109,6 +153,14 @@ class NodeGossipSub(GossipSub):
                 peers.update(self.pubsub.peer_topics.get(topic, ()))
             peers.discard(origin)
         return peers
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        """Only for large messages (go-libp2p's rule): for a small one the IDONTWANT
+        costs its peers as much as the duplicate it saves."""
+        cached = self.mcache.get(msg_id)
+        if cached is not None and len(cached.data) < IDONTWANT_MIN_BYTES:
+            return
+        await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
     def _prune_pending_messages(self, peer_id: ID) -> None:
         queue = self._pending_messages.get(peer_id)
