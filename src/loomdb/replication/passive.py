@@ -119,7 +119,10 @@ class PassiveReplication:
             "head_exchange": {
                 "interval_seconds": self.schedule.interval,
                 "running": len(self.schedule.running),
-                **{k: self.heads.get(k, 0) for k in ("runs", "rounds", "pulled", "failed")},
+                **{
+                    k: self.heads.get(k, 0)
+                    for k in ("exchanges", "runs", "rounds", "pulled", "failed")
+                },
             },
         }
 
@@ -359,6 +362,7 @@ class PassiveReplication:
                     self.heads["failed"] += 1
                     log.info("head exchange of %s with %s: %s", scope.space, peer, exc)
         finally:
+            self.heads["exchanges"] += 1
             self.schedule.finished(peer, self._clock())
 
 

@@ -1,0 +1,176 @@
+"""``PassiveReplication`` in one process: two real libp2p hosts on 127.0.0.1, each
+node a guarded memory store with its receipt-log feed and a store server on
+``/loomdb/sync`` — the daemon's wiring without the daemon. Gossip delivers a local
+write to a follower only; a child whose parents are missing makes the receiver
+fetch the document's history from the publisher; head exchange on connect pulls
+what a node follows and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from loomdb.entries.entry import Entry, build_entry
+from loomdb.identity.keys import NamedKey, SigningKey
+from loomdb.replication.feed import EntryFeed
+from loomdb.replication.passive import PassiveReplication
+from loomdb.replication.subscriptions import Subscriptions
+from loomdb.stores import MemoryStore
+from loomdb.stores.server import StoreServer
+from loomdb.transports.libp2p import P2PHost
+from loomdb.trust.book import DirectoryBook
+from loomdb.trust.devices import PeerPrincipal
+from loomdb.trust.guard import GuardedStore
+
+pytestmark = pytest.mark.anyio
+WAIT = 20.0
+KEY = NamedKey.generate("shared@1")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"  # py-libp2p is trio-only
+
+
+@dataclass
+class Peer:
+    user: SigningKey
+    store: GuardedStore
+    host: P2PHost
+    replication: PassiveReplication
+
+    def entry(self, doc: str, *parents: Entry, collection: str = "notes") -> Entry:
+        return build_entry(
+            author=self.user,
+            space="main",
+            collection=collection,
+            document=doc,
+            kind="change" if parents else "create",
+            payload=b"{}",
+            created_at=1 + sum(p.created_at for p in parents),
+            parents=list(parents),
+            key=KEY,
+        )
+
+    async def write(self, *entries: Entry) -> None:
+        await self.store.put_entries(list(entries))
+
+    async def has(self, entry: Entry) -> bool:
+        [held] = await self.store.has_entries([entry.cid])
+        return held
+
+    def follow(self, *documents: str, collections: tuple[str, ...] = ()) -> None:
+        subs = self.replication.subscriptions
+        if documents:
+            subs.add_documents("main", documents)
+        if collections:
+            subs.add_collections("main", collections)
+        self.replication.subscriptions_changed()
+
+
+@asynccontextmanager
+async def peer(anti_entropy: float = 3600.0) -> AsyncIterator[Peer]:
+    user = SigningKey.generate()
+    base = MemoryStore()
+    feed = EntryFeed(base, user.public_key)
+    await feed.start()
+    store = GuardedStore(base, DirectoryBook(), on_stored=feed.stored)
+    host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
+    server = StoreServer(store)
+    host.serve_sync(lambda p: server.handler_for(PeerPrincipal(None, peer_id=p)))
+    replication = PassiveReplication(
+        host, store, feed, Subscriptions(), store.check, anti_entropy=anti_entropy
+    )
+    async with host.run(), trio.open_nursery() as nursery:
+        nursery.start_soon(replication.run)
+        yield Peer(user, store, host, replication)
+        nursery.cancel_scope.cancel()
+
+
+async def until(check: Callable[[], object], what: str) -> None:
+    with trio.fail_after(WAIT):
+        while not await _value(check):
+            await trio.sleep(0.02)
+
+
+async def _value(check: Callable[[], object]) -> object:
+    value = check()
+    if hasattr(value, "__await__"):
+        value = await value  # type: ignore[misc]
+    return value
+
+
+def joined(p: Peer, peers: int = 1) -> bool:
+    info = p.host.pubsub_info()
+    return bool(info and info["topic_peers"]) and all(
+        n >= peers for n in info["topic_peers"].values()
+    )
+
+
+async def test_a_local_write_reaches_a_follower_and_no_one_else() -> None:
+    async with peer() as a, peer() as b, peer() as c:
+        a.follow("notes/n1")
+        b.follow("notes/n1")
+        c.follow(collections=("other",))
+        await b.host.connect(a.host.listen_addrs()[0])
+        await c.host.connect(a.host.listen_addrs()[0])
+        await until(lambda: joined(a) and joined(b), "a and b share the topic")
+        first = a.entry("n1")
+        unfollowed = a.entry("n2")
+        await a.write(first, unfollowed)
+        await until(lambda: b.has(first), "b stores a's entry")
+        await until(lambda: b.replication.counters["not_subscribed"] >= 1, "b drops n2")
+        assert not await b.has(unfollowed)
+        assert not await c.has(first) and c.replication.counters["received"] == 0
+        # and back: b's own write reaches a; a's own message came back to a, dropped
+        reply = b.entry("n1", first)
+        await b.write(reply)
+        await until(lambda: a.has(reply), "a stores b's entry")
+        assert a.replication.counters["own"] >= 1 and a.replication.counters["published"] >= 1
+        assert a.replication.delays.summary()["count"] == 1
+
+
+async def test_missing_parents_are_fetched_from_the_publisher() -> None:
+    async with peer() as a, peer() as b:
+        a.follow("notes/n1")
+        history = [a.entry("n1")]
+        for _ in range(3):
+            history.append(a.entry("n1", history[-1]))
+        await a.write(*history)  # nobody listens: gossip goes nowhere
+        await until(lambda: a.replication.counters["unheard"] == len(history), "unheard")
+        await b.host.connect(a.host.listen_addrs()[0])
+        # b follows nothing yet: its head exchange on connect pulls nothing
+        await until(lambda: b.replication.heads["exchanges"] >= 1, "b's exchange on connect")
+        b.follow("notes/n1")
+        await until(lambda: joined(a) and joined(b), "a and b share the topic")
+        assert not await b.has(history[0])
+        latest = a.entry("n1", history[-1])
+        await a.write(latest)
+        await until(lambda: b.has(latest), "b stores the new entry")
+        for old in history:
+            await until(lambda e=old: b.has(e), "b fetches the history")
+        counters = b.replication.counters
+        assert counters["missing_parents"] >= 1 and counters["fetched"] >= 1
+
+
+async def test_head_exchange_on_connect_pulls_only_what_is_followed() -> None:
+    async with peer() as a, peer() as b:
+        b.follow(collections=("notes",))
+        mine = a.entry("n1")
+        theirs = a.entry("x1", collection="other")
+        await a.write(mine, theirs)
+        a_offline = b.entry("n2")
+        await b.write(a_offline)
+        await b.host.connect(a.host.listen_addrs()[0])
+        await until(lambda: b.has(mine), "b pulls the followed collection on connect")
+        await until(lambda: b.replication.heads["runs"] >= 1, "b's exchange done")
+        assert not await b.has(theirs)
+        assert not await a.has(a_offline)  # a follows nothing: b pushes nothing to it
+        a.follow(collections=("notes",))
+        # the next exchange is an hour away: a one-off pull names the document
+        [report] = await a.replication.sync_documents("main", ["notes/n2"])
+        assert report["pulled"] == 1 and await a.has(a_offline)
