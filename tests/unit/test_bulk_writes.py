@@ -11,7 +11,7 @@ import pytest
 
 from loomdb.documents import Counter, Database, Text, crdt
 from loomdb.documents.values import MAX_DEPTH, check_value, from_json
-from loomdb.errors import ConflictError, ValidationError
+from loomdb.errors import ConflictError, EntryTooLargeError, ValidationError
 from loomdb.stores.base import PutStatus
 from loomdb.stores.sqlite import SQLiteStore
 from tests.doc_support import all_entries, open_peers
@@ -112,3 +112,24 @@ async def test_new_rows_take_the_next_ids(db: Database, tmp_path: Path) -> None:
             assert len(await store.heads(*where)) == 1
     finally:
         await store.aclose()
+
+
+async def test_a_failed_batch_leaves_no_row_and_the_ids_stay_usable(db: Database) -> None:
+    coll = db.collection("c")
+    await coll.create_many_ids([{"n": 0}], ids=["old"])
+    with pytest.raises(ConflictError):  # refused by the check, after the rows were given ids
+        await coll.create_many_ids([{"n": 1}, {"n": 2}, {"n": 3}], ids=["x", "y", "old"])
+    with pytest.raises(EntryTooLargeError):  # refused while its entry was made
+        await coll.create_many_ids([{"n": 4}, {"big": "z" * (1 << 20)}], ids=["x", "w"])
+    assert db._doc_id("c", "x") is None and db._doc_id("c", "w") is None
+    assert await coll.create_many_ids([{"n": 5}, {"n": 6}], ids=["x", "w"]) == ["x", "w"]
+    assert (await coll.get("x")).value == {"n": 5}
+    assert (await coll.get("w")).value == {"n": 6}
+    assert sorted(d.id for d in await coll.list()) == ["old", "w", "x"]
+    await db.aclose()
+    again = await Database.open(db.home, store=None)
+    try:  # what the views hold is what the entries say
+        assert sorted(d.id for d in await again.collection("c").list()) == ["old", "w", "x"]
+        assert (await again.collection("c").get("x")).value == {"n": 5}
+    finally:
+        await again.aclose()

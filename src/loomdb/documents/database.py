@@ -424,12 +424,13 @@ class Database:
             self._cache.popitem(last=False)
 
     async def _preload(
-        self, docs: Sequence[tuple[str, str]], pinned: dict[int, _Live]
+        self, docs: Sequence[tuple[str, str]], pinned: dict[int, _Live], *, reserve: bool = False
     ) -> dict[tuple[str, str], _Live]:
         """Open the documents of a batch: those not open are loaded with one store
         read; documents new to the views (their rows are made here, in one
-        transaction) start empty, without a read. Returns them by (collection,
-        document), each also pinned and in the cache."""
+        transaction, or with ``reserve`` only given ids, the row written whole
+        with the batch's views) start empty, without a read. Returns them by
+        (collection, document), each also pinned and in the cache."""
         by_coll: dict[str, list[str]] = {}
         for collection, document in docs:
             by_coll.setdefault(collection, []).append(document)
@@ -439,7 +440,7 @@ class Database:
             for collection, names in by_coll.items():
                 coll = self._views.coll_id(collection)
                 assert coll is not None
-                ids, created = self._views.doc_ids(coll, names)
+                ids, created = self._views.doc_ids(coll, names, reserve=reserve)
                 for name, doc_id in ids.items():
                     live = pinned.get(doc_id) or self._cache.get(doc_id)
                     if live is None:
@@ -523,6 +524,8 @@ class Database:
                 self._cache.pop(doc_id, None)
             raise
         finally:
+            with self._views.lock:
+                self._views.drop_reserved()  # rows of new documents the batch did not write
             self._trim_cache()
 
     async def _commit_locked(
@@ -533,7 +536,9 @@ class Database:
     ) -> list[_Live]:
         made: list[tuple[Entry, _Live, int | None, int, int, bool]] = []
         lives = []
-        opened = await self._preload([(c.collection, c.document) for c in changes], pinned)
+        opened = await self._preload(
+            [(c.collection, c.document) for c in changes], pinned, reserve=True
+        )
         cache = self._cache
         for change in changes:
             live = opened[(change.collection, change.document)]

@@ -171,6 +171,8 @@ class Views:
         self._depth = 0
         self._coll_ids: dict[str, int] = {}
         self._doc_ids: dict[tuple[int, str], int] = {}
+        # Rows given an id by ``doc_ids(reserve=True)`` and not written yet: id -> (coll, name).
+        self._reserved: dict[int, tuple[int, str]] = {}
 
     def _drop_all(self) -> None:
         rows = self._db.execute(
@@ -203,6 +205,7 @@ class Views:
                 self._db.execute("ROLLBACK")
                 self._coll_ids.clear()
                 self._doc_ids.clear()
+                self._reserved.clear()
                 raise
             finally:
                 self._depth -= 1
@@ -226,6 +229,7 @@ class Views:
         self._db.execute("DELETE FROM indexes")
         self._coll_ids.clear()
         self._doc_ids.clear()
+        self._reserved.clear()
 
     # --- collections and documents --------------------------------------------
 
@@ -253,27 +257,42 @@ class Views:
         row = self._db.execute("SELECT schema FROM collections WHERE id = ?", (coll,)).fetchone()
         return None if row is None else row[0]
 
+    def _next_doc_id(self) -> int:
+        """The id SQLite would give a new row (max + 1: one writer, inside its
+        transaction), above the ids reserved too."""
+        first = int(self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM docs").fetchone()[0])
+        return max(first, max(self._reserved, default=0) + 1)
+
     def doc_id(self, coll: int, name: str, create: bool = True) -> int | None:
+        """The row id of a document; without ``create``, None when it has no row (a
+        reserved one, not written yet, counts as none)."""
         key = (coll, name)
         cached = self._doc_ids.get(key)
         if cached is not None:
-            return cached
+            return None if not create and cached in self._reserved else cached
         row = self._db.execute(
             "SELECT id FROM docs WHERE coll = ? AND name = ?", (coll, name)
         ).fetchone()
         if row is None:
             if not create:
                 return None
-            row = self._db.execute(
-                "INSERT INTO docs(coll, name) VALUES (?, ?) RETURNING id", (coll, name)
-            ).fetchone()
+            doc = self._next_doc_id()
+            self._db.execute("INSERT INTO docs(id, coll, name) VALUES (?, ?, ?)", (doc, coll, name))
+            row = (doc,)
         self._doc_ids[key] = int(row[0])
         return int(row[0])
 
-    def doc_ids(self, coll: int, names: Sequence[str]) -> tuple[dict[str, int], set[str]]:
+    def doc_ids(
+        self, coll: int, names: Sequence[str], *, reserve: bool = False
+    ) -> tuple[dict[str, int], set[str]]:
         """The row ids of documents ``names`` of ``coll``, creating the missing rows
         (call inside :meth:`tx`: one transaction for them all), and the names whose
-        rows were created here (documents with nothing yet: no states, no value)."""
+        rows were created here (documents with nothing yet: no states, no value).
+
+        With ``reserve``, the missing rows get ids but are not inserted: the
+        batch that writes them writes each row once, whole (:meth:`write_docs`),
+        and :meth:`drop_reserved` forgets them if it fails. Until then
+        :meth:`doc_id` without ``create`` does not see them."""
         ids: dict[str, int] = {}
         todo: list[str] = []
         for name in dict.fromkeys(names):
@@ -291,11 +310,13 @@ class Views:
             ids.update(rows)
         created = [name for name in todo if name not in ids]
         if created:
-            # The ids SQLite would choose (max + 1, one writer inside its transaction),
-            # given here so that one statement inserts them all.
-            first = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM docs").fetchone()[0]
+            # The ids given here, so that one statement inserts them all (or none, reserved).
+            first = self._next_doc_id()
             rows = [(first + i, coll, name) for i, name in enumerate(created)]
-            self._db.executemany("INSERT INTO docs(id, coll, name) VALUES (?, ?, ?)", rows)
+            if reserve:
+                self._reserved.update((doc, (coll, name)) for doc, coll, name in rows)
+            else:
+                self._db.executemany("INSERT INTO docs(id, coll, name) VALUES (?, ?, ?)", rows)
             ids.update((name, doc) for doc, _, name in rows)
         for name in todo:
             self._doc_ids[(coll, name)] = ids[name]
@@ -305,17 +326,36 @@ class Views:
         row = self._db.execute(f"SELECT {_DOC_COLS} FROM docs WHERE id = ?", (doc,)).fetchone()
         return _doc(row)
 
+    def drop_reserved(self) -> None:
+        """Forget the rows reserved and not written (their batch failed)."""
+        for key in self._reserved.values():
+            self._doc_ids.pop(key, None)
+        self._reserved.clear()
+
     def write_docs(self, rows: Iterable[DocWrite]) -> None:
-        """Write documents' materialized rows (value, heads, times, flags), in one statement."""
-        self._db.executemany(
-            "UPDATE docs SET value = ?, live = ?, deleted = ?, created_at = ?, updated_at = ?,"
-            " heads = ? WHERE id = ?",
-            [
-                (dumps(w.value), int(w.live), int(w.deleted), w.created_at, w.updated_at,
-                 _BLOB(_pack(w.heads)), w.doc)
-                for w in rows
-            ],
-        )  # fmt: skip
+        """Write documents' materialized rows (value, heads, times, flags): an update
+        of the rows there are, an insert of the reserved ones (one statement each)."""
+        updates, inserts = [], []
+        for w in rows:
+            data = (dumps(w.value), int(w.live), int(w.deleted), w.created_at, w.updated_at,
+                    _BLOB(_pack(w.heads)))  # fmt: skip
+            reserved = self._reserved.pop(w.doc, None)
+            if reserved is None:
+                updates.append((*data, w.doc))
+            else:
+                inserts.append((w.doc, *reserved, *data))
+        if inserts:
+            self._db.executemany(
+                f"INSERT INTO docs({_DOC_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts
+            )
+        if updates:
+            done = self._db.executemany(
+                "UPDATE docs SET value = ?, live = ?, deleted = ?, created_at = ?, updated_at = ?,"
+                " heads = ? WHERE id = ?",
+                updates,
+            ).rowcount
+            if done != len(updates):
+                raise StoreCorruptError(f"{self.path}: {len(updates) - done} document rows missing")
 
     def count_docs(self, coll: int) -> int:
         return int(
