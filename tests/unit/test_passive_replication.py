@@ -17,6 +17,7 @@ import trio
 from loomdb.entries.entry import Entry, build_entry
 from loomdb.identity.keys import NamedKey, SigningKey
 from loomdb.replication.feed import EntryFeed
+from loomdb.replication.message import MAX_INLINE
 from loomdb.replication.passive import PassiveReplication
 from loomdb.replication.subscriptions import Subscriptions
 from loomdb.stores import MemoryStore
@@ -174,3 +175,37 @@ async def test_head_exchange_on_connect_pulls_only_what_is_followed() -> None:
         # the next exchange is an hour away: a one-off pull names the document
         [report] = await a.replication.sync_documents("main", ["notes/n2"])
         assert report["pulled"] == 1 and await a.has(a_offline)
+
+
+async def test_a_large_entry_is_announced_and_fetched() -> None:
+    async with peer() as a, peer() as b:
+        a.follow("notes/big")
+        b.follow("notes/big")
+        await b.host.connect(a.host.listen_addrs()[0])
+        await until(lambda: joined(a) and joined(b), "a and b share the topic")
+        big = build_entry(
+            author=a.user,
+            space="main",
+            collection="notes",
+            document="big",
+            kind="create",
+            payload=b"x" * (MAX_INLINE + 1000),
+            created_at=5,
+            key=KEY,
+        )
+        await a.write(big)
+        await until(lambda: b.has(big), "b fetches the announced entry")
+        assert b.replication.counters["announced"] == 1
+        assert b.replication.counters["fetched"] == 1
+
+
+async def test_anti_entropy_repairs_what_gossip_never_carried() -> None:
+    async with peer() as a, peer(anti_entropy=0.5) as b:
+        await b.host.connect(a.host.listen_addrs()[0])
+        await until(lambda: b.replication.heads["exchanges"] >= 1, "b's exchange on connect")
+        missed = a.entry("n1")
+        await a.write(missed)  # nobody follows n1 yet: not sent
+        b.follow("notes/n1")  # b follows it now, after the gossip
+        await until(lambda: b.has(missed), "b's next periodic exchange pulls it")
+        assert b.replication.counters["received"] == 0
+        assert b.replication.heads["pulled"] == 1
