@@ -132,11 +132,23 @@ def _json_ready(line: str) -> None:
 
 def cmd_start(args: argparse.Namespace) -> None:
     from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
-    from loomdb.node.p2p import p2p_settings
+    from loomdb.node.p2p import nat_settings, p2p_settings
     from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
 
     host, port = parse_address(args.api)
-    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds)
+    nat = nat_settings(
+        relay_service=args.relay_service,
+        relays=args.relays,
+        no_hole_punch=args.no_hole_punch,
+        punch_seconds=args.hole_punch_seconds,
+        limits={
+            "reservations": args.relay_max_reservations,
+            "reservation_seconds": args.relay_reservation_seconds,
+            "circuit_seconds": args.relay_circuit_seconds,
+            "circuit_bytes": args.relay_circuit_bytes,
+        },
+    )
+    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds, nat)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
     if args.self_signed_tls and args.tls_cert:
@@ -311,6 +323,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         help="bootstrap peers (/ip4/HOST/tcp/PORT/p2p/12D3KooW…), kept connected",
+    )
+    p.add_argument(
+        "--relay-service",
+        action="store_true",
+        help="be a circuit relay v2 for other peers (reservations and circuits, within limits)",
+    )
+    for flag, what in (
+        ("--relay-max-reservations", "reservations held at once (default 128)"),
+        ("--relay-reservation-seconds", "how long a reservation lasts (default 3600)"),
+        ("--relay-circuit-seconds", "longest a relayed connection lasts (default 3600)"),
+        ("--relay-circuit-bytes", "most bytes a relayed connection carries (default 256 MiB)"),
+    ):
+        p.add_argument(flag, metavar="N", type=_positive, default=None, help=f"relay: {what}")
+    p.add_argument(
+        "--relays",
+        metavar="MULTIADDR",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="circuit relays (/ip4/HOST/tcp/PORT/p2p/12D3KooW…) to reserve on and be reached "
+        "through (advertised as …/p2p-circuit/p2p/<this node>)",
+    )
+    p.add_argument(
+        "--no-hole-punch",
+        action="store_true",
+        help="stay relayed: no DCUtR upgrade to a direct connection",
+    )
+    p.add_argument(
+        "--hole-punch-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="how long one hole-punch attempt may take, in the background (default 10)",
     )
     p.add_argument(
         "--anti-entropy-seconds",

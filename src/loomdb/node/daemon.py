@@ -253,6 +253,7 @@ async def serve_node(
                     options.p2p.listen,
                     bootstrap=options.p2p.peers,
                     max_frame=options.max_frame,
+                    nat=options.p2p.nat,
                 )
                 sync_for = handler_for
                 p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))

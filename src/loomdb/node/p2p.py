@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ from loomdb.transports.libp2p import (
     parse_listen_addr,
     parse_peer_addr,
 )
+from loomdb.transports.libp2p.nat import DEFAULT_PUNCH_TIMEOUT, NatSettings, RelayServiceLimits
 
 P2P_READY: Final = " and p2p at {addrs}"
 """Appended to the daemon's ready line when libp2p runs: the multiaddrs, space-separated."""
@@ -44,11 +45,13 @@ P2P_READY: Final = " and p2p at {addrs}"
 @dataclass(frozen=True, slots=True)
 class P2PSettings:
     """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected;
-    ``anti_entropy``: seconds between head exchanges with each peer."""
+    ``anti_entropy``: seconds between head exchanges with each peer; ``nat``: relay
+    service, relays to reserve on, hole punching."""
 
     listen: tuple[str, ...]
     peers: tuple[str, ...] = ()
     anti_entropy: float = DEFAULT_INTERVAL
+    nat: NatSettings = field(default_factory=NatSettings)
 
     def check(self) -> None:
         """Before anything is opened: bad addresses are ``ValidationError``, a busy
@@ -60,6 +63,7 @@ class P2PSettings:
             parse_peer_addr(peer)
         if not 0.1 <= self.anti_entropy <= 86400:
             raise ValidationError("--anti-entropy-seconds is between 0.1 and 86400")
+        self.nat.check()
         check_listen_free(addrs)
 
 
@@ -95,16 +99,42 @@ def p2p_settings(
     no_p2p: bool,
     peers: Sequence[str],
     anti_entropy: float | None = None,
+    nat: NatSettings | None = None,
 ) -> P2PSettings | None:
     """``loomdb start``'s options as settings (None: no libp2p)."""
     if no_p2p:
-        if addrs or peers or anti_entropy is not None:
+        if addrs or peers or anti_entropy is not None or nat is not None:
             raise ValidationError(
-                "--no-p2p and --p2p-addr/--peers/--anti-entropy-seconds do not go together"
+                "--no-p2p and --p2p-addr/--peers/--anti-entropy-seconds/--relay… do not go together"
             )
         return None
     interval = DEFAULT_INTERVAL if anti_entropy is None else anti_entropy
-    return P2PSettings(tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval)
+    return P2PSettings(
+        tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings()
+    )
+
+
+def nat_settings(
+    *,
+    relay_service: bool,
+    relays: Sequence[str],
+    no_hole_punch: bool,
+    punch_seconds: float | None,
+    limits: dict[str, int | None],
+) -> NatSettings | None:
+    """``loomdb start``'s relay and hole-punch options (None: none given). ``limits``:
+    :class:`RelayServiceLimits` fields, None for the default."""
+    given = {k: v for k, v in limits.items() if v is not None}
+    if given and not relay_service:
+        raise ValidationError("--relay-max-reservations/-seconds/-bytes need --relay-service")
+    if not (relay_service or relays or no_hole_punch or punch_seconds is not None):
+        return None
+    return NatSettings(
+        service=RelayServiceLimits(**given) if relay_service else None,
+        relays=tuple(relays),
+        hole_punch=not no_hole_punch,
+        punch_timeout=DEFAULT_PUNCH_TIMEOUT if punch_seconds is None else punch_seconds,
+    )
 
 
 @asynccontextmanager

@@ -62,6 +62,7 @@ from loomdb.transports.base import (
     describe,
 )
 from loomdb.transports.libp2p.channel import DEFAULT_CONNECT_TIMEOUT, Libp2pChannel
+from loomdb.transports.libp2p.nat import NatSettings, NatTraversal, is_circuit, parse_circuit_addr
 from loomdb.transports.libp2p.pubsub import NodePubsub, drops, make_pubsub, run_pubsub
 from loomdb.transports.libp2p.server import ServerCounters, serve_sync_stream
 from loomdb.transports.libp2p.stream import STREAM_ERRORS, SyncStream
@@ -95,7 +96,11 @@ def parse_listen_addr(text: str) -> multiaddr.Multiaddr:
 
 
 def parse_peer_addr(text: str) -> PeerInfo:
-    """A peer to dial: ``/ip4/HOST/tcp/PORT/p2p/12D3KooW…`` (or ``/ip6/…``)."""
+    """A peer to dial: ``/ip4/HOST/tcp/PORT/p2p/12D3KooW…`` (or ``/ip6/…``), or
+    through a relay: ``/ip4/…/tcp/…/p2p/RELAY/p2p-circuit/p2p/12D3KooW…``."""
+    if is_circuit(text):
+        _, dest, addr = parse_circuit_addr(text)
+        return PeerInfo(dest, [addr])
     try:
         addr = multiaddr.Multiaddr(text)
         names = [p.name for p in addr.protocols()]
@@ -233,9 +238,12 @@ class P2PHost:
         sleep: Callable[[float], Awaitable[None]] = trio.sleep,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         gossip: bool = True,
+        nat: NatSettings | None = None,
     ) -> None:
         """``gossip``: run gossipsub too (:mod:`~loomdb.transports.libp2p.pubsub`;
-        ``self.pubsub`` while the host runs)."""
+        ``self.pubsub`` while the host runs). ``nat``: relay service, reservations
+        and hole punching (:mod:`~loomdb.transports.libp2p.nat`; relayed dials work
+        without it too)."""
         self.peer_id: Final = peer_id_from_public_key(node_key.public_key)
         self._listen = [parse_listen_addr(a) for a in listen]
         if not self._listen:
@@ -255,7 +263,9 @@ class P2PHost:
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             transports=[TCP()],
             listen_addrs=self._listen,
-            disable_identify_address_discovery=True,  # advertise what we listen on, only
+            # Advertise what we listen on, only; but a node behind a NAT (--relays)
+            # needs the address its relays see for hole punching.
+            disable_identify_address_discovery=not (nat and nat.relays),
             # No dialling of peers on its own (its default aims at 50 connections):
             # the node dials what it is told to, and its bootstrap peers.
             connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
@@ -263,6 +273,12 @@ class P2PHost:
         assert self.host.get_id().to_base58() == self.peer_id
         self._gossip = make_pubsub(self.host) if gossip else None
         self.pubsub: NodePubsub | None = None  # set while running
+        self.nat = NatTraversal(
+            self.host,
+            nat or NatSettings(hole_punch=False),
+            delays=backoff.delays,
+            sleep=sleep,
+        )
 
     def check_free(self) -> None:
         """:func:`check_listen_free` on this host's listen addresses."""
@@ -278,6 +294,7 @@ class P2PHost:
                 async with AsyncExitStack() as gossip:
                     if self._gossip is not None:
                         self.pubsub = await gossip.enter_async_context(run_pubsub(*self._gossip))
+                    await gossip.enter_async_context(self.nat.run())
                     for text, info in self._bootstrap:
                         nursery.start_soon(self._keep, text, info)
                     yield self
@@ -307,8 +324,10 @@ class P2PHost:
     # --- what the node shows ----------------------------------------------------------
 
     def listen_addrs(self) -> list[str]:
-        """The multiaddrs listened on, the chosen port for port 0, with ``/p2p/<id>``."""
-        return [str(a) for a in self.host.get_addrs()]
+        """The multiaddrs listened on, the chosen port for port 0, with ``/p2p/<id>``;
+        then the relayed ones (``…/p2p-circuit/p2p/<id>``) of its reservations."""
+        direct = [str(a) for a in self.host.get_transport_addrs()]
+        return [f"{a}/p2p/{self.peer_id}" for a in direct] + self.nat.circuit_addrs()
 
     def peers(self) -> list[dict[str, Any]]:
         """Connected peers: Peer ID, addresses known, and whether it dialled us."""
@@ -316,7 +335,14 @@ class P2PHost:
         out = []
         for peer, conns in sorted(network.connections.items(), key=lambda kv: str(kv[0])):
             addrs = sorted({str(a) for a in self.host.get_peerstore().addrs(peer)})
-            out.append({"peer_id": peer.to_base58(), "addrs": addrs, "connections": len(conns)})
+            out.append(
+                {
+                    "peer_id": peer.to_base58(),
+                    "addrs": addrs,
+                    "connections": len(conns),
+                    "connection_types": self.nat.peer_connections(peer),
+                }
+            )
         return out
 
     def info(self) -> dict[str, Any]:
@@ -340,6 +366,7 @@ class P2PHost:
                 "refused": dict(server.refused),
             },
             "pubsub": self.pubsub_info(),
+            "nat": self.nat.info(),
         }
 
     def pubsub_info(self) -> dict[str, Any] | None:
@@ -370,7 +397,13 @@ class P2PHost:
         self.counters.dials += 1
         try:
             with anyio.fail_after(self.connect_timeout):
-                await self.host.connect(info)
+                if info.addrs and is_circuit(info.addrs[0]):
+                    await self.nat.dial_circuit(str(info.addrs[0]))
+                else:
+                    await self.host.connect(info)
+        except UnreachableError:
+            self.counters.dial_failures += 1
+            raise
         except TimeoutError:
             self.counters.dial_failures += 1
             raise UnreachableError(
