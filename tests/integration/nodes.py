@@ -48,8 +48,14 @@ class Node:
     p2p options in ARGS, it listens for libp2p on ``/ip4/127.0.0.1/tcp/0`` (:data:`LOCAL_P2P`)."""
 
     def __init__(
-        self, home: Path, *args: str, verbose: bool = False, api: str = "127.0.0.1:0"
+        self,
+        home: Path,
+        *args: str,
+        verbose: bool = False,
+        api: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix``: the command runs under it (e.g. ``ip netns exec NS``)."""
         self.home = home
         self.args = args
         home.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +63,7 @@ class Node:
         self.url = ""
         self.p2p_addrs: list[str] = []  # the multiaddrs of the ready line
         self._stderr = self.log.open("wb")
-        command = [sys.executable, "-m", "loomdb", *(["-v"] if verbose else [])]
+        command = [*prefix, sys.executable, "-m", "loomdb", *(["-v"] if verbose else [])]
         if not any(a.startswith(("--p2p-addr", "--no-p2p")) for a in args):
             args = (*LOCAL_P2P, *args)
         command += ["start", "--home", str(home), "--api", api, *args]
@@ -138,10 +144,15 @@ class Nodes:
         self.started: list[Node] = []
 
     def launch(
-        self, home: Path, *args: str, verbose: bool = False, api: str = "127.0.0.1:0"
+        self,
+        home: Path,
+        *args: str,
+        verbose: bool = False,
+        api: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
     ) -> Node:
         """Start a node without waiting for it (start several, then :meth:`wait_ready`)."""
-        node = Node(home, *args, verbose=verbose, api=api)
+        node = Node(home, *args, verbose=verbose, api=api, prefix=prefix)
         self.started.append(node)
         return node
 
@@ -152,9 +163,14 @@ class Nodes:
                 node.wait_ready()
 
     def start(
-        self, home: Path, *args: str, verbose: bool = False, api: str = "127.0.0.1:0"
+        self,
+        home: Path,
+        *args: str,
+        verbose: bool = False,
+        api: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
     ) -> Node:
-        node = self.launch(home, *args, verbose=verbose, api=api)
+        node = self.launch(home, *args, verbose=verbose, api=api, prefix=prefix)
         node.wait_ready()
         return node
 
