@@ -48,6 +48,17 @@ of one collection as loomdb follows them (``Subscriptions``: one collection topi
 messages filtered locally) against a gossipsub topic per document — time to join,
 the subscriptions a new peer is sent, one heartbeat, and how many topics the peer
 takes (py-libp2p refuses a hello of more than 5,000 subscriptions whole).
+
+``--nat-tries N`` (default 5; 0: skip; needs root): relay and hole punching through
+real NATs, in the network namespaces of ``tests/integration/netns.py`` (relay R on a
+public bridge, A and B each behind an nftables-masquerading router). R (``start
+--relay-service``) and B (``--relays R``) are ``loomdb start`` processes; each try, a
+fresh host A (a probe process in A's namespace, a new port each try) reserves on R,
+dials B's ``/p2p-circuit/`` address, sends one request, and watches for a direct
+connection: **time to relayed** (dial to connected), the first request's round trip,
+and **time to direct** (dial to a direct connection seen, 10 ms polls) with the
+success rate, for port-preserving NATs with stateful firewalls and for symmetric ones
+(``masquerade random``, where the punch gives up after ``--hole-punch-seconds``).
 """
 
 from __future__ import annotations
@@ -590,6 +601,136 @@ SCALE_ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+NAT_ROWS = [
+    ("nat_pp_relayed_ms", "NAT port-preserving: dial to relayed", "ms"),
+    ("nat_pp_request_ms", "NAT port-preserving: 1st request, relayed", "ms"),
+    ("nat_pp_direct_ms", "NAT port-preserving: dial to direct", "ms"),
+    ("nat_pp_direct_rate", "NAT port-preserving: tries upgraded", "%"),
+    ("nat_sym_relayed_ms", "NAT symmetric: dial to relayed", "ms"),
+    ("nat_sym_direct_rate", "NAT symmetric: tries upgraded", "%"),
+]
+NAT_PUNCH_SECONDS = 4.0
+
+
+class NsNode(RelayNode):
+    """``loomdb start ARGS`` (a full node) run under ``prefix`` (``ip netns exec NS``)."""
+
+    def __init__(self, home: Path, prefix: list[str], *extra: str) -> None:  # no store to copy
+        self.log_path = home.parent / f"{home.name}.log"
+        home.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        env = {k: v for k, v in os.environ.items() if k != "LOOMDB_KEYRING_SECRET"}
+        command = [*prefix, sys.executable, "-m", "loomdb", "start", "--home", str(home)]
+        command += ["--api", "127.0.0.1:0", *extra]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0
+        )
+        try:
+            self.url, self.addr = self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+
+async def nat_probe(relay: str, circuit: str, port: int) -> dict[str, Any]:
+    """In A's namespace: a fresh host reserves on ``relay``, dials ``circuit``, one
+    request, then waits (at most twice the punch bound + 5 s) for a direct connection."""
+    from loomdb.transports.libp2p.nat import NatSettings
+
+    host = P2PHost(
+        SigningKey.generate(),
+        [f"/ip4/0.0.0.0/tcp/{port}"],
+        gossip=False,
+        nat=NatSettings(relays=(relay,), punch_timeout=NAT_PUNCH_SECONDS),
+    )
+    peer = circuit.rsplit("/", 1)[1]
+
+    def direct() -> bool:
+        return any(
+            c["type"] == "direct"
+            for p in host.peers()
+            if p["peer_id"] == peer
+            for c in p["connection_types"]
+        )
+
+    async with host.run():
+        with anyio.fail_after(30):
+            while not host.nat.circuit_addrs():  # as a node behind a NAT runs
+                await anyio.sleep(0.01)
+        began = time.perf_counter()
+        await host.connect(circuit)
+        relayed = time.perf_counter() - began
+        channel = host.channel(circuit)
+        sent = time.perf_counter()
+        await channel.request(wire.encode_request("hello", {}))
+        request = time.perf_counter() - sent
+        await channel.aclose()
+        upgraded = None
+        with anyio.move_on_after(NAT_PUNCH_SECONDS * 2 + 5):
+            while not direct():
+                await anyio.sleep(0.01)
+            upgraded = time.perf_counter() - began
+    return {"relayed": relayed, "request": request, "direct": upgraded}
+
+
+def nat_case(tmp: Path, nat: str, tries: int) -> dict[str, float]:
+    """``tries`` probes through ``nat`` routers: medians in ms, the upgraded share in %."""
+    sys.path.insert(0, str(ROOT.parent))
+    from tests.integration.netns import RELAY_IP, nat_topology
+
+    probes = []
+    with nat_topology(nat) as t:
+        nodes: list[NsNode] = []
+        try:
+            relay = NsNode(
+                tmp / f"nat-{nat}-r",
+                t.prefix(t.relay),
+                "--p2p-addr",
+                f"/ip4/{RELAY_IP}/tcp/4001",
+                "--relay-service",
+            )
+            nodes.append(relay)
+            relay_addr = relay.addr
+            b = NsNode(
+                tmp / f"nat-{nat}-b",
+                t.prefix(t.b),
+                "--p2p-addr",
+                "/ip4/0.0.0.0/tcp/4102",
+                "--relays",
+                relay_addr,
+                "--hole-punch-seconds",
+                str(NAT_PUNCH_SECONDS),
+            )
+            nodes.append(b)
+            b_peer = b.addr.rsplit("/", 1)[1]
+            circuit = f"{relay_addr}/p2p-circuit/p2p/{b_peer}"
+            for i in range(tries):
+                probe = ["--nat-probe", relay_addr, circuit, str(4200 + i)]
+                done = subprocess.run(
+                    [*t.prefix(t.a), sys.executable, str(ROOT / "p2p.py"), *probe],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"NAT probe failed: {done.stderr[-2000:]}")
+                probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        finally:
+            for node in nodes:
+                node.stop()
+    key = "pp" if nat == "port-preserving" else "sym"
+    directs = [p["direct"] for p in probes if p["direct"] is not None]
+    out = {
+        f"nat_{key}_relayed_ms": statistics.median(p["relayed"] for p in probes) * 1000,
+        f"nat_{key}_direct_rate": 100.0 * len(directs) / len(probes),
+    }
+    if key == "pp":
+        out["nat_pp_request_ms"] = statistics.median(p["request"] for p in probes) * 1000
+        out["nat_pp_direct_ms"] = statistics.median(directs) * 1000 if directs else float("nan")
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     cached = await bench_sync.cached_entries(args.cache_dir, args.entries, 100)
     reps: list[dict[str, float]] = []
@@ -619,6 +760,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for k in subscribers:
                     reps[rep] |= gossip_rep(tmp, args.gossip_updates, args.gossip_rate, k)
                 print(f"  gossip rep {rep + 1}/{args.reps} done", flush=True)
+        if args.nat_tries:
+            rows += NAT_ROWS
+            for rep in range(args.reps):
+                for nat in ("port-preserving", "symmetric"):
+                    reps[rep] |= nat_case(tmp, nat, args.nat_tries)
+                print(f"  NAT rep {rep + 1}/{args.reps} done", flush=True)
         if args.replicator_docs:
             rows += REPLICATOR_ROWS
             for rep in range(args.reps):
@@ -653,6 +800,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "gossip_updates": args.gossip_updates,
             "gossip_rate": args.gossip_rate,
             "scale_docs": args.scale_docs,
+            "nat_tries": args.nat_tries,
         },
         "results": results,
     }
@@ -692,9 +840,27 @@ def main() -> None:
         default=10_000,
         help="followed documents of the scale case (0: skip it)",
     )
+    parser.add_argument(
+        "--nat-tries",
+        type=int,
+        default=5,
+        help="tries per NAT of the relay/hole-punch case (needs root; 0: skip it)",
+    )
+    parser.add_argument(
+        "--nat-probe", nargs=3, metavar=("RELAY", "CIRCUIT", "PORT"), help=argparse.SUPPRESS
+    )  # one try, run inside A's namespace
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
     args = parser.parse_args()
+    if args.nat_probe:
+        relay, circuit, port = args.nat_probe
+        probe = lambda: nat_probe(relay, circuit, int(port))  # noqa: E731
+        print(json.dumps(anyio.run(probe, backend="trio")))
+        return
+    if args.nat_tries < 0:
+        parser.error("--nat-tries is at least 0")
+    if args.nat_tries and os.geteuid() != 0:
+        parser.error("the NAT case builds network namespaces: run as root, or --nat-tries 0")
     if min(args.entries, args.round_trips, args.reps) < 1:
         parser.error("--entries, --round-trips and --reps are at least 1")
     if args.replicator_docs < 0:
