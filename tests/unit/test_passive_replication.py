@@ -15,7 +15,9 @@ import pytest
 import trio
 
 from loomdb.entries.entry import Entry, build_entry
+from loomdb.errors import UnreachableError
 from loomdb.identity.keys import NamedKey, SigningKey
+from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.message import MAX_INLINE
 from loomdb.replication.passive import PassiveReplication
@@ -209,3 +211,15 @@ async def test_anti_entropy_repairs_what_gossip_never_carried() -> None:
         await until(lambda: b.has(missed), "b's next periodic exchange pulls it")
         assert b.replication.counters["received"] == 0
         assert b.replication.heads["pulled"] == 1
+
+
+async def test_a_peer_with_no_known_address_is_unreachable_not_a_crash() -> None:
+    async with peer() as a:
+        nobody = peer_id_from_public_key(SigningKey.generate().public_key)
+        with pytest.raises(UnreachableError):
+            await a.host.open_sync_stream(nobody, timeout=WAIT)
+        # what head exchange does when a peer left between the look and the pull
+        a.follow("notes/n1")
+        await a.replication._exchange(nobody)
+        assert a.replication.heads["failed"] == 1 and a.replication.heads["exchanges"] == 1
+        assert await a.replication.sync_documents("main", ["notes/n1"]) == []  # no peers

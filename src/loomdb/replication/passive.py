@@ -139,6 +139,10 @@ class PassiveReplication:
             except (LoomError, trio.TooSlowError) as exc:
                 message = getattr(exc, "message", "timed out")
                 out.append({"peer_id": peer, "error": {"code": _code(exc), "message": message}})
+            except Exception as exc:  # py-libp2p's own, not translated below us
+                log.exception("pulling %s from %s", documents, peer)
+                error = {"code": "transport", "message": f"{type(exc).__name__}: {exc}"}
+                out.append({"peer_id": peer, "error": error})
         return out
 
     # --- running -----------------------------------------------------------------------
@@ -209,9 +213,16 @@ class PassiveReplication:
         wanted = self.subscriptions.topics()
         for topic in [t for t in self._topics if t not in wanted]:
             self._topics.pop(topic).cancel()
-            await pubsub.unsubscribe(topic)
+            try:
+                await pubsub.unsubscribe(topic)
+            except Exception:  # py-libp2p's announce to peers; never fatal here
+                log.exception("leaving a gossip topic")
         for topic in [t for t in wanted if t not in self._topics]:
-            subscription = await pubsub.subscribe(topic)
+            try:
+                subscription = await pubsub.subscribe(topic)
+            except Exception:
+                log.exception("joining a gossip topic (tried again at the next change)")
+                continue
             scope = self._topics[topic] = trio.CancelScope()
             nursery.start_soon(self._receive_loop, topic, subscription, scope)
 
@@ -335,6 +346,8 @@ class PassiveReplication:
                     return
                 except (LoomError, trio.TooSlowError) as exc:
                     log.info("fetching %s/%s from %s: %s", collection, document, peer, exc)
+                except Exception:  # a background task never takes the node down
+                    log.exception("fetching %s/%s from %s", collection, document, peer)
             self.counters["fetch_failed"] += 1
         finally:
             slots.release()
@@ -361,6 +374,9 @@ class PassiveReplication:
                 except (LoomError, trio.TooSlowError) as exc:
                     self.heads["failed"] += 1
                     log.info("head exchange of %s with %s: %s", scope.space, peer, exc)
+                except Exception:  # a background task never takes the node down
+                    self.heads["failed"] += 1
+                    log.exception("head exchange of %s with %s", scope.space, peer)
         finally:
             self.heads["exchanges"] += 1
             self.schedule.finished(peer, self._clock())

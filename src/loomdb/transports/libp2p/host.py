@@ -45,6 +45,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -449,7 +450,11 @@ class P2PHost:
             info = parse_peer_addr(target)
         else:
             peer_id = peer_id_arg(target)
-            info = PeerInfo(peer_id, self.host.get_peerstore().addrs(peer_id))
+            try:
+                addrs = self.host.get_peerstore().addrs(peer_id)
+            except PeerStoreError:  # gone, and its addresses with it (or never known)
+                raise UnreachableError(f"cannot reach {target}: no address known") from None
+            info = PeerInfo(peer_id, addrs)
         if info.peer_id.to_base58() == self.peer_id:
             raise ValidationError("a node does not sync with itself")
         try:
