@@ -160,3 +160,34 @@ def test_a_relayed_connection_is_upgraded_to_direct_in_the_background() -> None:
             assert relayed < 5
 
     run(main)
+
+
+def test_a_circuit_ending_leaves_another_circuit_to_the_same_peer_alone() -> None:
+    """py-libp2p's relay closed a peer's newest circuit when an older one ended."""
+
+    async def main() -> None:
+        async with trio_hosts(RelayServiceLimits(), punch=False) as (relay, a, b, circuit):
+            a2 = P2PHost(
+                SigningKey.generate(), LOOPBACK, gossip=False, nat=NatSettings(hole_punch=False)
+            )
+            async with a2.run():
+                await a.connect(circuit)
+                await a2.connect(circuit)
+                first, second = a.channel(circuit), a2.channel(circuit)
+                try:
+                    assert await first.request(b"1") == b"1"
+                    assert await second.request(b"2") == b"2"
+                    assert relay.info()["nat"]["relay_service"]["circuits"] == 2
+                    await first.aclose()
+                    assert await a.disconnect(b.peer_id)
+                    await wait_for(
+                        lambda: relay.info()["nat"]["relay_service"]["circuits"] == 1,
+                        "the first circuit's end",
+                    )
+                    await trio.sleep(0.5)
+                    for i in range(10):
+                        assert await second.request(b"%d" % i, timeout=5) == b"%d" % i
+                finally:
+                    await second.aclose()
+
+    run(main)

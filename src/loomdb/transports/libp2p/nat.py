@@ -253,6 +253,44 @@ class NatCounters:
     punch_timeouts: int = 0
 
 
+class _CircuitKey:
+    """One direction of one circuit (hashable by identity)."""
+
+    __slots__ = ("peer",)
+
+    def __init__(self, peer: ID) -> None:
+        self.peer = peer
+
+    def __str__(self) -> str:
+        return str(self.peer)
+
+
+class _CircuitRelay(CircuitV2Protocol):
+    """py-libp2p's relay, each circuit cleaned up on its own. py-libp2p keeps a
+    circuit's streams by the peer's id, and when a circuit ended it closed the
+    streams kept for that peer: those of the peer's *newest* circuit, a live one
+    when two peers had circuits to it (seen: a dialer that went away killed the
+    next dialer's circuit). Each direction here is kept under its own key."""
+
+    async def _relay_data(
+        self,
+        src_stream: Any,
+        dst_stream: Any,
+        peer_id: ID,
+        deadline: float | None = None,
+        circuit_data_limit: list[int] | None = None,
+    ) -> None:
+        key: Any = _CircuitKey(peer_id)  # read only for logs and the clean-up below
+        self._active_relays[key] = (src_stream, dst_stream)
+        try:
+            await super()._relay_data(src_stream, dst_stream, key, deadline, circuit_data_limit)
+        finally:
+            self._active_relays.pop(key, None)
+
+    def circuits(self) -> int:
+        return sum(isinstance(k, _CircuitKey) for k in self._active_relays) // 2
+
+
 class _BoundedDCUtR(DCUtRProtocol):
     """py-libp2p's DCUtR without its own auto-drive loop (which would wait out
     each attempt, 22-44 s behind a symmetric NAT): :class:`NatTraversal` drives."""
@@ -280,7 +318,7 @@ class NatTraversal:
     def __post_init__(self) -> None:
         service = self.settings.service
         limits = (service or RelayServiceLimits()).libp2p_limits()
-        self.protocol = CircuitV2Protocol(self.host, limits=limits, allow_hop=service is not None)
+        self.protocol = _CircuitRelay(self.host, limits=limits, allow_hop=service is not None)
         # Stop role only: dialling through a relay needs no reservation of our own.
         self.transport = CircuitV2Transport(
             self.host, self.protocol, RelayConfig(roles=RelayRole.STOP, limits=limits)
@@ -347,7 +385,7 @@ class NatTraversal:
                 "circuit_seconds": service.circuit_seconds,
                 "circuit_bytes": service.circuit_bytes,
                 "reservations": len(self.protocol.resource_manager._reservations),
-                "circuits": len(self.protocol._active_relays),
+                "circuits": self.protocol.circuits(),
             },
             "relays": [r.info(self._me) for r in self.reservations],
             "hole_punch": self.settings.hole_punch,
