@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from loomdb.entries.entry import Entry, build_entry
 from loomdb.errors import UnreachableError
@@ -207,6 +208,7 @@ async def test_anti_entropy_repairs_what_gossip_never_carried() -> None:
         await until(lambda: b.replication.heads["exchanges"] >= 1, "b's exchange on connect")
         missed = a.entry("n1")
         await a.write(missed)  # nobody follows n1 yet: not sent
+        await until(lambda: a.replication.counters["unheard"] == 1, "a's publish finds no one")
         b.follow("notes/n1")  # b follows it now, after the gossip
         await until(lambda: b.has(missed), "b's next periodic exchange pulls it")
         assert b.replication.counters["received"] == 0
@@ -223,3 +225,14 @@ async def test_a_peer_with_no_known_address_is_unreachable_not_a_crash() -> None
         await a.replication._exchange(nobody)
         assert a.replication.heads["failed"] == 1 and a.replication.heads["exchanges"] == 1
         assert await a.replication.sync_documents("main", ["notes/n1"]) == []  # no peers
+
+
+async def test_a_peer_that_dialled_in_is_reached_on_its_connection_without_an_address() -> None:
+    async with peer() as a, peer() as b:
+        b_id = await a.host.connect(b.host.listen_addrs()[0])  # a dials: b has no address of a
+        a_id = a.host.peer_id
+        peerstore = b.host.host.get_peerstore()
+        peerstore.clear_peerdata(ID.from_base58(a_id))  # as before a's signed record arrives
+        stream = await b.host.open_sync_stream(a_id, timeout=WAIT)
+        await stream.close()
+        assert b_id == b.host.peer_id

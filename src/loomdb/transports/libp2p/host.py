@@ -451,7 +451,10 @@ class P2PHost:
         else:
             peer_id = peer_id_arg(target)
             try:
-                addrs = self.host.get_peerstore().addrs(peer_id)
+                # A peer that dialled this node may have no address here yet (its
+                # signed record comes later): its connection is enough.
+                connected = peer_id in self.host.get_network().connections
+                addrs = [] if connected else self.host.get_peerstore().addrs(peer_id)
             except PeerStoreError:  # gone, and its addresses with it (or never known)
                 raise UnreachableError(f"cannot reach {target}: no address known") from None
             info = PeerInfo(peer_id, addrs)

@@ -29,6 +29,7 @@ The patches are process-wide (py-libp2p reads module globals), as is
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -73,9 +74,10 @@ looked at again."""
 IDONTWANT_MIN_BYTES: Final = 1024
 """IDONTWANT is sent for messages at least this large (go-libp2p's threshold)."""
 
-# A peer's last signed peer record, by Peer ID, and the node's own, by host.
-_consumed: dict[ID, bytes] = {}
-_envelopes: dict[int, tuple[float, tuple[bytes, bool]]] = {}
+# The last signed peer record each host accepted from each peer, and each host's
+# own (the host itself held weakly: an id() can be reused once a host is gone).
+_consumed: dict[tuple[ID, ID], bytes] = {}
+_envelopes: dict[int, tuple[weakref.ref[IHost], float, tuple[bytes, bool]]] = {}
 
 
 def _consume_once(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
@@ -85,11 +87,12 @@ def _consume_once(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
     if not msg.HasField("senderRecord"):
         return True
     record = bytes(msg.senderRecord)
-    if _consumed.get(peer_id) == record:
+    key = (host.get_id(), peer_id)
+    if _consumed.get(key) == record:
         return True
     ok: bool = _original_consume(msg, host, peer_id)
     if ok:
-        _consumed[peer_id] = record
+        _consumed[key] = record
     return ok
 
 
@@ -98,10 +101,10 @@ def _envelope_cached(host: IHost) -> tuple[bytes, bool]:
     sends, to reuse its signed peer record: here the answer is kept a few seconds."""
     now = time.monotonic()
     cached = _envelopes.get(id(host))
-    if cached is not None and now - cached[0] < ENVELOPE_SECONDS:
-        return cached[1]
+    if cached is not None and cached[0]() is host and now - cached[1] < ENVELOPE_SECONDS:
+        return cached[2]
     answer: tuple[bytes, bool] = _original_envelope(host)
-    _envelopes[id(host)] = (now, answer)
+    _envelopes[id(host)] = (weakref.ref(host), now, answer)
     return answer
 
 
