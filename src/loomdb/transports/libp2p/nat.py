@@ -233,6 +233,17 @@ class RelayReservation:
         }
 
 
+class PunchState(Enum):
+    """Hole punching toward one peer: ``punching`` → ``direct`` (a direct connection
+    appeared, by this side's punch or the peer's) or → ``relayed`` (the attempts are
+    over: this side's, or, on the side that does not initiate, the peer's time for
+    them); ``direct`` → ``punching`` again when only relayed connections are left."""
+
+    PUNCHING = "punching"
+    DIRECT = "direct"
+    RELAYED = "relayed"
+
+
 @dataclass
 class PunchRecord:
     """Hole punching toward one peer: ``state`` ``punching``, ``direct`` or
@@ -240,7 +251,7 @@ class PunchRecord:
 
     relayed_at: float
     attempts: int = 0
-    state: str = "punching"
+    state: PunchState = PunchState.PUNCHING
     upgrade_seconds: float | None = None
 
 
@@ -370,7 +381,7 @@ class NatTraversal:
         service = self.settings.service
         punches = {
             peer.to_base58(): {
-                "state": p.state,
+                "state": p.state.value,
                 "attempts": p.attempts,
                 "upgrade_seconds": p.upgrade_seconds,
             }
@@ -503,24 +514,24 @@ class NatTraversal:
                 record = self.punches.get(peer)
                 conns = self._relayed_only(peer)
                 if conns is None:
-                    if record is not None and record.state == "punching":
+                    if record is not None and record.state is PunchState.PUNCHING:
                         self._upgraded(record)
                     continue
-                if record is None or record.state == "direct":
+                if record is None or record.state is PunchState.DIRECT:
                     record = self.punches[peer] = PunchRecord(relayed_at=trio.current_time())
-                if record.state != "punching" or record.attempts:
+                if record.state is not PunchState.PUNCHING or record.attempts:
                     continue
                 if self._initiates(peer, conns):
                     record.attempts = 1
                     nursery.start_soon(self._punch, peer, record)
                 elif trio.current_time() - record.relayed_at > self._give_up_after:
-                    record.state = "relayed"  # the peer's attempts are over
+                    record.state = PunchState.RELAYED  # the peer's attempts are over
             for peer in [p for p in self.punches if p not in network.connections]:
                 del self.punches[peer]
             await self.sleep(DRIVE_EVERY)
 
     def _upgraded(self, record: PunchRecord) -> None:
-        record.state = "direct"
+        record.state = PunchState.DIRECT
         record.upgrade_seconds = round(trio.current_time() - record.relayed_at, 3)
 
     async def _punch(self, peer: ID, record: PunchRecord) -> None:
@@ -532,7 +543,7 @@ class NatTraversal:
                 ok = await self.dcutr.initiate_hole_punch(peer)
             if ok or self._relayed_only(peer) is None:
                 self.counters.punch_successes += 1
-                if record.state == "punching":
+                if record.state is PunchState.PUNCHING:
                     self._upgraded(record)
                 log.info("direct connection to %s (hole punch)", peer)
                 return
@@ -542,5 +553,5 @@ class NatTraversal:
                 self.counters.punch_failures += 1
             if peer not in self.host.get_network().connections:
                 return
-        record.state = "relayed"
+        record.state = PunchState.RELAYED
         log.info("no direct connection to %s: staying relayed", peer)
