@@ -7,10 +7,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
 from libp2p.peer.id import ID
 
 from loomdb.cli.main import build_parser
-from loomdb.errors import ValidationError
+from loomdb.errors import UnreachableError, ValidationError
 from loomdb.node.p2p import P2PSettings, nat_settings, p2p_settings
 from loomdb.transports.libp2p import parse_peer_addr
 from loomdb.transports.libp2p.nat import (
@@ -141,3 +142,56 @@ def test_namespace_tests_fail_with_the_reason_when_not_root(
     monkeypatch.setattr(netns.shutil, "which", lambda tool: None)
     with pytest.raises(netns.NetnsUnavailable, match="apt-get install iproute2 nftables"):
         netns.check_available()
+
+
+def test_a_reservation_is_renewed_retried_after_failures_and_stays_advertised() -> None:
+    """The reservation loop on a fake clock: failures wait the back-off (1, 2, 4 s),
+    success resets it, a renewal keeps the address advertised, a lost relay
+    connection withdraws it until reserved again."""
+    from loomdb.transports.libp2p import Backoff
+    from loomdb.transports.libp2p.nat import RelayReservation
+
+    class Stop(Exception):
+        pass
+
+    relay_id = ID.from_base58(RELAY)
+    connections: dict[ID, object] = {relay_id: object()}
+    outcomes = ["fail", "fail", "fail", 20.0, 20.0, "drop", 20.0, "stop"]
+    slept: list[float] = []
+    seen: list[tuple[str, bool]] = []
+    nat: Any = NatTraversal.__new__(NatTraversal)
+    nat._me = PEER
+    nat.host = SimpleNamespace(get_network=lambda: SimpleNamespace(connections=connections))
+    nat.delays = Backoff(initial=1.0, factor=2.0, maximum=60.0).delays
+    r = RelayReservation(RELAY_ADDR, parse_relay_addr(RELAY_ADDR))
+    nat.reservations = [r]
+
+    async def reserve(_: Any) -> float:
+        seen.append((r.state.value, bool(nat.circuit_addrs())))
+        outcome = outcomes.pop(0)
+        if outcome == "fail":
+            raise UnreachableError("relay refused a reservation")
+        if outcome == "stop":
+            raise Stop  # end the loop
+        return float(outcome)
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if outcomes and outcomes[0] == "drop":
+            outcomes.pop(0)
+            connections.clear()  # the relay's connection is lost during the wait
+
+    nat._reserve = reserve
+    nat.sleep = sleep
+
+    async def main() -> None:
+        with pytest.raises(Stop):
+            await nat._keep_reserved(r)
+
+    trio.run(main)
+    assert slept[:3] == [1.0, 2.0, 4.0]  # the back-off between failures
+    assert r.reservations == 3
+    assert seen[3] == ("connecting", False)  # a new try after three failures
+    assert seen[4] == ("reserved", True)  # renewing: still advertised
+    assert seen[6] == ("connecting", False)  # after the relay's connection was lost
+    assert sum(slept[3:18]) == pytest.approx(15.0)  # renewed at 3/4 of 20 s

@@ -422,9 +422,7 @@ class NatTraversal:
         self.host.get_peerstore().add_addrs(relay.peer_id, relay.addrs, 3600)
         try:
             await self.transport.dial(addr)
-        except (ConnectionError, OSError) as exc:
-            raise UnreachableError(f"cannot reach {text}: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # ConnectionError, OSError, the swarm's own errors
             raise UnreachableError(f"cannot reach {text}: {exc}") from None
 
     # --- reservations ----------------------------------------------------------------
@@ -432,7 +430,9 @@ class NatTraversal:
     async def _keep_reserved(self, r: RelayReservation) -> None:
         delays = self.delays()
         while True:
-            r.state = ReservationState.CONNECTING
+            # A renewal keeps the address advertised: the reservation still holds.
+            if r.state is not ReservationState.RESERVED:
+                r.state = ReservationState.CONNECTING
             try:
                 with trio.fail_after(RELAY_TIMEOUT):
                     ttl = await self._reserve(r)
@@ -448,11 +448,11 @@ class NatTraversal:
             r.state, r.failures, r.last_error = ReservationState.RESERVED, 0, None
             r.reservations += 1
             log.info("reserved on relay %s for %.0f s", r.addr, ttl)
-            await self._sleep_while_connected(r, renew_after(ttl))
+            if not await self._sleep_while_connected(r, renew_after(ttl)):
+                r.state = ReservationState.CONNECTING  # the reservation went with it
 
-    async def _sleep_while_connected(self, r: RelayReservation, seconds: float) -> None:
-        """Until it is time to renew, or the relay's connection is lost (then the
-        reservation is gone with it)."""
+    async def _sleep_while_connected(self, r: RelayReservation, seconds: float) -> bool:
+        """Until it is time to renew (True), or the relay's connection is lost (False)."""
         waited = 0.0
         step = 1.0
         network = self.host.get_network()
@@ -461,7 +461,8 @@ class NatTraversal:
             waited += step
             if r.relay.peer_id not in network.connections:
                 log.info("lost the connection to relay %s", r.addr)
-                return
+                return False
+        return True
 
     async def _reserve(self, r: RelayReservation) -> float:
         """Dial, discover, reserve: the reservation's seconds left."""
