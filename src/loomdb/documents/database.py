@@ -595,20 +595,22 @@ class Database:
         if bad:
             raise StoreError(f"the store refused a new entry: {bad[0].reason}")
 
-        states = []
-        for entry, live, peer, start, end, deleted in made:
-            states.append(
-                StateRow(
-                    entry.cid, live.doc_id, APPLIED, entry.kind, entry.height, entry.parents,
-                    entry.created_at, peer, start if peer is not None else None,
-                    end if peer is not None else None, deleted, None,
-                )
-            )  # fmt: skip
+        for entry, live, *_ in made:
             live.updated_at = max(live.updated_at, entry.created_at)
             if not live.created_at:
                 live.created_at = entry.created_at
+        # Made one at a time as they are written: a batch's worth of rows alive at
+        # once would set the garbage collector off several times per batch.
+        states = (
+            StateRow(
+                entry.cid, live.doc_id, APPLIED, entry.kind, entry.height, entry.parents,
+                entry.created_at, peer, start if peer is not None else None,
+                end if peer is not None else None, deleted, None,
+            )
+            for entry, live, peer, start, end, deleted in made
+        )  # fmt: skip
         with self._views.tx():
-            self._views.put_states(states)
+            self._views.put_states(states, reasons=False)
             self._materialize({id(v): v for v in lives}.values())
             # When nothing else reached the store since the views' position, these
             # entries are the next ones in its log: move past them without a scan.
@@ -620,26 +622,9 @@ class Database:
 
     def _materialize(self, lives: Iterable[_Live]) -> None:
         """Write live documents' values and heads to the views (inside a tx)."""
-        rows = []
-        schemas = []
-        for live in lives:
-            value = read_value(live.loro)
-            live.value = value
-            rows.append(
-                DocWrite(
-                    live.doc_id,
-                    value,
-                    live=not live.deleted and not live.is_schema and bool(live.heads),
-                    deleted=live.deleted,
-                    created_at=live.created_at,
-                    updated_at=live.updated_at,
-                    heads=[h.cid for h in live.heads],
-                )
-            )
-            if live.is_schema:
-                schemas.append(live)
-        self._views.write_docs(rows)
-        for live in schemas:
+        lives = list(lives)
+        self._views.write_docs(self._doc_write(live) for live in lives)  # one row at a time
+        for live in (v for v in lives if v.is_schema):
             text = live.value.get("json")
             self._views.set_schema(live.coll, text if type(text) is str else None)
             if type(text) is str:
@@ -649,6 +634,20 @@ class Database:
                     continue  # a peer's malformed schema is kept as text, not enforced
                 for path in schema.indexes:
                     self._views.ensure_index(live.coll, path)
+
+    @staticmethod
+    def _doc_write(live: _Live) -> DocWrite:
+        value = read_value(live.loro)
+        live.value = value
+        return DocWrite(
+            live.doc_id,
+            value,
+            live=not live.deleted and not live.is_schema and bool(live.heads),
+            deleted=live.deleted,
+            created_at=live.created_at,
+            updated_at=live.updated_at,
+            heads=[h.cid for h in live.heads],
+        )
 
     # --- receiving entries ----------------------------------------------------------------
 

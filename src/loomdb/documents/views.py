@@ -335,27 +335,42 @@ class Views:
     def write_docs(self, rows: Iterable[DocWrite]) -> None:
         """Write documents' materialized rows (value, heads, times, flags): an update
         of the rows there are, an insert of the reserved ones (one statement each)."""
-        updates, inserts = [], []
-        for w in rows:
-            data = (dumps(w.value), int(w.live), int(w.deleted), w.created_at, w.updated_at,
-                    _BLOB(_pack(w.heads)))  # fmt: skip
-            reserved = self._reserved.pop(w.doc, None)
-            if reserved is None:
-                updates.append((*data, w.doc))
-            else:
-                inserts.append((w.doc, *reserved, *data))
-        if inserts:
+        # Rows are made one at a time, as they are written (a batch's worth alive at
+        # once would set the garbage collector off several times per batch).
+        updates: list[tuple[Any, ...]] = []
+        count = 0
+
+        def inserts() -> Iterator[tuple[Any, ...]]:
+            for w in rows:
+                data = (dumps(w.value), int(w.live), int(w.deleted), w.created_at, w.updated_at,
+                        _BLOB(_pack(w.heads)))  # fmt: skip
+                reserved = self._reserved.pop(w.doc, None)
+                if reserved is None:
+                    updates.append((*data, w.doc))
+                else:
+                    yield (w.doc, *reserved, *data)
+
+        def all_updates() -> Iterator[tuple[Any, ...]]:
+            nonlocal count
+            for w in rows:
+                count += 1
+                yield (dumps(w.value), int(w.live), int(w.deleted), w.created_at, w.updated_at,
+                       _BLOB(_pack(w.heads)), w.doc)  # fmt: skip
+
+        update = (
+            "UPDATE docs SET value = ?, live = ?, deleted = ?, created_at = ?, updated_at = ?,"
+            " heads = ? WHERE id = ?"
+        )
+        if self._reserved:
             self._db.executemany(
-                f"INSERT INTO docs({_DOC_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts
+                f"INSERT INTO docs({_DOC_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts()
             )
-        if updates:
-            done = self._db.executemany(
-                "UPDATE docs SET value = ?, live = ?, deleted = ?, created_at = ?, updated_at = ?,"
-                " heads = ? WHERE id = ?",
-                updates,
-            ).rowcount
-            if done != len(updates):
-                raise StoreCorruptError(f"{self.path}: {len(updates) - done} document rows missing")
+            count = len(updates)
+            done = self._db.executemany(update, updates).rowcount if updates else 0
+        else:
+            done = self._db.executemany(update, all_updates()).rowcount
+        if done != count:
+            raise StoreCorruptError(f"{self.path}: {count - done} document rows missing")
 
     def count_docs(self, coll: int) -> int:
         return int(
@@ -460,30 +475,35 @@ class Views:
             ),
         )  # fmt: skip
 
-    def put_states(self, rows: Sequence[StateRow]) -> None:
-        """:meth:`put_state` for many rows, in one statement. (Blobs go as bytearrays,
-        and rows without a reason as NULLs in the statement: see :data:`_BLOB`.)"""
-        if all(s.reason is None and s.wants_key is None for s in rows):
+    def put_states(self, rows: Iterable[StateRow], *, reasons: bool = True) -> None:
+        """:meth:`put_state` for many rows, in one statement, each row made as it is
+        written (``rows`` may be a generator). ``reasons=False`` says no row has a
+        reason or a wanted key: they go as NULLs in the statement (see :data:`_BLOB`)."""
+        if reasons:
             self._db.executemany(
-                f"INSERT OR REPLACE INTO states({_STATE_COLS})"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
-                [
+                f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
                     (_BLOB(s.cid.binary), s.doc, s.state, s.kind, s.height,
                      _BLOB(_pack(s.parents)), s.created_at, s.peer, s.op_start, s.op_end,
-                     int(s.deleted))
+                     int(s.deleted), s.reason, s.wants_key)
                     for s in rows
-                ],
+                ),
             )  # fmt: skip
             return
+
+        def plain() -> Iterator[tuple[Any, ...]]:
+            for s in rows:
+                if s.reason is not None or s.wants_key is not None:
+                    raise ValueError("put_states(reasons=False) given a row with a reason")
+                yield (_BLOB(s.cid.binary), s.doc, s.state, s.kind, s.height,
+                       _BLOB(_pack(s.parents)), s.created_at, s.peer, s.op_start, s.op_end,
+                       int(s.deleted))  # fmt: skip
+
         self._db.executemany(
-            f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (_BLOB(s.cid.binary), s.doc, s.state, s.kind, s.height, _BLOB(_pack(s.parents)),
-                 s.created_at, s.peer, s.op_start, s.op_end, int(s.deleted), s.reason,
-                 s.wants_key)
-                for s in rows
-            ],
-        )  # fmt: skip
+            f"INSERT OR REPLACE INTO states({_STATE_COLS})"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+            plain(),
+        )
 
     def owner(self, doc: int, peer: int, counter: int) -> StateRow | None:
         """The applied entry of ``doc`` holding op ``counter@peer``."""
