@@ -184,6 +184,17 @@ def test_a_and_b_behind_nats_connect_through_the_relay_and_sync(
         [b_conn] = connections_to(t, t.b, b, a_peer)
         assert b_conn["type"] == "relayed"
 
+        # Gossip over the relayed connection: A follows the collection, B's new
+        # documents reach it as gossip (B writes until one is gossiped to A).
+        ns_cli(t, t.a, a, "p2p", "collection", "add", "notes")
+        sent = iter(range(1000))
+
+        def gossiped() -> bool:
+            ns_cli(t, t.b, b, "doc", "create", "notes", "--id", f"g{next(sent)}", "{}")
+            return bool(ns_cli(t, t.a, a, "p2p", "info")["replication"]["gossip"]["stored"] >= 1)
+
+        poll(gossiped, WAIT, "a gossiped document")
+
         # B renews its reservation before it runs out; still reachable through R.
         def renewed() -> bool:
             [r] = ns_cli(t, t.b, b, "p2p", "info")["nat"]["relays"]
