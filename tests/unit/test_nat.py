@@ -195,3 +195,14 @@ def test_a_reservation_is_renewed_retried_after_failures_and_stays_advertised() 
     assert seen[4] == ("reserved", True)  # renewing: still advertised
     assert seen[6] == ("connecting", False)  # after the relay's connection was lost
     assert sum(slept[3:18]) == pytest.approx(15.0)  # renewed at 3/4 of 20 s
+
+
+def test_unspecified_addresses_are_not_sent_for_a_punch() -> None:
+    import multiaddr
+
+    from loomdb.transports.libp2p.nat import _dialable
+
+    assert _dialable(multiaddr.Multiaddr("/ip4/198.51.100.2/tcp/4101").to_bytes())
+    assert not _dialable(multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/4101").to_bytes())
+    assert not _dialable(multiaddr.Multiaddr("/ip6/::/tcp/4101").to_bytes())
+    assert not _dialable(b"\xff\xff")

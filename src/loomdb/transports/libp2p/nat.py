@@ -309,6 +309,25 @@ class _BoundedDCUtR(DCUtRProtocol):
     async def _auto_drive_loop(self) -> None:
         await trio.sleep_forever()
 
+    async def _get_observed_addrs(self) -> list[bytes]:
+        """Without an observed address py-libp2p sends its listen addresses, and
+        ``0.0.0.0:PORT`` sends the peer dialling itself: those are left out."""
+        return [a for a in await super()._get_observed_addrs() if _dialable(a)]
+
+    def _decode_observed_addrs(self, addr_bytes: list[bytes]) -> list[multiaddr.Multiaddr]:
+        return [a for a in super()._decode_observed_addrs(addr_bytes) if _dialable(a.to_bytes())]
+
+
+def _dialable(raw: bytes) -> bool:
+    """Not an unspecified address (``0.0.0.0``, ``::``)."""
+    try:
+        addr = multiaddr.Multiaddr(raw)
+        names = {p.name for p in addr.protocols()}
+        ips = [str(addr.value_for_protocol(p)) for p in ("ip4", "ip6") if p in names]
+    except _PARSE_ERRORS:
+        return False
+    return not any(ip in ("0.0.0.0", "::") for ip in ips)
+
 
 # --- the service -------------------------------------------------------------------
 
