@@ -20,13 +20,11 @@ processes: two processes saving one keyring at once keep the last write.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from loomdb.errors import (
     ValidationError,
     WrongPassphraseError,
 )
+from loomdb.files import atomic_write
 from loomdb.identity.keys import NamedKey, RandomSource, SigningKey, key_fingerprint
 from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.identity.user import UserIdentity
@@ -424,7 +423,7 @@ class Keyring:
             sealed = self._aead.encrypt(nonce, json.dumps(payload).encode("utf-8"), _aad(doc))
             doc["ciphertext"] = _b64(sealed)
         try:
-            _atomic_write(self._path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+            atomic_write(self._path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
         except OSError as exc:
             raise KeyringError(f"cannot write keyring {self._path}: {exc.strerror}") from exc
 
@@ -480,27 +479,6 @@ def _hex_32(value: object, what: str) -> bytes:
     if not isinstance(value, str) or not _HEX_32.match(value):
         raise ValidationError(f"{what} must be 64 lowercase hex digits")
     return bytes.fromhex(value)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a 0600 temp file in the same directory, fsync, rename, fsync the
-    directory: a crash leaves the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _tighten_mode(file: Path) -> None:

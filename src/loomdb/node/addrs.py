@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from loomdb.files import atomic_write
+
 ADDRS_FILE: Final = "p2p.json"
 
 
 def record_addrs(home: Path, addrs: Sequence[str]) -> Callable[[], None]:
     """Write :data:`ADDRS_FILE` for this process; returns what removes it."""
     path = home / ADDRS_FILE
-    tmp = path.with_name(f".{ADDRS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "addrs": list(addrs)}), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"pid": os.getpid(), "addrs": list(addrs)}).encode())
 
     def remove() -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -27,6 +27,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from loomdb.errors import ValidationError
+from loomdb.files import atomic_write
 
 TOKEN_FILE: Final = "api.token"
 TOKEN_ENV: Final = "LOOMDB_API_TOKEN"
@@ -46,7 +47,7 @@ def admin_token(home: Path) -> str:
     if token:
         return token
     token = secrets.token_urlsafe(32)
-    _write_private(path, token + "\n")
+    atomic_write(path, (token + "\n").encode())
     return token
 
 
@@ -56,15 +57,6 @@ def runtime_dir(environ: Mapping[str, str] = os.environ) -> Path:
     if environ.get("XDG_RUNTIME_DIR"):
         return Path(environ["XDG_RUNTIME_DIR"]) / "loomdb"
     return Path.home() / ".local" / "share" / "loomdb" / "runtime"
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (0600) in one rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 class Registration:
@@ -88,7 +80,7 @@ def register(
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / f"node-{os.getpid()}.json"
         record = {"url": url, "token": token, "home": str(home), "pid": os.getpid()}
-        _write_private(path, json.dumps(record))
+        atomic_write(path, json.dumps(record).encode())
     except OSError:
         return None
     return Registration(path)

@@ -35,7 +35,6 @@ here does I/O but :class:`ReplicatorFile`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from loomdb.errors import LoomError, StoreCorruptError, ValidationError
+from loomdb.files import atomic_write
 
 REPLICATORS_FILE: Final = "replicators.json"
 DEFAULT_RETRY_INTERVALS: Final = (30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0)
@@ -232,9 +232,4 @@ class ReplicatorFile:
 
     def save(self, records: Sequence[ReplicatorRecord]) -> None:
         body = {"version": self.VERSION, "replicators": [r.as_dict() for r in records]}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(body, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(body, indent=1).encode())

@@ -18,16 +18,14 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
 from loomdb.documents.database import _check_collection, _check_doc_id, check_space
 from loomdb.errors import StoreCorruptError, ValidationError
+from loomdb.files import atomic_write
 from loomdb.replication.topics import collection_topic
 from loomdb.sync.replicate import SyncScope
 
@@ -152,7 +150,7 @@ class Subscriptions:
                 "collections": sorted(self.collections),
                 "documents": sorted(self.documents),
             }
-            _atomic_write(self.path, json.dumps(data, indent=1).encode())
+            atomic_write(self.path, json.dumps(data, indent=1).encode())
 
     def _load(self, path: Path) -> None:
         try:
@@ -176,23 +174,3 @@ def _batch(names: Iterable[object]) -> list[object]:
     if len(items) > MAX_BATCH:
         raise ValidationError(f"at most {MAX_BATCH} names at once")
     return items
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
