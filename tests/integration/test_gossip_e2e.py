@@ -33,6 +33,7 @@ from loomdb.transports.libp2p import P2PHost
 from tests.doc_support import make_home
 from tests.integration.nodes import Node, Nodes, nodes
 from tests.integration.test_p2p_e2e import cli, cli_json, p2p_addr, peer_ids, read_all, write
+from tests.integration.test_trust_e2e import card_of, invite, join
 
 pytestmark = pytest.mark.integration
 
@@ -336,3 +337,45 @@ def test_bad_gossip_is_dropped_and_counted_with_the_node_up(
     with a.http() as http:
         assert http.get("/node").status_code == 200
     assert json.loads(cli(a, "p2p", "info", "--json").stdout)["replication"]["gossip"] == counters
+
+
+# --- managed spaces ---------------------------------------------------------------------------
+
+
+def test_a_members_entries_reach_the_admin_over_gossip_and_are_accepted(
+    cluster: Nodes, tmp_path: Path
+) -> None:
+    a = cluster.launch(tmp_path / "a", *QUIET)
+    b = cluster.launch(tmp_path / "b", *QUIET)
+    cluster.wait_ready()
+    space = cli_json(a, "space", "create", "team")["space"]
+    # b's card lists b's node as a device: a checks b's gossiped entries against b's roles
+    join(b, invite(a, space, card_of(b), "read", "write"))
+    for node in (a, b):
+        added = cli_json(node, "--space", space, "p2p", "collection", "add", "notes")["added"]
+        assert added == [{"space": space, "collection": "notes"}]
+    connect(b, a)
+    poll(lambda: joined(a) and joined(b), "a and b in the space's topic")
+    # the exchanges on connect are over: what a stores from here came by gossip
+    poll(
+        lambda: all(replication(n)["head_exchange"]["exchanges"] >= 1 for n in (a, b)),
+        "the head exchanges on connect",
+    )
+    pulled = replication(a)["head_exchange"]["pulled"]
+    before = gossip(a)
+
+    write(b, space, "notes", "b1", {"by": "b"})
+    write(b, space, "notes", "b2", {"by": "b", "n": 2})
+    poll(
+        lambda: len(read_all(a, space, "notes")) == 2,
+        "a receives b's entries",
+        details=lambda: (gossip(a), a.stderr()[-3000:]),
+    )
+    assert doc(a, "notes", "b1", space)["value"] == {"by": "b"}
+    assert read_all(a, space, "notes") == read_all(b, space, "notes")
+    counters = gossip(a)
+    assert counters["stored"] - before["stored"] == 2
+    assert counters["refused"] == counters["store_refused"] == 0
+    assert counters["unverifiable"] == counters["malformed"] == 0
+    assert replication(a)["head_exchange"]["pulled"] == pulled  # not by head exchange
+    assert gossip(b)["published"] >= 2
