@@ -67,6 +67,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -87,11 +88,14 @@ sys.path.insert(0, str(ROOT))
 import sync as bench_sync  # noqa: E402  (bench/sync.py: the cached workload)
 from loomdb.identity.keys import NamedKey, SigningKey  # noqa: E402
 from loomdb.node.home import NodeHome  # noqa: E402
+from loomdb.replication.subscriptions import FILE as SUBSCRIPTIONS_FILE  # noqa: E402
 from loomdb.replication.subscriptions import Subscriptions  # noqa: E402
 from loomdb.replication.topics import document_topic  # noqa: E402
+from loomdb.stores.base import SetKey  # noqa: E402
 from loomdb.stores.remote import RemoteStore  # noqa: E402
 from loomdb.stores.sqlite import SQLiteStore  # noqa: E402
 from loomdb.sync import wire  # noqa: E402
+from loomdb.sync.reconcile import ReconcileRequest  # noqa: E402
 from loomdb.sync.replicate import SyncScope, pull_changes_from  # noqa: E402
 from loomdb.transports.base import RequestChannel  # noqa: E402
 from loomdb.transports.libp2p import P2PHost  # noqa: E402
@@ -535,6 +539,139 @@ HEAD_ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+# --- head exchange on connect, between full nodes ----------------------------------------
+
+HEADS_TIMEOUT = 300.0
+HEADS_POLL = 0.01  # seconds between two looks at both nodes' counters
+
+
+async def warm_store(src: Path, dst: Path) -> Path:
+    """A copy of a cached store with its collection's fingerprint tree built too
+    (the cache has the space's): a node that has exchanged heads before has both."""
+    bench_sync.copy_store(src, dst)
+    store = SQLiteStore(dst)
+    try:
+        await store.reconcile([ReconcileRequest(SetKey(bench_sync.SPACE, bench_sync.COLLECTION))])
+    finally:
+        await store.aclose()
+    return dst
+
+
+def heads_home(path: Path, store: Path) -> Path:
+    """A full node's home over a copy of ``store``, following its collection, its
+    database caught up with the store: the node is run once and asked for the space,
+    which applies every entry (on the node's event loop; more than 10 s at 100k, so
+    not timed), as on a node that had stored them through its database."""
+    home = NodeHome.open(path, environ={})
+    bench_sync.copy_store(store, home.store_path)
+    Subscriptions(path / SUBSCRIPTIONS_FILE).add_collections(
+        bench_sync.SPACE, [bench_sync.COLLECTION]
+    )
+    node = FullNode(path)
+    try:
+        r = node.api.get(
+            f"/collections/{bench_sync.COLLECTION}/docs",
+            params={"limit": 1},
+            headers={"X-Loomdb-Space": bench_sync.SPACE},
+            timeout=HEADS_TIMEOUT,
+        )
+        if r.status_code != 200:
+            raise SystemExit(f"bench: reading the space answered {r.status_code}: {r.text}")
+    finally:
+        node.stop()
+    return path
+
+
+def heads_counters(node: FullNode) -> dict[str, int]:
+    info = node.api.get("/p2p/info").json()
+    sync = info["counters"]  # the sync server's: what it served the peer
+    heads = info["replication"]["head_exchange"]
+    return {
+        "exchanges": heads["exchanges"],
+        "rounds": heads["rounds"],
+        "pulled": heads["pulled"],
+        "failed": heads["failed"],
+        "frames": sync["frames_served"],
+        "bytes": sync["bytes_in"] + sync["bytes_out"],
+    }
+
+
+def heads_rep(tmp: Path, a_home: Path, b_home: Path, missing: int) -> dict[str, float]:
+    """Full nodes A and B on copies of their homes (B lacks ``missing`` of A's entries), both
+    following the collection; B dials A: from the dial until both have finished their
+    head exchange (each pulls what it follows from the other), B holding all."""
+    started: list[FullNode] = []
+    try:
+        for name, template in (("ha", a_home), ("hb", b_home)):
+            home = tmp / f"{name}-{time.monotonic_ns()}"
+            shutil.copytree(template, home)
+            started.append(FullNode(home))
+        a, b = started
+        before = [heads_counters(n) for n in (a, b)]
+        t = time.perf_counter()
+        r = b.api.post("/p2p/connect", json={"addr": a.addr})
+        if r.status_code != 200:
+            raise SystemExit(f"bench: p2p connect answered {r.status_code}: {r.text}")
+        deadline = time.monotonic() + HEADS_TIMEOUT
+        while True:
+            now = [heads_counters(n) for n in (a, b)]
+            if all(n["exchanges"] > o["exchanges"] for n, o in zip(now, before, strict=True)):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: head exchange not done in {HEADS_TIMEOUT} s: {now}")
+            time.sleep(HEADS_POLL)  # a poll of the API, bounded by the deadline above
+        seconds = time.perf_counter() - t
+        delta = [{k: n[k] - o[k] for k in n} for n, o in zip(now, before, strict=True)]
+        if any(d["failed"] for d in delta):
+            raise SystemExit(f"bench: a head exchange failed: {delta}")
+        if (delta[0]["pulled"], delta[1]["pulled"]) != (0, missing):
+            raise SystemExit(f"bench: pulled {delta[0]['pulled']} and {delta[1]['pulled']}")
+        return {
+            "s": seconds * 1000,
+            "rounds": float(sum(d["rounds"] for d in delta)),
+            "requests": float(sum(d["frames"] for d in delta)),
+            "kb": sum(d["bytes"] for d in delta) / 1000,
+        }
+    finally:
+        for node in started:
+            node.stop()
+
+
+async def heads_case(args: argparse.Namespace, tmp: Path) -> list[dict[str, float]]:
+    """``--reps`` reps of :func:`heads_rep` for equal stores of N entries and for
+    N against N - 100 (bench/sync.py's cached stores), fresh nodes each rep."""
+    n = args.head_exchange_entries
+    cached = await bench_sync.cached_entries(args.cache_dir, n, HEADS_MISSING)
+    full = await warm_store(cached.full, tmp / "heads-full.sqlite")
+    minus = await warm_store(cached.minus, tmp / "heads-minus.sqlite")
+    a, b_equal, b_diff = (
+        heads_home(tmp / name, store)
+        for name, store in (("heads-a", full), ("heads-b", full), ("heads-b-minus", minus))
+    )
+    reps = []
+    for rep in range(args.reps):
+        out: dict[str, float] = {}
+        for tag, b_home, missing in (("equal", b_equal, 0), ("diff", b_diff, cached.missing)):
+            measured = heads_rep(tmp, a, b_home, missing)
+            out |= {f"hx_{tag}_{k}": v for k, v in measured.items()}
+        reps.append(out)
+        print(f"  head exchange rep {rep + 1}/{args.reps} done", flush=True)
+    return reps
+
+
+HEADS_MISSING = 100
+HX_ROWS: list[tuple[str, str, str]] = [
+    (f"hx_{tag}_{key}", f"heads on connect, {what}: {label}", unit)
+    for tag, what in (("equal", "equal"), ("diff", "100 differ"))
+    for key, label, unit in (
+        ("s", "both done", "ms"),
+        ("rounds", "rounds", "rounds"),
+        ("requests", "requests", "requests"),
+        ("kb", "bytes", "KB"),
+    )
+]
+
+
 # --- scale: 10,000 followed documents ------------------------------------------------------
 
 
@@ -766,6 +903,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for nat in ("port-preserving", "symmetric"):
                     reps[rep] |= nat_case(tmp, nat, args.nat_tries)
                 print(f"  NAT rep {rep + 1}/{args.reps} done", flush=True)
+        if args.head_exchange_entries:
+            rows += HX_ROWS
+            for rep, measured in enumerate(await heads_case(args, tmp)):
+                reps[rep] |= measured
         if args.replicator_docs:
             rows += REPLICATOR_ROWS
             for rep in range(args.reps):
@@ -801,6 +942,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "gossip_rate": args.gossip_rate,
             "scale_docs": args.scale_docs,
             "nat_tries": args.nat_tries,
+            "head_exchange_entries": args.head_exchange_entries,
         },
         "results": results,
     }
@@ -849,6 +991,12 @@ def main() -> None:
     parser.add_argument(
         "--nat-probe", nargs=3, metavar=("RELAY", "CIRCUIT", "PORT"), help=argparse.SUPPRESS
     )  # one try, run inside A's namespace
+    parser.add_argument(
+        "--head-exchange-entries",
+        type=int,
+        default=2000,
+        help="entries in each store of the head-exchange-on-connect case (0: skip it)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
     args = parser.parse_args()
@@ -863,6 +1011,8 @@ def main() -> None:
         parser.error("the NAT case builds network namespaces: run as root, or --nat-tries 0")
     if min(args.entries, args.round_trips, args.reps) < 1:
         parser.error("--entries, --round-trips and --reps are at least 1")
+    if args.head_exchange_entries < 0 or 0 < args.head_exchange_entries <= HEADS_MISSING:
+        parser.error(f"--head-exchange-entries is 0 or above {HEADS_MISSING}")
     if args.replicator_docs < 0:
         parser.error("--replicator-docs is at least 0")
     if args.gossip_updates < 0 or args.gossip_rate <= 0:
