@@ -36,6 +36,13 @@ nodes (``loomdb start``, libp2p on 127.0.0.1), fresh ones each rep:
 a pull of the space and of its collection, on a new connection (dial, Noise,
 stream, one reconciliation) and on an open one: ms and round trips.
 
+``--head-exchange-entries N`` (default 2,000; 0: skip): head exchange on connect
+between two full nodes whose homes hold bench/sync.py's cached stores (N entries,
+and N minus 100), both following their collection: (a) equal, (b) 100 differ. B
+dials A; the time until both nodes' exchanges on connect are done (``p2p info``,
+polled every 10 ms), their reconcile rounds, and the sync requests and bytes both
+nodes' servers answered. Fresh copies of the homes each rep.
+
 ``--gossip-updates N`` (default 1000; 0: skip) at ``--gossip-rate`` (100/s): full
 nodes sharing a key, a writer and 1, then 4, subscribers connected to it, all
 following the collection; the writer makes N documents, one ``POST …/docs`` each,
