@@ -10,9 +10,9 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 
-from loomdb.cli.main import build_parser
+from loomdb.cli.main import build_parser, start_nat_settings
 from loomdb.errors import UnreachableError, ValidationError
-from loomdb.node.p2p import P2PSettings, nat_settings, p2p_settings
+from loomdb.node.p2p import P2PSettings, p2p_settings
 from loomdb.transports.libp2p import parse_peer_addr
 from loomdb.transports.libp2p.nat import (
     NatSettings,
@@ -81,18 +81,7 @@ def test_relay_limits_are_bounded_and_given_to_py_libp2p() -> None:
 
 def settings(*argv: str) -> P2PSettings | None:
     args = build_parser().parse_args(["start", *argv])
-    nat = nat_settings(
-        relay_service=args.relay_service,
-        relays=args.relays,
-        no_hole_punch=args.no_hole_punch,
-        punch_seconds=args.hole_punch_seconds,
-        limits={
-            "reservations": args.relay_max_reservations,
-            "reservation_seconds": args.relay_reservation_seconds,
-            "circuit_seconds": args.relay_circuit_seconds,
-            "circuit_bytes": args.relay_circuit_bytes,
-        },
-    )
+    nat = start_nat_settings(args)
     return p2p_settings(args.p2p_addr, args.no_p2p, args.peers, None, nat)
 
 

@@ -130,13 +130,11 @@ def _json_ready(line: str) -> None:
     print(json.dumps(ready), flush=True)
 
 
-def cmd_start(args: argparse.Namespace) -> None:
-    from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
-    from loomdb.node.p2p import nat_settings, p2p_settings
-    from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
+def start_nat_settings(args: argparse.Namespace) -> Any:
+    """``start``'s relay and hole-punching options as the node's NAT settings."""
+    from loomdb.node.p2p import nat_settings
 
-    host, port = parse_address(args.api)
-    nat = nat_settings(
+    return nat_settings(
         relay_service=args.relay_service,
         relays=args.relays,
         no_hole_punch=args.no_hole_punch,
@@ -148,6 +146,15 @@ def cmd_start(args: argparse.Namespace) -> None:
             "circuit_bytes": args.relay_circuit_bytes,
         },
     )
+
+
+def cmd_start(args: argparse.Namespace) -> None:
+    from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
+    from loomdb.node.p2p import p2p_settings
+    from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
+
+    host, port = parse_address(args.api)
+    nat = start_nat_settings(args)
     p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds, nat)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
