@@ -19,6 +19,7 @@ import segno
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loomdb.api.openapi import openapi_document
 from loomdb.cli.qr import QUIET, qr_code, qr_modules, read_back, render
 from loomdb.cli.tickets import connect_body
 from loomdb.errors import ForbiddenError, NotMemberError, UnreachableError, ValidationError
@@ -319,14 +320,19 @@ class FakeHost:
         self._listen = list(listen)
         self.up = set(up)
         self.dialled: list[str] = []
+        self.connected: list[str] = []
 
     def listen_addrs(self) -> list[str]:
         return self._listen
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [{"peer_id": a.rsplit("/", 1)[1]} for a in self.connected]
 
     async def connect(self, addr: str) -> str:
         self.dialled.append(addr)
         if addr not in self.up:
             raise UnreachableError(f"cannot reach {addr}: connection refused")
+        self.connected.append(addr)
         return addr.rsplit("/", 1)[1]
 
 
@@ -347,6 +353,11 @@ async def test_a_ticket_is_given_and_used_to_connect(make_node: Callable[[str], 
     assert [f["addr"] for f in answer["failed"]] == given_["addrs"][:-1]
     assert answer["failed"][0]["error"]["code"] == "transport.unreachable"
     assert answer["joined"] is None
+    assert answer["already"] is False
+    # connected already: no dial (py-libp2p's would "succeed" at any address)
+    again = await connect_ticket(b_host, make_node("b2"), given_["ticket"])
+    assert (again["already"], again["addr"], again["failed"]) == (True, None, [])
+    assert len(b_host.dialled) == len(given_["addrs"])
 
     with pytest.raises(ValidationError, match="own ticket"):
         await connect_ticket(a_host, None, given_["ticket"])
@@ -418,6 +429,19 @@ async def test_bad_ticket_requests(make_node: Callable[[str], NodeTrust]) -> Non
         await issue_ticket(FakeHost(PEER, [DIRECT]), a, space, Invite(b.card(), ("own",)))
     with pytest.raises(ValidationError, match="user card"):
         await issue_ticket(FakeHost(PEER, [DIRECT]), a, space, Invite("nope", ("read",)))
+
+
+def test_the_ticket_routes_are_in_openapi() -> None:
+    paths = openapi_document()["paths"]
+    ticket = paths["/api/v0/p2p/ticket"]["post"]
+    assert set(ticket["requestBody"]["content"]["application/json"]["schema"]["properties"]) == {
+        "space",
+        "invite",
+    }
+    connect = paths["/api/v0/p2p/connect"]["post"]
+    schema = connect["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"addr", "ticket"}
+    assert "502" in connect["responses"]
 
 
 def test_connect_takes_a_multiaddr_or_a_ticket() -> None:

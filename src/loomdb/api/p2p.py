@@ -11,7 +11,8 @@ A peer that cannot be reached is 502 with the transport's code
 
 An endpoint's handler is given the ``app.state`` attribute its ``service`` names
 (the host by default; ``replicators``: the node's
-:class:`~loomdb.replication.replicators.Replicators`).
+:class:`~loomdb.replication.replicators.Replicators`; ``state``: ``app.state`` itself,
+for the ticket routes of :mod:`loomdb.api.tickets`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from loomdb.api.errors import ROUTE_NOT_FOUND, RequestError
+from loomdb.api.errors import INVALID_REQUEST, ROUTE_NOT_FOUND, RequestError
 from loomdb.api.routes import PREFIX
+from loomdb.api.tickets import TICKET, TICKET_FIELD, p2p_connect_ticket, p2p_ticket
 from loomdb.api.validation import Schema, check, parse_query, read_json
 from loomdb.errors import TransportError
 
@@ -53,8 +55,10 @@ class P2PEndpoint:
 _TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": 1024}
 CONNECT = {
     "type": "object",
-    "properties": {"addr": {**_TEXT, "description": "/ip4/HOST/tcp/PORT/p2p/12D3KooW…"}},
-    "required": ["addr"],
+    "properties": {
+        "addr": {**_TEXT, "description": "/ip4/HOST/tcp/PORT/p2p/12D3KooW…"},
+        "ticket": TICKET_FIELD,
+    },
     "additionalProperties": False,
 }
 DISCONNECT = {
@@ -116,9 +120,13 @@ async def p2p_peers(p2p: P2PHost, body: Any) -> Any:
     return {"peers": p2p.peers()}
 
 
-async def p2p_connect(p2p: P2PHost, body: Any) -> Any:
+async def p2p_connect(state: Any, body: Any) -> Any:
+    if ("addr" in body) == ("ticket" in body):
+        raise RequestError(400, INVALID_REQUEST, "body: give 'addr' or 'ticket', one of them")
     try:
-        peer = await p2p.connect(body["addr"])
+        if "ticket" in body:
+            return await p2p_connect_ticket(state, body["ticket"])
+        peer = await state.p2p.connect(body["addr"])
     except TransportError as exc:
         raise RequestError(UNREACHABLE_STATUS, exc.code, exc.message) from None
     return {"peer_id": peer, "connected": True}
@@ -257,9 +265,21 @@ P2P_ENDPOINTS: tuple[P2PEndpoint, ...] = (
         "POST",
         f"{_P2P}/connect",
         p2p_connect,
-        "Dial a peer by its multiaddr (Noise proves it is that Peer ID)",
+        "Dial a peer by its multiaddr (Noise proves it is that Peer ID), or by a ticket:"
+        " its addresses in order, then join the space of its invitation",
         body=CONNECT,
-        errors=(422, 502),
+        errors=(403, 422, 502),
+        service="state",
+    ),
+    P2PEndpoint(
+        "POST",
+        f"{_P2P}/ticket",
+        p2p_ticket,
+        "A ticket to this node (loomdb-ticket1:…): Peer ID, dialable addresses, optionally a"
+        " space and an invitation to it (the user given is added first)",
+        body=TICKET,
+        errors=(403, 404, 422),
+        service="state",
     ),
     P2PEndpoint(
         "POST",
@@ -323,7 +343,8 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
         if endpoint.body is not None:
             body = await read_json(request, MAX_P2P_BODY_BYTES)
             check(endpoint.body, body)
-        service = p2p if endpoint.service == "p2p" else getattr(request.app.state, endpoint.service)
+        state = request.app.state  # service "p2p": state.p2p, the host
+        service = state if endpoint.service == "state" else getattr(state, endpoint.service)
         result = await endpoint.handler(service, body)
         if endpoint.handler is p2p_info:
             replicators = getattr(request.app.state, "replicators", None)

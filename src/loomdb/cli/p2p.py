@@ -1,5 +1,5 @@
-"""``loomdb client p2p info|peers|connect|disconnect|replicator``: the node's libp2p host, over
-its API (:mod:`loomdb.api.p2p`). Thin like every client command: one API call,
+"""``loomdb client p2p info|peers|connect|disconnect|ticket|replicator``: the node's libp2p
+host, over its API (:mod:`loomdb.api.p2p`). Thin like every client command: one API call,
 the answer for people by default, the API's JSON with ``--json``.
 
 ``loomdb client sync /ip4/…/tcp/…/p2p/12D3KooW…`` (in :mod:`loomdb.cli.client`)
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from loomdb.cli.client import _run, _table, document_arg
+from loomdb.cli.tickets import add_ticket_command, connect_body, show_connected_by
+from loomdb.cli.trust import text_arg
 
 Command = Callable[[Any, str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -234,7 +236,9 @@ def cmd_p2p_peers(args: argparse.Namespace) -> None:
 
 
 def cmd_p2p_connect(args: argparse.Namespace) -> None:
-    _run(args, lambda api: api.call("POST", "/p2p/connect", {"addr": args.addr}), show_connected)
+    body = connect_body(args.addr)
+    show = show_connected if "addr" in body else show_connected_by
+    _run(args, lambda api: api.call("POST", "/p2p/connect", body), show)
 
 
 def cmd_p2p_disconnect(args: argparse.Namespace) -> None:
@@ -288,14 +292,20 @@ def add_replicator_commands(sub: Any, command: Command) -> None:
 
 def add_p2p_commands(groups: Any, command: Command) -> None:
     """Add ``p2p …`` to the ``client`` groups ``groups``."""
-    help_ = "the node's libp2p host: info, peers, connect, disconnect"
+    help_ = "the node's libp2p host: info, peers, connect, disconnect, ticket"
     p2p = groups.add_parser("p2p", help=help_, description=help_)
     sub = p2p.add_subparsers(dest="client_command", metavar="COMMAND", required=True)
     command(sub, "info", cmd_p2p_info, "Peer ID, listen addresses, peers and counters")
     command(sub, "peers", cmd_p2p_peers, "the connected peers")
-    p = command(sub, "connect", cmd_p2p_connect, "dial a peer")
-    p.add_argument("addr", metavar="MULTIADDR", help="/ip4/HOST/tcp/PORT/p2p/12D3KooW…")
+    p = command(sub, "connect", cmd_p2p_connect, "dial a peer (by a ticket: and join its space)")
+    p.add_argument(
+        "addr",
+        metavar="TICKET|MULTIADDR",
+        type=text_arg,
+        help="loomdb-ticket1:… (- or @FILE: its last line) or /ip4/HOST/tcp/PORT/p2p/12D3KooW…",
+    )
     p = command(sub, "disconnect", cmd_p2p_disconnect, "close the connections to a peer")
     p.add_argument("peer", metavar="PEER_ID", help="12D3KooW…")
+    add_ticket_command(sub, command)
     add_replicator_commands(sub, command)
     add_subscription_commands(sub, command)

@@ -32,13 +32,17 @@ def connect_body(text: str) -> dict[str, str]:
 
 
 def _sync_hint(answer: dict[str, Any]) -> str:
-    return f"loomdb client sync {answer['addr']} --space {answer['space']}"
+    peer = answer["addr"] or f"{answer['peer_id']}'s address"
+    return f"loomdb client sync {peer} --space {answer['space']}"
 
 
 def show_connected_by(answer: dict[str, Any]) -> None:
     failed = answer["failed"]
     tried = f" ({len(failed)} address(es) before it did not answer)" if failed else ""
-    print(f"connected to {answer['peer_id']} at {answer['addr']}{tried}")
+    if answer["already"]:
+        print(f"connected to {answer['peer_id']} already")
+    else:
+        print(f"connected to {answer['peer_id']} at {answer['addr']}{tried}")
     joined = answer["joined"]
     if joined is not None:
         roles = "; ".join(f"{c}: {','.join(r)}" for c, r in sorted(joined["roles"].items()))

@@ -297,6 +297,8 @@ class Host(Protocol):
 
     def listen_addrs(self) -> list[str]: ...
 
+    def peers(self) -> list[dict[str, Any]]: ...
+
     async def connect(self, addr: str) -> str: ...
 
 
@@ -376,9 +378,10 @@ async def connect_ticket(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Dial the ticket's peer at its addresses in order until one answers (none
-    tried after :data:`DIAL_SECONDS`), then join the space of its invitation.
-    ``UnreachableError`` when none answers; nothing is joined then. The answer:
-    ``peer_id``, ``addr`` (the one connected to), ``failed`` (``[{addr, error}]``
+    tried after :data:`DIAL_SECONDS`; none at all when it is connected already),
+    then join the space of its invitation. ``UnreachableError`` when none answers;
+    nothing is joined then. The answer: ``peer_id``, ``addr`` (the one connected
+    to; ``None`` if it was already), ``already``, ``failed`` (``[{addr, error}]``
     before it), ``space``, ``joined`` (:meth:`NodeTrust.join`'s answer or ``None``)."""
     ticket = Ticket.decode(text)
     if ticket.peer_id == host.peer_id:
@@ -388,7 +391,9 @@ async def connect_ticket(
     failed: list[dict[str, Any]] = []
     start = clock()
     used = None
-    for addr in ticket.addrs:
+    # py-libp2p's dial returns at once for a peer connected already, whatever the address
+    already = any(p["peer_id"] == ticket.peer_id for p in host.peers())
+    for addr in () if already else ticket.addrs:
         if failed and clock() - start > DIAL_SECONDS:
             break
         try:
@@ -398,7 +403,7 @@ async def connect_ticket(
             continue
         used = addr
         break
-    if used is None:
+    if used is None and not already:
         last = failed[-1]["error"]["message"]
         raise UnreachableError(
             f"cannot reach {ticket.peer_id} at any of the {len(failed)} address(es) "
@@ -412,6 +417,7 @@ async def connect_ticket(
         "peer_id": ticket.peer_id,
         "connected": True,
         "addr": used,
+        "already": already,
         "failed": failed,
         "space": ticket.space,
         "joined": joined,
