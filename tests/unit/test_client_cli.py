@@ -104,7 +104,7 @@ def test_every_client_command_has_help_url_and_json() -> None:
                 "invitation",
             ]
         ),
-        *(f"client p2p {c}" for c in ["info", "peers", "connect", "disconnect"]),
+        *(f"client p2p {c}" for c in ["info", "peers", "connect", "disconnect", "ticket"]),
         *(f"client p2p replicator {c}" for c in ["set", "delete", "getall"]),
         *(f"client p2p collection {c}" for c in ["add", "remove", "getall"]),
         *(f"client p2p document {c}" for c in ["add", "remove", "getall", "sync"]),
