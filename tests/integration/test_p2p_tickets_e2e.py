@@ -187,6 +187,10 @@ def test_a_ticket_with_an_invitation_joins_and_syncs_the_space(
     text = ticket_of(a, "--space", space, "--invite", card_of(c), "--role", "read")[0]
     d = cluster.start(tmp_path / "d")
     refused(cli(d, "p2p", "connect", text), (10,), "does not list")
+    # only an admin invites; only to a space it holds
+    invite_d = ("--invite", card_of(d), "--role", "read")
+    refused(cli(b, "p2p", "ticket", "--space", space, *invite_d), (10,), "not an admin")
+    refused(cli(a, "p2p", "ticket", "--space", "nope~z6Mk", *invite_d), (8,), "no directory")
 
 
 def test_a_ticket_carries_the_relayed_address_and_connects_through_it(

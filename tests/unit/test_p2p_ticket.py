@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loomdb.api.openapi import openapi_document
+from loomdb.cli.main import main
 from loomdb.cli.qr import QUIET, qr_code, qr_modules, read_back, render
 from loomdb.cli.tickets import connect_body
 from loomdb.errors import ForbiddenError, NotMemberError, UnreachableError, ValidationError
@@ -442,6 +443,24 @@ def test_the_ticket_routes_are_in_openapi() -> None:
     schema = connect["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"addr", "ticket"}
     assert "502" in connect["responses"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--role", "read"], "go with --invite"),
+        (["--label", "bob"], "go with --invite"),
+        (["--collection", "notes"], "go with --invite"),
+        (["--invite", "loomdb-user1:x"], "needs the roles"),
+    ],
+)
+def test_ticket_options_are_checked_before_any_request(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (nothing listens at that URL: a request would fail otherwise)
+    assert main(["client", "p2p", "ticket", *args, "--url", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
 
 
 def test_connect_takes_a_multiaddr_or_a_ticket() -> None:
