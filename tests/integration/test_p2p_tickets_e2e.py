@@ -142,6 +142,14 @@ def test_a_ticket_printed_by_one_node_connects_the_other(cluster: Nodes, tmp_pat
         r = http.post("/p2p/ticket", json={"invite": {"card": "x", "roles": ["read"]}})
         assert r.status_code == 422 and "name it" in r.json()["error"]["message"]
         assert http.post("/p2p/ticket", json={"space": 1}).status_code == 400
+        # no options, no body (sent as JSON all the same, like the trust routes)
+        bare = http.post("/p2p/ticket", headers={"Content-Type": "application/json"})
+        assert bare.status_code == 200 and bare.json()["peer_id"] == b_peer, bare.text
+        assert http.post("/p2p/ticket").status_code == 415
+        assert (
+            http.post("/p2p/connect", headers={"Content-Type": "application/json"}).status_code
+            == 400
+        )
 
 
 def test_a_ticket_with_an_invitation_joins_and_syncs_the_space(

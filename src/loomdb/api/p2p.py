@@ -27,8 +27,8 @@ from starlette.routing import BaseRoute, Route
 
 from loomdb.api.errors import INVALID_REQUEST, ROUTE_NOT_FOUND, RequestError
 from loomdb.api.routes import PREFIX
-from loomdb.api.tickets import TICKET, TICKET_FIELD, p2p_connect_ticket, p2p_ticket
-from loomdb.api.validation import Schema, check, parse_query, read_json
+from loomdb.api.tickets import TICKET, TICKET_FIELD, p2p_connect_ticket, p2p_ticket, read_body
+from loomdb.api.validation import Schema, check, parse_query
 from loomdb.errors import TransportError
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
         parse_query(request.query_params.multi_items(), {})
         body = None
         if endpoint.body is not None:
-            body = await read_json(request, MAX_P2P_BODY_BYTES)
+            body = await read_body(request, endpoint.body, MAX_P2P_BODY_BYTES)
             check(endpoint.body, body)
         state = request.app.state  # service "p2p": state.p2p, the host
         service = state if endpoint.service == "state" else getattr(state, endpoint.service)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from loomdb.api.validation import Schema
+from starlette.requests import Request
+
+from loomdb.api.validation import Schema, read_json, require_json
 from loomdb.node.ticket import TICKET_PREFIX, Invite, connect_ticket, issue_ticket
 from loomdb.trust.directory import ROLES
 from loomdb.trust.spaces import ALL
@@ -36,6 +38,18 @@ TICKET: Schema = {
     "additionalProperties": False,
 }
 TICKET_FIELD: Schema = {**_TEXT, "description": f"{TICKET_PREFIX}… (instead of addr)"}
+
+
+async def read_body(request: Request, schema: Schema, limit: int) -> Any:
+    """The JSON body of a p2p route; an absent one reads as ``{}`` when ``schema``
+    requires no field (``POST /p2p/ticket`` with no options), as on the trust routes.
+    Sent as JSON even then: a page's bodiless POST is a "simple" one."""
+    declared = request.headers.get("content-length")
+    absent = declared == "0" or (declared is None and "transfer-encoding" not in request.headers)
+    if absent and not schema.get("required"):
+        await require_json(request, limit)
+        return {}
+    return await read_json(request, limit)
 
 
 async def p2p_ticket(state: Any, body: Any) -> Any:
