@@ -236,6 +236,32 @@ async def test_a_ticket_past_its_size_is_refused_on_encoding(
         Ticket.decode(text)
 
 
+_IP4 = st.ip_addresses(v=4).filter(lambda ip: str(ip) != "0.0.0.0")
+_IP6 = st.ip_addresses(v=6).filter(lambda ip: ip.compressed != "::" and ip.ipv4_mapped is None)
+_PORT = st.integers(1, 65535)
+
+
+@st.composite
+def _addrs(draw: st.DrawFn) -> str:
+    ip = draw(_IP4 | _IP6)
+    direct = f"/ip{ip.version}/{ip.compressed}/tcp/{draw(_PORT)}"
+    if draw(st.booleans()):
+        direct += f"/p2p/{RELAY}/p2p-circuit"
+    return f"{direct}/p2p/{PEER}"
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(_addrs(), min_size=1, max_size=MAX_ADDRS, unique=True),
+    st.none() | st.text(min_size=1, max_size=64),
+)
+def test_every_ticket_round_trips(addrs: list[str], space: str | None) -> None:
+    ticket = Ticket(PEER, tuple(addrs), space)
+    text = ticket.encode()
+    assert Ticket.decode(text) == ticket
+    assert Ticket(PEER, tuple(addrs), space).encode() == text
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400))
 def test_random_ticket_bodies_raise_only_validation_error(body: bytes) -> None:
@@ -466,7 +492,9 @@ def test_ticket_options_are_checked_before_any_request(
 def test_connect_takes_a_multiaddr_or_a_ticket() -> None:
     assert connect_body(DIRECT) == {"addr": DIRECT}
     assert connect_body("loomdb-ticket1:abc") == {"ticket": "loomdb-ticket1:abc"}
-    assert connect_body("junk") == {"ticket": "junk"}  # told what a ticket looks like
+    assert connect_body("loomdb-ticket9:abc") == {"ticket": "loomdb-ticket9:abc"}  # node: which
+    with pytest.raises(ValidationError, match="expected a ticket"):
+        connect_body("junk")
 
 
 # --- QR codes ---------------------------------------------------------------------------------

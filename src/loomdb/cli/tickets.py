@@ -19,6 +19,7 @@ from loomdb.cli.client import _run
 from loomdb.cli.qr import qr_code, render
 from loomdb.cli.trust import text_arg
 from loomdb.errors import ValidationError
+from loomdb.node.ticket import TICKET_PREFIX
 from loomdb.trust.directory import ROLES
 from loomdb.trust.spaces import ALL
 
@@ -26,9 +27,16 @@ Command = Callable[[Any, str, Callable[[argparse.Namespace], None], str], argpar
 
 
 def connect_body(text: str) -> dict[str, str]:
-    """``p2p connect``'s body: a multiaddr starts with ``/``; anything else is a ticket
-    (so a bad one is told what a ticket looks like)."""
-    return {"addr": text} if text.startswith("/") else {"ticket": text}
+    """``p2p connect``'s body: a multiaddr starts with ``/``, a ticket with its prefix
+    (any version: the node says which it reads); anything else is neither."""
+    if text.startswith("/"):
+        return {"addr": text}
+    if text.startswith("loomdb-ticket"):  # loomdb-ticket1:, or a version this node lacks
+        return {"ticket": text}
+    raise ValidationError(
+        f"expected a ticket ({TICKET_PREFIX}…) or a multiaddr (/ip4/HOST/tcp/PORT/p2p/12D3KooW…),"
+        f" not {text[:24]!r}"
+    )
 
 
 def _sync_hint(answer: dict[str, Any]) -> str:
