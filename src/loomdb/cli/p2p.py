@@ -1,5 +1,5 @@
-"""``loomdb client p2p info|peers|connect|disconnect|ticket|replicator``: the node's libp2p
-host, over its API (:mod:`loomdb.api.p2p`). Thin like every client command: one API call,
+"""``loomdb client p2p info|peers|connect|disconnect|replicator``: the node's libp2p host, over
+its API (:mod:`loomdb.api.p2p`). Thin like every client command: one API call,
 the answer for people by default, the API's JSON with ``--json``.
 
 ``loomdb client sync /ip4/…/tcp/…/p2p/12D3KooW…`` (in :mod:`loomdb.cli.client`)
@@ -292,7 +292,7 @@ def add_replicator_commands(sub: Any, command: Command) -> None:
 
 def add_p2p_commands(groups: Any, command: Command) -> None:
     """Add ``p2p …`` to the ``client`` groups ``groups``."""
-    help_ = "the node's libp2p host: info, peers, connect, disconnect, ticket"
+    help_ = "the node's libp2p host: info, peers, connect, disconnect"
     p2p = groups.add_parser("p2p", help=help_, description=help_)
     sub = p2p.add_subparsers(dest="client_command", metavar="COMMAND", required=True)
     command(sub, "info", cmd_p2p_info, "Peer ID, listen addresses, peers and counters")
@@ -306,6 +306,6 @@ def add_p2p_commands(groups: Any, command: Command) -> None:
     )
     p = command(sub, "disconnect", cmd_p2p_disconnect, "close the connections to a peer")
     p.add_argument("peer", metavar="PEER_ID", help="12D3KooW…")
-    add_ticket_command(sub, command)
+    add_ticket_command(sub, command)  # p2p ticket: loomdb.cli.tickets
     add_replicator_commands(sub, command)
     add_subscription_commands(sub, command)
