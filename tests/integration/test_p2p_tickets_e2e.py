@@ -22,6 +22,7 @@ from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.node.ticket import TICKET_PREFIX, Ticket
 from tests.integration.nodes import CLIENT_TIMEOUT, Node, Nodes, client_sync, node_env, nodes
 from tests.integration.test_trust_e2e import card_of, refused
+from tests.unit.test_p2p_ticket import scan
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +113,7 @@ def test_a_ticket_printed_by_one_node_connects_the_other(cluster: Nodes, tmp_pat
     drawing = "\n".join(lines[1:-1])
     expected = qr_modules(code)
     assert read_back(drawing)[: len(expected)] == expected
+    assert scan(read_back(drawing)) == [text]  # what a phone would read
     # --json: the same ticket, no drawing; --no-qr: no drawing
     assert cli_json(a, "p2p", "ticket")["ticket"] == text
     assert ticket_of(a, "--no-qr")[1] == [lines[0], text]
