@@ -239,8 +239,8 @@ def _check_shape(addr: multiaddr.Multiaddr, text: str) -> None:
 
 
 def interface_ips() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """This machine's IP addresses (every interface's), IPv6 link-local ones left out
-    (they need a zone id, which multiaddrs of loomdb do not carry)."""
+    """This machine's IP addresses (every interface's), link-local ones left out (an IPv6
+    one needs a zone id, which loomdb's multiaddrs do not carry; 169.254/16 is not routed)."""
     found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
