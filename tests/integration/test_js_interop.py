@@ -56,6 +56,8 @@ FIRST_GOSSIP_TRIES = 20
 FIRST_GOSSIP_WAIT = 2.0
 DEADLINE = 180  # seconds the JS peer lives at most
 MIN_NODE = 20
+BULK = 300
+SMALL_FRAME = 4096  # Negentropy's least frame limit: ~120 ids a message, so several rounds
 
 
 def node_command() -> list[str]:
@@ -94,7 +96,10 @@ class JsPeer:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.events.put(json.loads(line))
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.put({"event": "error", "message": f"not JSON: {line[:200]!r}"})
         self.events.put(None)
 
     def next(self, event: str, timeout: float = WAIT) -> dict[str, Any]:
@@ -205,6 +210,10 @@ def test_a_js_libp2p_peer_gets_gossip_and_syncs_every_entry(
     assert sorted("/ws/" in a for a in node.p2p_addrs) == [False, True], node.p2p_addrs
     peer_id = node.p2p_addrs[0].rsplit("/p2p/", 1)[1]
     create_docs(node, COLLECTION, [("before-1", {"n": 1}), ("before-2", {"n": 2})])
+    with node.http() as http:  # enough for a reconciliation of several rounds
+        batch = [{"id": f"bulk-{i}", "value": {"i": i}} for i in range(BULK)]
+        r = http.post(f"/collections/{COLLECTION}/docs:batch", json={"documents": batch})
+        assert r.status_code in (200, 201), r.text
     with node.http() as http:  # a second entry in one document: a parent link
         r = http.patch(f"/collections/{COLLECTION}/docs/before-1", json={"set": {"n": 3}})
         assert r.status_code == 200, r.text
@@ -249,9 +258,17 @@ def test_a_js_libp2p_peer_gets_gossip_and_syncs_every_entry(
     [change] = [e for e in sync["entries"] if e["kind"] == "change"]
     assert len(change["parents"]) == 1 and by_cid[change["parents"][0]]["document"] == "before-1"
 
+    # The collection's set, in small messages: several rounds, fingerprints and cuts.
+    peer.send(f"sync {SPACE} {COLLECTION} {SMALL_FRAME}")
+    small = peer.next("sync")
+    assert small["set"] == [SPACE, COLLECTION, None] and small["rounds"] > 2, small["rounds"]
+    assert sorted(small["need"]) == sorted(expected)
+    assert all(e["cid_matches"] and e["canonical"] for e in small["entries"])
+
     peer.send("quit")
     report = peer.next("report")
-    assert report["sync"]["need"] == sync["need"]
+    assert report["synced"] == report["synced_cids_matching"] == len(expected), report
+    assert report["gossip"] == report["gossip_entries_canonical"] == len(peer.gossip), report
     assert peer.close() == 0
 
 

@@ -13,11 +13,12 @@
 //   {"event":"gossip", ...}               each message received on TOPIC, decoded as
 //                                         loomdb.replication.message says, its entry checked
 // and answers commands read from stdin, one a line:
-//   sync SPACE COLLECTION|-               over /loomdb/sync/1.0.0: hello, a reconcile of
+//   sync SPACE COLLECTION|- [FRAME_LIMIT]  over /loomdb/sync/1.0.0: hello, a reconcile of
 //                                         the set [SPACE, COLLECTION|null, null] from an
-//                                         empty side (Negentropy v1), then get of every id
-//                                         learnt; prints {"event":"sync", ...}
-//   quit                                  prints {"event":"report", ...} and exits
+//                                         empty side (Negentropy v1, messages of at most
+//                                         FRAME_LIMIT bytes, default 1,000,000), then get
+//                                         of every id learnt; prints {"event":"sync", ...}
+//   quit                                  prints {"event":"report", ...} (counts) and exits
 // Entries are checked here with JS multiformats and @ipld/dag-cbor, not with loomdb's
 // code: the CID (CIDv1, dag-cbor, sha2-256) recomputed from the bytes, and the bytes
 // decoded and re-encoded as DAG-CBOR (equal only if they are canonical).
@@ -58,9 +59,11 @@ if (!addrText || !topic) {
 }
 
 const print = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+// stdout into a pipe is written asynchronously: exit once what was printed is out
+const exit = (code) => process.stdout.write("", () => process.exit(code));
 const fail = (err) => {
   print({ event: "error", message: String(err?.stack ?? err) });
-  process.exit(1);
+  exit(1);
 };
 setTimeout(() => fail(`deadline of ${deadlineText ?? 120} s passed`), 1000 * Number(deadlineText ?? 120)).unref();
 
@@ -249,7 +252,7 @@ function answer(reply) {
   return { need, next: out.length > 1 ? concat(...out) : null };
 }
 
-async function sync(client, space, collection) {
+async function sync(client, space, collection, frameLimit) {
   const hello = await client.call("hello");
   const set = [space, collection, null];
   // The empty set's first message: one range to infinity, an IdList of no ids.
@@ -258,7 +261,7 @@ async function sync(client, space, collection) {
   let rounds = 0;
   while (message) {
     if (++rounds > MAX_ROUNDS) throw new Error("reconcile: too many rounds");
-    const [[reply]] = await client.call("reconcile", { sets: [[set, message, false, 1000000]] });
+    const [[reply]] = await client.call("reconcile", { sets: [[set, message, false, frameLimit]] });
     const step = answer(reply);
     need.push(...step.need);
     message = step.next;
@@ -275,7 +278,7 @@ async function sync(client, space, collection) {
     }
     asked += got.length; // a reply may hold a prefix: ask again for the rest
   }
-  return { event: "sync", hello, set, rounds, need: cids.map((c) => CID.decode(c).toString()), entries, requests: client.requests };
+  return { event: "sync", hello, set, frame_limit: frameLimit, rounds, need: cids.map((c) => CID.decode(c).toString()), entries, requests: client.requests };
 }
 
 // --- main ---------------------------------------------------------------------------------
@@ -314,7 +317,8 @@ try {
     const [cmd, ...args] = line.trim().split(/\s+/);
     if (cmd === "sync") {
       client ??= new SyncClient(await connection.newStream(SYNC_PROTOCOL));
-      lastSync = await sync(client, args[0], args[1] === "-" ? null : args[1]);
+      const frameLimit = Number(args[2] ?? 1000000);
+      lastSync = await sync(client, args[0], args[1] === "-" ? null : args[1], frameLimit);
       print(lastSync);
     } else if (cmd === "peers") {
       print({ event: "peers", subscribers: node.services.pubsub.getSubscribers(topic).map(String) });
@@ -324,9 +328,16 @@ try {
       throw new Error(`unknown command ${cmd}`);
     }
   }
-  print({ event: "report", gossip, sync: lastSync });
+  const entries = lastSync?.entries ?? [];
+  print({
+    event: "report",
+    gossip: gossip.length,
+    gossip_entries_canonical: gossip.filter((g) => g.canonical).length,
+    synced: entries.length,
+    synced_cids_matching: entries.filter((e) => e.cid_matches).length,
+  });
   await node.stop();
-  process.exit(0);
+  exit(0);
 } catch (err) {
   fail(err);
 }
