@@ -40,6 +40,7 @@ import pytest
 
 from loomdb.identity.keys import NamedKey
 from loomdb.replication.topics import collection_topic
+from loomdb.transports.libp2p.host import SYNC_PROTOCOL
 from tests.doc_support import make_home
 from tests.integration.nodes import Node, Nodes, client_sync, create_docs, documents, nodes
 from tests.integration.test_p2p_e2e import cli_json
@@ -269,6 +270,7 @@ def test_a_js_libp2p_peer_gets_gossip_and_syncs_every_entry(
     report = peer.next("report")
     assert report["synced"] == report["synced_cids_matching"] == len(expected), report
     assert report["gossip"] == report["gossip_entries_canonical"] == len(peer.gossip), report
+    assert SYNC_PROTOCOL in report["streams"] and "/meshsub/1.2.0" in report["streams"], report
     assert peer.close() == 0
 
 

@@ -299,7 +299,9 @@ try {
   if (typeof WebSocket === "undefined" && ma.getComponents().some((c) => c.name === "ws")) {
     throw new Error("no global WebSocket (Node < 22): run node with --experimental-websocket");
   }
+  const dialStart = performance.now();
   const connection = await node.dial(ma);
+  const dialMs = performance.now() - dialStart;
   print({
     event: "connected",
     self: node.peerId.toString(),
@@ -308,6 +310,7 @@ try {
     remote_addr: connection.remoteAddr.toString(),
     encryption: connection.encryption,
     multiplexer: connection.multiplexer,
+    dial_ms: Math.round(dialMs), // TCP or WebSocket, Noise, Yamux
   });
 
   let client = null;
@@ -318,7 +321,9 @@ try {
     if (cmd === "sync") {
       client ??= new SyncClient(await connection.newStream(SYNC_PROTOCOL));
       const frameLimit = Number(args[2] ?? 1000000);
+      const syncStart = performance.now();
       lastSync = await sync(client, args[0], args[1] === "-" ? null : args[1], frameLimit);
+      lastSync.elapsed_ms = Math.round(performance.now() - syncStart);
       print(lastSync);
     } else if (cmd === "peers") {
       print({ event: "peers", subscribers: node.services.pubsub.getSubscribers(topic).map(String) });
@@ -335,6 +340,7 @@ try {
     gossip_entries_canonical: gossip.filter((g) => g.canonical).length,
     synced: entries.length,
     synced_cids_matching: entries.filter((e) => e.cid_matches).length,
+    streams: connection.streams.map((s) => s.protocol).sort(), // the protocols in use
   });
   await node.stop();
   exit(0);
