@@ -271,6 +271,9 @@ def test_a_js_libp2p_peer_gets_gossip_and_syncs_every_entry(
     assert report["synced"] == report["synced_cids_matching"] == len(expected), report
     assert report["gossip"] == report["gossip_entries_canonical"] == len(peer.gossip), report
     assert SYNC_PROTOCOL in report["streams"] and "/meshsub/1.2.0" in report["streams"], report
+    # what the node advertised by identify: the addresses it printed, real ports
+    printed = {a.rsplit("/p2p/", 1)[0] for a in node.p2p_addrs}
+    assert {a.split("/p2p/")[0] for a in report["peer_addrs"]} == printed, report
     assert peer.close() == 0
 
 

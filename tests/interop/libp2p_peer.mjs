@@ -341,6 +341,8 @@ try {
     synced: entries.length,
     synced_cids_matching: entries.filter((e) => e.cid_matches).length,
     streams: connection.streams.map((s) => s.protocol).sort(), // the protocols in use
+    // the addresses the node advertised (identify)
+    peer_addrs: (await node.peerStore.get(connection.remotePeer)).addresses.map((a) => a.multiaddr.toString()),
   });
   await node.stop();
   exit(0);
