@@ -97,6 +97,17 @@ async def test_a_peer_dials_the_websocket_address_and_syncs_over_it() -> None:
         assert server.counters.server.frames == 1
 
 
+async def test_a_websocket_dial_ignores_the_proxy_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:9")  # nobody there
+    server = P2PHost(SigningKey.generate(), TCP_AND_WS, connect_timeout=WAIT)
+    client = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
+    async with server.run(), client.run():
+        assert await client.connect(ws_addr(server)) == server.peer_id
+    assert "proxy" not in capsys.readouterr().out.lower()
+
+
 async def test_a_websocket_only_host_still_dials_tcp() -> None:
     server = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
     client = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0/ws"], connect_timeout=WAIT)

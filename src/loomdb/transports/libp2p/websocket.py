@@ -69,5 +69,8 @@ def websocket_transport(
         handshake_timeout=handshake_timeout,
         max_connections=ConnectionConfig().max_connections,
         max_message_size=MAX_WS_MESSAGE,
+        # Not None: py-libp2p would then dial through $HTTP_PROXY (and print that on
+        # stdout); libp2p dials go direct, over WebSocket as over TCP.
+        proxy_url="",
     )
     return WebsocketTransport(TransportUpgrader(sec_opt, muxer_opt), config=config)
