@@ -6,6 +6,7 @@ WebSocket too; a WebSocket message over 1 MiB is refused; addresses are checked.
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import multiaddr
 import pytest
@@ -195,3 +196,12 @@ def test_tcp_and_websocket_on_one_port_are_refused() -> None:
     with pytest.raises(ValidationError, match="a port each"):
         check_listen_free([parse_listen_addr(a) for a in same])
     P2PHost(SigningKey.generate(), TCP_AND_WS)  # port 0: each gets its own
+
+
+def test_a_busy_websocket_port_is_address_in_use() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(AddressInUseError):
+            check_listen_free([parse_listen_addr(f"/ip4/127.0.0.1/tcp/{port}/ws")])
