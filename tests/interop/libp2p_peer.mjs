@@ -167,8 +167,11 @@ class SyncClient {
       throw new Error(`the node closed the stream: ${code} ${Buffer.from(payload.subarray(2))}`);
     }
     if (kind !== FRAME) throw new Error(`unknown message kind ${kind}`);
-    const cbor = payload[0] === 1 ? inflateSync(payload.subarray(1)) : payload.subarray(1);
     if (payload[0] > 1) throw new Error(`unknown frame flags ${payload[0]}`);
+    const cbor =
+      payload[0] === 1
+        ? inflateSync(payload.subarray(1), { maxOutputLength: MAX_FRAME })
+        : payload.subarray(1);
     const reply = cborg.decode(cbor);
     if (reply.v !== 1) throw new Error(`reply version ${reply.v}`);
     if (reply.err) throw new Error(`${op}: ${reply.err.code}: ${reply.err.message}`);
