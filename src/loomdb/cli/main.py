@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         action="append",
         help="where the libp2p host listens (repeatable; port 0: any free port; "
+        "/ip4/HOST/tcp/PORT/ws for WebSocket; "
         "default /ip4/0.0.0.0/tcp/9171)",
     )
     p.add_argument("--no-p2p", action="store_true", help="run no libp2p host")

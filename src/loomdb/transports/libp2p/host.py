@@ -5,15 +5,17 @@
 * **Security: Noise only.** py-libp2p's default also accepts secio and
   ``/plaintext/2.0.0`` (a plaintext dialer connected in our measurements); here
   a dialer that offers anything else fails to negotiate and is dropped.
-* **Yamux** over **TCP**, nothing else (no QUIC, WebSocket, mDNS, UPnP: each
-  comes when something needs it).
+* **Yamux** over **TCP** or **WebSocket** (``…/tcp/PORT/ws``, beside TCP or alone:
+  :mod:`loomdb.transports.libp2p.websocket`), nothing else (no QUIC, mDNS, UPnP:
+  each comes when something needs it).
 * It runs in the caller's trio loop (py-libp2p is trio-only): ``async with
   host.run(): …``.
 * **Gossipsub** (``/meshsub/1.2.0``, ``1.1.0``) runs on it unless ``gossip=False``,
   with py-libp2p's lossy defaults fixed and its drops counted
   (:mod:`loomdb.transports.libp2p.pubsub`); ``host.pubsub`` while it runs.
 
-Listen addresses are ``/ip4/…/tcp/PORT`` or ``/ip6/…/tcp/PORT``; port 0 takes
+Listen addresses are ``/ip4/…/tcp/PORT`` or ``/ip6/…/tcp/PORT`` (``…/ws`` for
+WebSocket); port 0 takes
 any free port and :meth:`P2PHost.listen_addrs` gives the one chosen. py-libp2p
 listens with ``SO_REUSEPORT``, so two hosts could share a port silently:
 :func:`check_listen_free` binds each port without it first, and a busy one is
@@ -67,6 +69,13 @@ from loomdb.transports.libp2p.nat import NatSettings, NatTraversal, is_circuit, 
 from loomdb.transports.libp2p.pubsub import NodePubsub, drops, make_pubsub, run_pubsub
 from loomdb.transports.libp2p.server import ServerCounters, serve_sync_stream
 from loomdb.transports.libp2p.stream import STREAM_ERRORS, SyncStream
+from loomdb.transports.libp2p.websocket import (
+    TCP_NAMES,
+    check_own_ports,
+    is_websocket,
+    tcp_only,
+    websocket_transport,
+)
 
 log = logging.getLogger("loomdb.p2p")
 
@@ -83,15 +92,17 @@ _PARSE_ERRORS: Final = (ValueError, TypeError, LookupError)  # what multiaddr ra
 
 
 def parse_listen_addr(text: str) -> multiaddr.Multiaddr:
-    """``/ip4/HOST/tcp/PORT`` or ``/ip6/HOST/tcp/PORT`` (port 0: any free port)."""
+    """``/ip4/HOST/tcp/PORT`` or ``/ip6/HOST/tcp/PORT``, ``…/ws`` for WebSocket (port 0:
+    any free port)."""
     try:
         addr = multiaddr.Multiaddr(text)
         names = [p.name for p in addr.protocols()]
     except _PARSE_ERRORS as exc:
         raise ValidationError(f"bad multiaddr {text!r}: {exc}") from None
-    if names not in (["ip4", "tcp"], ["ip6", "tcp"]):
+    if names not in TCP_NAMES and not is_websocket(names):
         raise ValidationError(
             f"cannot listen on {text!r}: expected /ip4/HOST/tcp/PORT or /ip6/HOST/tcp/PORT"
+            " (…/ws for WebSocket)"
         )
     return addr
 
@@ -108,8 +119,11 @@ def parse_peer_addr(text: str) -> PeerInfo:
         peer = addr.value_for_protocol("p2p") if names and names[-1] == "p2p" else None
     except _PARSE_ERRORS as exc:
         raise ValidationError(f"bad multiaddr {text!r}: {exc}") from None
-    if peer is None or names[:2] not in (["ip4", "tcp"], ["ip6", "tcp"]) or len(names) != 3:
-        raise ValidationError(f"bad peer address {text!r}: expected /ip4/HOST/tcp/PORT/p2p/PEER_ID")
+    if peer is None or (names[:-1] not in TCP_NAMES and not is_websocket(names[:-1])):
+        raise ValidationError(
+            f"bad peer address {text!r}: expected /ip4/HOST/tcp/PORT/p2p/PEER_ID (…/ws/p2p/… for"
+            " WebSocket)"
+        )
     public_key_from_peer_id(str(peer))  # an Ed25519 Peer ID, or ValidationError
     transport = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))
     return PeerInfo(ID.from_base58(str(peer)), [transport])
@@ -129,6 +143,7 @@ def _host_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
 def check_listen_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
     """Bind each ``HOST:PORT`` (port 0 skipped) without ``SO_REUSEPORT`` and let go:
     a busy one is ``AddressInUseError``, an unusable one ``ValidationError``."""
+    check_own_ports(addrs)
     for addr in addrs:
         host, port = _host_port(addr)
         if port == 0:
@@ -249,6 +264,7 @@ class P2PHost:
         self._listen = [parse_listen_addr(a) for a in listen]
         if not self._listen:
             raise ValidationError("a libp2p host needs at least one listen address")
+        check_own_ports(self._listen)
         self._bootstrap = [(a, parse_peer_addr(a)) for a in bootstrap]
         self.max_frame = max_frame
         self.connect_timeout = connect_timeout
@@ -258,12 +274,18 @@ class P2PHost:
         self._channels: dict[str, Libp2pChannel] = {}  # peer_channel's, by Peer ID
         key_pair = create_new_key_pair(node_key.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        sec_opt = {NOISE_PROTOCOL_ID: noise}  # Noise only: see the module doc
+        muxer_opt = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+        ws = websocket_transport(sec_opt, muxer_opt, handshake_timeout=connect_timeout)
         self.host: IHost = new_host(
             key_pair=key_pair,
-            sec_opt={NOISE_PROTOCOL_ID: noise},  # Noise only: see the module doc
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            transports=[TCP()],
-            listen_addrs=self._listen,
+            sec_opt=sec_opt,
+            muxer_opt=muxer_opt,
+            transports=[TCP(), ws],
+            # Not the WebSocket addresses: given both kinds on one port py-libp2p would
+            # share it between TCP and WebSocket (its PortDemultiplexer, which reset
+            # js-libp2p's TCP dials in our tests); each listens on its own port.
+            listen_addrs=tcp_only(self._listen),
             # Advertise what we listen on, only; but a node behind a NAT (--relays)
             # needs the address its relays see for hole punching.
             disable_identify_address_discovery=not (nat and nat.relays),
