@@ -36,6 +36,7 @@ from loomdb.transports.libp2p import (
     parse_listen_addr,
     parse_peer_addr,
 )
+from loomdb.transports.libp2p.mdns import choose_interfaces, local_interfaces
 from loomdb.transports.libp2p.nat import DEFAULT_PUNCH_TIMEOUT, NatSettings, RelayServiceLimits
 
 P2P_READY: Final = " and p2p at {addrs}"
@@ -46,12 +47,14 @@ P2P_READY: Final = " and p2p at {addrs}"
 class P2PSettings:
     """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected;
     ``anti_entropy``: seconds between head exchanges with each peer; ``nat``: relay
-    service, relays to reserve on, hole punching."""
+    service, relays to reserve on, hole punching; ``mdns``: find and connect to peers
+    on the LAN (:mod:`loomdb.transports.libp2p.mdns`)."""
 
     listen: tuple[str, ...]
     peers: tuple[str, ...] = ()
     anti_entropy: float = DEFAULT_INTERVAL
     nat: NatSettings = field(default_factory=NatSettings)
+    mdns: bool = False
 
     def check(self) -> None:
         """Before anything is opened: bad addresses are ``ValidationError``, a busy
@@ -64,6 +67,8 @@ class P2PSettings:
         if not 0.1 <= self.anti_entropy <= 86400:
             raise ValidationError("--anti-entropy-seconds is between 0.1 and 86400")
         self.nat.check()
+        if self.mdns:  # no interface for mDNS: a clear error now
+            choose_interfaces(self.listen, local_interfaces())
         check_listen_free(addrs)
 
 
@@ -100,8 +105,12 @@ def p2p_settings(
     peers: Sequence[str],
     anti_entropy: float | None = None,
     nat: NatSettings | None = None,
+    *,
+    mdns: bool = False,
 ) -> P2PSettings | None:
     """``loomdb start``'s options as settings (None: no libp2p)."""
+    if no_p2p and mdns:
+        raise ValidationError("--no-p2p and --mdns do not go together")
     if no_p2p:
         if addrs or peers or anti_entropy is not None or nat is not None:
             raise ValidationError(
@@ -110,7 +119,7 @@ def p2p_settings(
         return None
     interval = DEFAULT_INTERVAL if anti_entropy is None else anti_entropy
     return P2PSettings(
-        tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings()
+        tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings(), mdns
     )
 
 

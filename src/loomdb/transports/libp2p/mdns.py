@@ -1,0 +1,590 @@
+"""Finding peers on the LAN by mDNS (``loomdb start --mdns``), per the libp2p mDNS
+spec (``discovery/mdns.md``), so js-, go- and rust-libp2p nodes find us and we them:
+
+* the service is ``_p2p._udp.local.``; each node registers an instance with a
+  random name, and one TXT string ``dnsaddr=<multiaddr>/p2p/<Peer ID>`` per
+  address (py-libp2p writes ``dnsaddr2=…``, ``dnsaddr3=…``: read too);
+* zeroconf runs **only on the interfaces that carry our listen addresses**
+  (:func:`choose_interfaces`): a node listening on ``10.0.0.5`` speaks mDNS on
+  that interface alone; one on ``0.0.0.0`` on every non-loopback IPv4 interface,
+  chosen explicitly, listed in ``p2p info`` and logged. Loopback is never used
+  (it has no multicast). IPv4 only. py-libp2p's own ``MDNSDiscovery`` binds every
+  interface and looks up the default route by "connecting" to 8.8.8.8: not used.
+
+What is heard is checked before anything is dialled (:func:`peer_from_txt`): the
+addresses must parse as ours (:func:`~loomdb.transports.libp2p.host.parse_peer_addr`:
+``/ip4/…/tcp/…/p2p/<Ed25519 Peer ID>``), all name one peer, lie inside the subnet
+of one of the interfaces mDNS runs on (a LAN peer is reached on the LAN), at most
+:attr:`MdnsSettings.max_addrs` of them; no circuit addresses; our own Peer ID and
+service are ignored.
+
+Bounds: at most :attr:`MdnsSettings.max_peers` peers are remembered (more are
+counted and ignored) and forgotten ``expiry`` seconds after last heard; the
+browser's events reach trio through a memory channel of ``queue`` items (a full
+one drops and counts); one name is resolved at a time; one dial at a time, at most
+one every ``dial_interval`` seconds; a peer that fails waits ``backoff``'s delays
+(doubling, capped) before the next try. A connected peer is not dialled; one that
+drops is dialled again while it is still announced. Once connected, a peer gets
+what every connection gets (gossip, head exchange on connect).
+
+Threads: zeroconf runs its own thread and loop; its browser calls us on its own
+thread, which only hands the event to trio (``TrioToken.run_sync_soon``, never
+blocking). Blocking zeroconf calls (start, register, resolve, close) run in trio
+worker threads, so the trio loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final
+
+import anyio.to_thread
+import ifaddr
+import trio
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+
+from loomdb.errors import LoomError, ValidationError
+from loomdb.transports.libp2p.host import Backoff, parse_listen_addr, parse_peer_addr
+from loomdb.transports.libp2p.nat import is_circuit
+
+log = logging.getLogger("loomdb.p2p.mdns")
+
+SERVICE_TYPE: Final = "_p2p._udp.local."
+TXT_KEY: Final = b"dnsaddr"
+MAX_TXT_STRING: Final = 255  # DNS: one length byte per character-string
+NAME_LENGTH: Final = 32  # the spec allows up to 63 random characters
+DIAL_BACKOFF: Final = Backoff(initial=2.0, factor=2.0, maximum=120.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsSettings:
+    """The bounds of :class:`MdnsDiscovery` (see the module doc)."""
+
+    max_peers: int = 64
+    max_addrs: int = 4
+    expiry: float = 300.0
+    queue: int = 64
+    dial_interval: float = 0.5
+    dial_timeout: float = 10.0
+    resolve_timeout: float = 3.0
+    tick: float = 0.5  # how often the dialler looks for a peer due
+    backoff: Backoff = DIAL_BACKOFF
+
+
+# --- interfaces ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """One IPv4 address of a network interface, with its subnet."""
+
+    name: str
+    ip: str
+    prefix: int
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.ip}/{self.prefix}", strict=False)
+
+
+def local_interfaces() -> list[Interface]:
+    """Every IPv4 address of this machine's (this namespace's) interfaces."""
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4:
+                found.append(Interface(str(adapter.name), str(ip.ip), int(ip.network_prefix)))
+    return found
+
+
+def _usable(iface: Interface) -> bool:
+    ip = ipaddress.IPv4Address(iface.ip)
+    return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified)
+
+
+def choose_interfaces(listen: Iterable[str], available: Sequence[Interface]) -> list[Interface]:
+    """The interfaces mDNS runs on: those carrying the listen addresses (multiaddrs);
+    for ``0.0.0.0``, every non-loopback, non-link-local IPv4 one. ``ValidationError``
+    when that leaves none (loopback only, IPv6 only, or no LAN interface)."""
+    chosen: list[Interface] = []
+    for text in listen:
+        addr = parse_listen_addr(text)
+        protocols = [p.name for p in addr.protocols()]
+        if protocols[0] != "ip4":
+            continue
+        ip = ipaddress.IPv4Address(str(addr.value_for_protocol("ip4")))
+        if ip.is_unspecified:
+            chosen += [i for i in available if _usable(i)]
+        elif not ip.is_loopback:
+            chosen += [i for i in available if i.ip == str(ip)]
+    unique = list(dict.fromkeys(chosen))
+    if not unique:
+        raise ValidationError(
+            "--mdns needs an IPv4 listen address on a LAN interface (loopback has no "
+            "multicast): give --p2p-addr /ip4/<LAN address>/tcp/PORT or /ip4/0.0.0.0/tcp/PORT"
+        )
+    return unique
+
+
+def advertised_addrs(
+    transport_addrs: Iterable[str], interfaces: Sequence[Interface], peer_id: str
+) -> list[str]:
+    """What we announce: each IPv4 listen address (``0.0.0.0`` expanded to the chosen
+    interfaces' addresses, loopback left out), ending in ``/p2p/<Peer ID>``."""
+    out: list[str] = []
+    for text in transport_addrs:
+        addr = parse_listen_addr(text.split("/p2p/", 1)[0])
+        if next(p.name for p in addr.protocols()) != "ip4":
+            continue
+        ip = ipaddress.IPv4Address(str(addr.value_for_protocol("ip4")))
+        port = int(addr.value_for_protocol("tcp"))
+        if ip.is_unspecified:
+            hosts = [i.ip for i in interfaces]
+        elif ip.is_loopback:
+            hosts = []
+        else:
+            hosts = [str(ip)]
+        out += [f"/ip4/{h}/tcp/{port}/p2p/{peer_id}" for h in hosts]
+    return list(dict.fromkeys(out))
+
+
+# --- TXT records -----------------------------------------------------------------------
+
+
+def encode_txt(addrs: Iterable[str]) -> bytes:
+    """The TXT record's rdata: one ``dnsaddr=<addr>`` string per address (the spec
+    repeats the key, which zeroconf's property dicts cannot; hence raw bytes)."""
+    out = bytearray()
+    for addr in addrs:
+        string = TXT_KEY + b"=" + addr.encode("ascii")
+        if len(string) > MAX_TXT_STRING:
+            raise ValidationError(f"address too long for a TXT record: {addr}")
+        out += bytes([len(string)]) + string
+    return bytes(out)
+
+
+def _is_dnsaddr_key(key: bytes) -> bool:
+    suffix = key.lower().removeprefix(TXT_KEY)
+    return len(suffix) < len(key) and (suffix == b"" or suffix.isdigit())
+
+
+def parse_txt(text: bytes, limit: int = 32) -> list[str]:
+    """The ``dnsaddr`` values of a TXT record's rdata (``dnsaddr``, and py-libp2p's
+    ``dnsaddrN``), at most ``limit``; anything else, or truncated, is skipped."""
+    values: list[str] = []
+    at = 0
+    while at < len(text) and len(values) < limit:
+        length = text[at]
+        string = text[at + 1 : at + 1 + length]
+        at += 1 + length
+        if len(string) < length:
+            break  # truncated
+        key, sep, value = string.partition(b"=")
+        if not sep or not _is_dnsaddr_key(key):
+            continue
+        try:
+            values.append(value.decode("ascii"))
+        except UnicodeDecodeError:
+            continue
+    return values
+
+
+def peer_from_txt(
+    text: bytes, own_peer: str, lan: Sequence[Interface], max_addrs: int
+) -> tuple[str, list[str]] | None:
+    """The peer a TXT record announces and its usable addresses (see the module doc),
+    or None: none usable, or it is us."""
+    networks = [i.network for i in lan]
+    peer: str | None = None
+    addrs: list[str] = []
+    for value in parse_txt(text):
+        if is_circuit(value):
+            continue
+        try:
+            info = parse_peer_addr(value)
+        except ValidationError:
+            continue
+        peer_id = info.peer_id.to_base58()
+        if peer is not None and peer_id != peer:
+            continue
+        ip_text = info.addrs[0].value_for_protocol(info.addrs[0].protocols()[0].code)
+        try:
+            ip = ipaddress.ip_address(str(ip_text))
+        except ValueError:
+            continue
+        if not any(ip in net for net in networks) or ip.is_unspecified or ip.is_multicast:
+            continue
+        peer = peer_id
+        if value not in addrs:
+            addrs.append(value)
+        if len(addrs) >= max_addrs:
+            break
+    if peer is None or peer == own_peer:
+        return None
+    return peer, addrs
+
+
+# --- what was discovered -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Discovered:
+    peer: str
+    addrs: list[str]
+    service: str
+    seen: float
+    failures: int = 0
+    next_dial: float = 0.0
+
+
+@dataclass(slots=True)
+class MdnsCounters:
+    announcements: int = 0  # services heard (added or updated)
+    resolved: int = 0
+    unresolved: int = 0
+    invalid: int = 0  # nothing usable in the TXT record
+    own: int = 0  # our own announcement
+    full: int = 0  # ignored: max_peers already known
+    events_dropped: int = 0  # the browser's queue was full
+    dials: int = 0
+    dial_failures: int = 0
+
+
+class DiscoveredPeers:
+    """The peers heard of, bounded, with each one's dial back-off. Pure: ``now`` is
+    given (seconds, any monotonic clock)."""
+
+    def __init__(self, settings: MdnsSettings, counters: MdnsCounters) -> None:
+        self._settings = settings
+        self._counters = counters
+        self._peers: dict[str, Discovered] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def get(self, peer: str) -> Discovered | None:
+        return self._peers.get(peer)
+
+    def heard(self, service: str, peer: str, addrs: list[str], now: float) -> bool:
+        """``service`` announced ``peer`` at ``addrs``; False when the table is full."""
+        known = self._peers.get(peer)
+        if known is None:
+            if len(self._peers) >= self._settings.max_peers:
+                self._counters.full += 1
+                return False
+            self._peers[peer] = Discovered(peer, addrs, service, now)
+            return True
+        if known.addrs != addrs:  # new addresses: worth a try at once
+            known.failures, known.next_dial = 0, now
+        known.addrs, known.service, known.seen = addrs, service, now
+        return True
+
+    def removed(self, service: str) -> None:
+        """The service said goodbye (or its record expired)."""
+        for peer in [p for p, d in self._peers.items() if d.service == service]:
+            del self._peers[peer]
+
+    def expire(self, now: float) -> None:
+        old = [p for p, d in self._peers.items() if now - d.seen > self._settings.expiry]
+        for peer in old:
+            del self._peers[peer]
+
+    def due(self, now: float, connected: Callable[[str], bool]) -> Discovered | None:
+        """The next peer to dial: not connected, its back-off over (the longest waiting)."""
+        ready = [d for d in self._peers.values() if d.next_dial <= now and not connected(d.peer)]
+        return min(ready, key=lambda d: d.next_dial, default=None)
+
+    def dialled(self, peer: str, ok: bool, now: float) -> None:
+        known = self._peers.get(peer)
+        if known is None:
+            return
+        if ok:  # a connection that drops is dialled again after the first delay
+            known.failures, known.next_dial = 0, now + self._settings.backoff.initial
+            return
+        known.failures += 1
+        b = self._settings.backoff
+        delay = min(b.initial * b.factor ** (known.failures - 1), b.maximum)
+        known.next_dial = now + delay
+
+    def list(self) -> list[Discovered]:
+        return sorted(self._peers.values(), key=lambda d: d.peer)
+
+
+# --- the running part ----------------------------------------------------------------------
+
+
+Dial = Callable[[str, Sequence[str]], Awaitable[None]]
+"""Connect to a peer (Peer ID) at one of its addresses; ``LoomError`` when it cannot."""
+
+
+@dataclass
+class MdnsHost:
+    """What discovery needs of the libp2p host (a :class:`P2PHost` gives it with
+    :func:`host_hooks`; tests give fakes)."""
+
+    peer_id: str
+    transport_addrs: Callable[[], list[str]]
+    connected: Callable[[str], bool]
+    dial: Dial
+
+
+class MdnsDiscovery:
+    """Announce this node and find others on the chosen interfaces while :meth:`run`
+    runs; see the module doc."""
+
+    def __init__(
+        self,
+        host: MdnsHost,
+        listen: Sequence[str],
+        settings: MdnsSettings = MdnsSettings(),
+        *,
+        interfaces: Sequence[Interface] | None = None,
+        clock: Callable[[], float] = trio.current_time,
+        sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+    ) -> None:
+        """``interfaces``: what this machine has (default: :func:`local_interfaces`);
+        mDNS runs on those :func:`choose_interfaces` picks for ``listen``."""
+        self._host = host
+        self.settings = settings
+        self.interfaces = choose_interfaces(
+            listen, local_interfaces() if interfaces is None else interfaces
+        )
+        self.counters = MdnsCounters()
+        self.peers = DiscoveredPeers(settings, self.counters)
+        self._clock = clock
+        self._sleep = sleep
+        self.service_name = (
+            "".join(
+                secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(NAME_LENGTH)
+            )
+            + "."
+            + SERVICE_TYPE
+        )
+        self.advertised: list[str] = []
+        self.running = False
+        self._zc: Zeroconf | None = None
+
+    def info(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "enabled": True,
+            "running": self.running,
+            "service": SERVICE_TYPE,
+            "interfaces": [f"{i.name} {i.ip}/{i.prefix}" for i in self.interfaces],
+            "advertised": list(self.advertised),
+            "discovered": len(self.peers),
+            "peers": [
+                {
+                    "peer_id": d.peer,
+                    "addrs": list(d.addrs),
+                    "connected": self._host.connected(d.peer),
+                    "failures": d.failures,
+                }
+                for d in self.peers.list()
+            ],
+            "counters": {
+                "announcements": c.announcements,
+                "resolved": c.resolved,
+                "unresolved": c.unresolved,
+                "invalid": c.invalid,
+                "own": c.own,
+                "full": c.full,
+                "events_dropped": c.events_dropped,
+                "dials": c.dials,
+                "dial_failures": c.dial_failures,
+            },
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[MdnsDiscovery]:
+        """Start zeroconf on the chosen interfaces, register, browse and dial until the
+        block ends; then say goodbye and close (bounded)."""
+        token = trio.lowlevel.current_trio_token()
+        send, receive = trio.open_memory_channel[tuple[str, ServiceStateChange]](
+            self.settings.queue
+        )
+
+        def on_change(
+            zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+        ) -> None:  # on zeroconf's browser thread: hand over, never block
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._enqueue, send, name, state_change)
+
+        ips = [i.ip for i in self.interfaces]
+        zc = await anyio.to_thread.run_sync(
+            partial(Zeroconf, interfaces=ips, ip_version=IPVersion.V4Only, use_asyncio=False)
+        )
+        self._zc = zc
+        browser: ServiceBrowser | None = None
+        log.info("mdns on %s", ", ".join(f"{i.name} ({i.ip})" for i in self.interfaces))
+        try:
+            self.advertised = advertised_addrs(
+                self._host.transport_addrs(), self.interfaces, self._host.peer_id
+            )
+            info = ServiceInfo(
+                SERVICE_TYPE,
+                self.service_name,
+                port=_first_port(self.advertised),
+                properties=encode_txt(self.advertised),
+                server=f"{self.service_name.split('.', 1)[0]}.local.",
+                parsed_addresses=ips,
+            )
+            await anyio.to_thread.run_sync(zc.register_service, info)
+            browser = await anyio.to_thread.run_sync(
+                partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[on_change])
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._resolve_loop, receive)
+                nursery.start_soon(self._dial_loop)
+                self.running = True
+                try:
+                    yield self
+                finally:
+                    self.running = False
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._zc = None
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5.0):
+                if browser is not None:
+                    await anyio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(zc.close, abandon_on_cancel=True)  # goodbyes
+
+    def _enqueue(
+        self,
+        send: trio.MemorySendChannel[tuple[str, ServiceStateChange]],
+        name: str,
+        change: ServiceStateChange,
+    ) -> None:
+        try:
+            send.send_nowait((name, change))
+        except trio.WouldBlock:
+            self.counters.events_dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    # --- hearing ------------------------------------------------------------------------------
+
+    async def _resolve_loop(
+        self, receive: trio.MemoryReceiveChannel[tuple[str, ServiceStateChange]]
+    ) -> None:
+        async for name, change in receive:
+            if name.lower() == self.service_name.lower():
+                self.counters.own += 1
+                continue
+            if change is ServiceStateChange.Removed:
+                self.peers.removed(name)
+                continue
+            self.counters.announcements += 1
+            text = await anyio.to_thread.run_sync(self._resolve, name, abandon_on_cancel=True)
+            self.heard(name, text)
+
+    def _resolve(self, name: str) -> bytes | None:
+        """The TXT rdata of ``name`` (blocking, on a worker thread), or None."""
+        zc = self._zc
+        if zc is None:
+            return None
+        try:
+            info = zc.get_service_info(
+                SERVICE_TYPE, name, timeout=int(self.settings.resolve_timeout * 1000)
+            )
+        except Exception as exc:  # zeroconf's own errors, a closing instance
+            log.debug("mdns: cannot resolve %s: %s", name, exc)
+            return None
+        return None if info is None else bytes(info.text or b"")
+
+    def heard(self, name: str, text: bytes | None) -> None:
+        """A resolved announcement: remember its peer (or count why not)."""
+        if text is None:
+            self.counters.unresolved += 1
+            return
+        self.counters.resolved += 1
+        found = peer_from_txt(text, self._host.peer_id, self.interfaces, self.settings.max_addrs)
+        if found is None:
+            if any(self._host.peer_id in v for v in parse_txt(text)):
+                self.counters.own += 1
+            else:
+                self.counters.invalid += 1
+            return
+        peer, addrs = found
+        new = peer not in self.peers
+        if self.peers.heard(name, peer, addrs, self._clock()) and new:
+            log.info("mdns: found %s at %s", peer, " ".join(addrs))
+
+    # --- dialling -----------------------------------------------------------------------------
+
+    async def _dial_loop(self) -> None:
+        while True:
+            now = self._clock()
+            self.peers.expire(now)
+            due = self.peers.due(now, self._host.connected)
+            if due is None:
+                await self._sleep(self.settings.tick)
+                continue
+            await self.dial(due)
+            await self._sleep(self.settings.dial_interval)
+
+    async def dial(self, due: Discovered) -> bool:
+        """Dial one discovered peer (bounded by ``dial_timeout``); whether it connected."""
+        self.counters.dials += 1
+        ok = False
+        with trio.move_on_after(self.settings.dial_timeout):
+            try:
+                await self._host.dial(due.peer, list(due.addrs))
+                ok = True
+            except LoomError as exc:
+                log.info("mdns: cannot reach %s: %s", due.peer, exc.message)
+        if ok:
+            log.info("mdns: connected to %s", due.peer)
+        else:
+            self.counters.dial_failures += 1
+        self.peers.dialled(due.peer, ok, self._clock())
+        return ok
+
+
+def _first_port(addrs: Sequence[str]) -> int:
+    for addr in addrs:
+        return int(parse_peer_addr(addr).addrs[0].value_for_protocol("tcp"))
+    return 0
+
+
+def host_hooks(p2p: Any) -> MdnsHost:
+    """The :class:`MdnsHost` of a running :class:`~loomdb.transports.libp2p.P2PHost`:
+    its dial tries each address in turn through ``P2PHost.connect`` (Noise, the
+    host's connect time-out), after lifting py-libp2p's 60 s "negative cache" of
+    failed peers (our back-off decides when to retry)."""
+    from libp2p.peer.id import ID
+
+    network: Any = p2p.host.get_network()
+
+    def connected(peer: str) -> bool:
+        return ID.from_base58(peer) in network.connections
+
+    async def dial(peer: str, addrs: Sequence[str]) -> None:
+        error: LoomError | None = None
+        for addr in addrs:
+            network.unblock_peer(ID.from_base58(peer))
+            try:
+                await p2p.connect(addr)
+                return
+            except LoomError as exc:
+                error = exc
+        if error is not None:
+            raise error
+
+    return MdnsHost(
+        peer_id=p2p.peer_id,
+        transport_addrs=lambda: [str(a) for a in p2p.host.get_transport_addrs()],
+        connected=connected,
+        dial=dial,
+    )

@@ -1,0 +1,80 @@
+"""A LAN in network namespaces, for the mDNS tests: one namespace holds a bridge,
+each node namespace is joined to it by a veth pair::
+
+    node 1 10.78.0.1 ─┐
+    node 2 10.78.0.2 ─┼─ bridge "br0" (namespace "lan")
+    node 3 10.78.0.3 ─┘
+
+Multicast (224.0.0.251:5353) crosses the bridge, so mDNS works between the
+nodes; nothing leaves the namespaces (10.78.0.0/24 is private, no route out) and
+the host's interfaces are never touched. Names carry this process's id; every
+namespace is deleted afterwards, even when the test fails. Every command is
+bounded in time. Needs root and ``ip`` (iproute2); no nftables.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final
+
+import pytest
+
+from tests.integration.netns import COMMAND_TIMEOUT, _ns, _run, _veth
+
+NET: Final = "10.78.0"
+
+
+def skip_unless_available() -> None:
+    """Skip (with the reason) where namespaces cannot be made: no ``ip``, not root."""
+    if shutil.which("ip") is None:
+        pytest.skip("the LAN tests need ip (apt-get install iproute2, as .ci/run does)")
+    if os.geteuid() != 0:
+        pytest.skip("the LAN tests must run as root (CI does): they create network namespaces")
+
+
+@dataclass(frozen=True)
+class Lan:
+    bridge: str
+    hosts: tuple[str, ...]
+
+    def ip(self, index: int) -> str:
+        return f"{NET}.{index + 1}"
+
+    def prefix(self, index: int) -> list[str]:
+        return ["ip", "netns", "exec", self.hosts[index]]
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.bridge, *self.hosts)
+
+
+@contextmanager
+def lan(count: int) -> Iterator[Lan]:
+    """``count`` node namespaces on one bridge; all deleted afterwards."""
+    skip_unless_available()
+    tag = f"lmd{os.getpid() % 100000}"
+    net = Lan(bridge=f"{tag}lan", hosts=tuple(f"{tag}n{i}" for i in range(count)))
+    try:
+        for ns in net.namespaces:
+            _run("ip", "netns", "add", ns)
+            _ns(ns, "ip", "link", "set", "lo", "up")
+        _ns(net.bridge, "ip", "link", "add", "br0", "type", "bridge")
+        _ns(net.bridge, "ip", "link", "set", "br0", "up")
+        for i, ns in enumerate(net.hosts):
+            _veth(ns, "eth0", net.bridge, f"p{i}")
+            _ns(net.bridge, "ip", "link", "set", f"p{i}", "master", "br0")
+            _ns(ns, "ip", "addr", "add", f"{net.ip(i)}/24", "dev", "eth0")
+        yield net
+    finally:
+        for ns in net.namespaces:  # deleting one deletes its interfaces, veth peers too
+            subprocess.run(
+                ["ip", "netns", "delete", ns],
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            )

@@ -1,0 +1,158 @@
+"""P8: nodes on the same LAN find each other by mDNS without configuration.
+
+Real ``loomdb start`` processes, each in its own network namespace, the three
+joined by a bridge (:mod:`tests.integration.lan`): mDNS runs on the namespaces'
+``eth0`` alone, never on the host's interfaces. A and B start with ``--mdns`` and
+no ``--peers`` (A on ``0.0.0.0``, B on its LAN address: both ways of choosing the
+interface); C, on the same LAN, starts without it. A and B connect, and a
+document written on either reaches the other (collection subscription: gossip,
+or head exchange on connect); C stays unconnected and receives nothing though it
+follows the same collection.
+
+Skipped (with the reason) only where namespaces cannot be made: not root, no ``ip``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomdb.identity.keys import NamedKey
+from tests.doc_support import make_home
+from tests.integration.lan import Lan, lan
+from tests.integration.nodes import CLIENT_TIMEOUT, Node, Nodes, loomdb, node_env, nodes
+
+pytestmark = pytest.mark.integration
+
+PORT = 4001
+WAIT = 30.0
+
+
+@pytest.fixture
+def cluster() -> Iterator[Nodes]:
+    with nodes() as group:
+        yield group
+
+
+def ns_run(prefix: Sequence[str], node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    """``loomdb client ARGS --url NODE`` inside the node's namespace (its API is there)."""
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "loomdb", "client", *args, "--url", node.url],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        env=node_env(),
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
+    return done
+
+
+def ns_json(prefix: Sequence[str], node: Node, *args: str) -> Any:
+    return json.loads(ns_run(prefix, node, *args, "--json").stdout)
+
+
+def poll(check: Callable[[], Any], what: str, details: Callable[[], Any] = lambda: "") -> Any:
+    deadline = time.monotonic() + WAIT
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {WAIT} s {details()}"
+        time.sleep(0.2)
+    return found
+
+
+def test_p8_mdns_nodes_find_each_other_and_sync_a_node_without_it_is_left_alone(
+    cluster: Nodes, tmp_path: Path
+) -> None:
+    with lan(3) as net:
+        run_lan(cluster, tmp_path, net)
+
+
+def run_lan(cluster: Nodes, tmp_path: Path, net: Lan) -> None:
+    key = NamedKey.generate_fingerprinted("shared")
+    for name in "abc":
+        make_home(tmp_path / name, key)
+    anywhere = f"/ip4/0.0.0.0/tcp/{PORT}"
+    listen = (anywhere, f"/ip4/{net.ip(1)}/tcp/{PORT}", anywhere)
+    flags = (("--mdns",), ("--mdns",), ())
+    group = [
+        cluster.launch(
+            tmp_path / name, "--p2p-addr", listen[i], *flags[i], prefix=net.prefix(i), verbose=True
+        )
+        for i, name in enumerate("abc")
+    ]
+    cluster.wait_ready()
+    a, b, c = group
+    pa, pb, pc = (net.prefix(i) for i in range(3))
+    for prefix, node in zip((pa, pb, pc), group, strict=True):
+        ns_json(prefix, node, "p2p", "collection", "add", "notes")
+    pairs = list(zip((pa, pb, pc), group, strict=True))
+    ids = [ns_json(p, n, "p2p", "info")["peer_id"] for p, n in pairs]
+
+    def peers(prefix: Sequence[str], node: Node) -> list[str]:
+        return [p["peer_id"] for p in ns_json(prefix, node, "p2p", "peers")["peers"]]
+
+    def logs() -> str:
+        return "\n".join(f"--- {n.home.name}\n{n.stderr()[-3000:]}" for n in group)
+
+    poll(lambda: ids[1] in peers(pa, a) and ids[0] in peers(pb, b), "A and B connect", logs)
+
+    # What each says of its mDNS: the one interface of its namespace, the other found.
+    info_a = ns_json(pa, a, "p2p", "info")["mdns"]
+    assert info_a["enabled"] and info_a["running"]
+    assert info_a["interfaces"] == [f"eth0 {net.ip(0)}/24"]
+    assert info_a["advertised"] == [f"/ip4/{net.ip(0)}/tcp/{PORT}/p2p/{ids[0]}"]
+    assert [p["peer_id"] for p in info_a["peers"]] == [ids[1]]
+    assert info_a["peers"][0]["addrs"] == [f"/ip4/{net.ip(1)}/tcp/{PORT}/p2p/{ids[1]}"]
+    info_b = ns_json(pb, b, "p2p", "info")["mdns"]
+    assert info_b["interfaces"] == [f"eth0 {net.ip(1)}/24"]
+    assert [p["peer_id"] for p in info_b["peers"]] == [ids[0]]
+    shown = ns_run(pa, a, "p2p", "info").stdout
+    assert "mdns" in shown and "1 discovered, 1 connected" in shown, shown
+
+    # A document written on B reaches A (gossip, or head exchange on connect), and back.
+    ns_run(pb, b, "doc", "create", "notes", "--id", "n1", json.dumps({"by": "b"}))
+    poll(lambda: doc(pa, a, "n1"), "A receives B's document", logs)
+    ns_run(pa, a, "doc", "create", "notes", "--id", "n2", json.dumps({"by": "a"}))
+    poll(lambda: doc(pb, b, "n2"), "B receives A's document", logs)
+
+    # C (no --mdns) follows the same collection on the same LAN: nobody dialled it,
+    # it dialled nobody, it has nothing; its info says mDNS is off.
+    assert peers(pc, c) == []
+    assert ids[2] not in peers(pa, a) and ids[2] not in peers(pb, b)
+    assert doc(pc, c, "n1") is None and doc(pc, c, "n2") is None
+    info_c = ns_json(pc, c, "p2p", "info")
+    assert info_c["mdns"] == {"enabled": False}
+    assert "mdns" in ns_run(pc, c, "p2p", "info").stdout
+
+
+def doc(prefix: Sequence[str], node: Node, doc_id: str) -> Any:
+    command = [sys.executable, "-m", "loomdb", "client", "doc", "get", "notes", doc_id]
+    done = subprocess.run(
+        [*prefix, *command, "--url", node.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        env=node_env(),
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def test_mdns_on_loopback_only_or_without_p2p_is_a_clear_error(tmp_path: Path) -> None:
+    """No namespace needed: ``--mdns`` refused before anything opens."""
+    home = tmp_path / "n"
+    make_home(home, NamedKey.generate_fingerprinted("shared"))
+    for extra in (["--p2p-addr", "/ip4/127.0.0.1/tcp/0"], ["--no-p2p"]):
+        done = loomdb("start", "--home", str(home), "--api", "127.0.0.1:0", "--mdns", *extra)
+        assert done.returncode == 2, (done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert "--mdns" in done.stderr, done.stderr
