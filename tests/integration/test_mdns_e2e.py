@@ -7,7 +7,8 @@ no ``--peers`` (A on ``0.0.0.0``, B on its LAN address: both ways of choosing th
 interface); C, on the same LAN, starts without it. A and B connect, and a
 document written on either reaches the other (collection subscription: gossip,
 or head exchange on connect); C stays unconnected and receives nothing though it
-follows the same collection.
+follows the same collection. And interop: a plain py-libp2p host with its own mDNS
+(another implementation of the spec) and our node find each other and connect.
 
 Skipped (with the reason) only where namespaces cannot be made: not root, no ``ip``.
 """
@@ -156,3 +157,45 @@ def test_mdns_on_loopback_only_or_without_p2p_is_a_clear_error(tmp_path: Path) -
         assert done.returncode == 2, (done.returncode, done.stderr)
         assert "Traceback" not in done.stderr
         assert "--mdns" in done.stderr, done.stderr
+
+
+def test_p8_interop_py_libp2ps_own_mdns_and_ours_find_each_other_and_connect(
+    cluster: Nodes, tmp_path: Path
+) -> None:
+    """The wire is the spec's: a plain py-libp2p host with its own mDNS (another
+    implementation: numbered ``dnsaddrN`` keys, its own parsing) on the same LAN."""
+    with lan(2) as net:
+        make_home(tmp_path / "a", NamedKey.generate_fingerprinted("shared"))
+        a = cluster.start(
+            tmp_path / "a", "--p2p-addr", f"/ip4/0.0.0.0/tcp/{PORT}", "--mdns", prefix=net.prefix(0)
+        )
+        out = tmp_path / "other.jsonl"
+        script = [sys.executable, "-m", "tests.integration.pylibp2p_mdns_peer"]
+        with out.open("wb") as sink:
+            other = subprocess.Popen(
+                [*net.prefix(1), *script, f"/ip4/{net.ip(1)}/tcp/{PORT}", str(WAIT + 30)],
+                stdout=sink,
+                stderr=subprocess.DEVNULL,
+                env=node_env(),
+            )
+        try:
+
+            def lines() -> list[Any]:  # whole lines only (the last may be half written)
+                text = out.read_text()
+                return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines()]
+
+            [hello] = poll(lambda: [x for x in lines() if "peer_id" in x], "the other host starts")
+            theirs = hello["peer_id"]
+            ours = ns_json(net.prefix(0), a, "p2p", "info")["peer_id"]
+
+            def connected() -> bool:
+                peers = ns_json(net.prefix(0), a, "p2p", "peers")["peers"]
+                return theirs in [p["peer_id"] for p in peers]
+
+            poll(connected, "our node finds py-libp2p's by mDNS and connects", a.stderr)
+            mdns = ns_json(net.prefix(0), a, "p2p", "info")["mdns"]
+            assert [p["peer_id"] for p in mdns["peers"]] == [theirs]
+            poll(lambda: {"found": ours} in lines(), "py-libp2p's mDNS finds our node")
+        finally:
+            other.kill()
+            other.wait(timeout=CLIENT_TIMEOUT)
