@@ -5,6 +5,9 @@ each node namespace is joined to it by a veth pair::
     node 2 10.78.0.2 ─┼─ bridge "br0" (namespace "lan")
     node 3 10.78.0.3 ─┘
 
+With ``lans``, a node is on the second LAN too, or only: bridge "br1" (same
+namespace, its own segment), 10.79.0.0/24, interface ``eth1``.
+
 Multicast (224.0.0.251:5353) crosses the bridge, so mDNS works between the
 nodes; nothing leaves the namespaces (10.78.0.0/24 is private, no route out) and
 the host's interfaces are never touched. Names carry this process's id; every
@@ -17,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
@@ -26,7 +29,7 @@ import pytest
 
 from tests.integration.netns import COMMAND_TIMEOUT, _ns, _run, _veth
 
-NET: Final = "10.78.0"
+NETS: Final = ("10.78.0", "10.79.0")
 
 
 def skip_unless_available() -> None:
@@ -42,8 +45,9 @@ class Lan:
     bridge: str
     hosts: tuple[str, ...]
 
-    def ip(self, index: int) -> str:
-        return f"{NET}.{index + 1}"
+    def ip(self, index: int, lan: int = 0) -> str:
+        """Node ``index``'s address on LAN ``lan`` (interface ``eth<lan>``)."""
+        return f"{NETS[lan]}.{index + 1}"
 
     def prefix(self, index: int) -> list[str]:
         return ["ip", "netns", "exec", self.hosts[index]]
@@ -54,8 +58,9 @@ class Lan:
 
 
 @contextmanager
-def lan(count: int) -> Iterator[Lan]:
-    """``count`` node namespaces on one bridge; all deleted afterwards."""
+def lan(count: int, lans: Sequence[Sequence[int]] | None = None) -> Iterator[Lan]:
+    """``count`` node namespaces on one bridge (``lans[i]``: the LANs node ``i`` is
+    on, 0 and/or 1); all deleted afterwards."""
     skip_unless_available()
     tag = f"lmd{os.getpid() % 100000}"
     net = Lan(bridge=f"{tag}lan", hosts=tuple(f"{tag}n{i}" for i in range(count)))
@@ -63,12 +68,14 @@ def lan(count: int) -> Iterator[Lan]:
         for ns in net.namespaces:
             _run("ip", "netns", "add", ns)
             _ns(ns, "ip", "link", "set", "lo", "up")
-        _ns(net.bridge, "ip", "link", "add", "br0", "type", "bridge")
-        _ns(net.bridge, "ip", "link", "set", "br0", "up")
+        for k in range(len(NETS)):
+            _ns(net.bridge, "ip", "link", "add", f"br{k}", "type", "bridge")
+            _ns(net.bridge, "ip", "link", "set", f"br{k}", "up")
         for i, ns in enumerate(net.hosts):
-            _veth(ns, "eth0", net.bridge, f"p{i}")
-            _ns(net.bridge, "ip", "link", "set", f"p{i}", "master", "br0")
-            _ns(ns, "ip", "addr", "add", f"{net.ip(i)}/24", "dev", "eth0")
+            for k in (0,) if lans is None else lans[i]:
+                _veth(ns, f"eth{k}", net.bridge, f"p{i}l{k}")
+                _ns(net.bridge, "ip", "link", "set", f"p{i}l{k}", "master", f"br{k}")
+                _ns(ns, "ip", "addr", "add", f"{net.ip(i, k)}/24", "dev", f"eth{k}")
         yield net
     finally:
         for ns in net.namespaces:  # deleting one deletes its interfaces, veth peers too

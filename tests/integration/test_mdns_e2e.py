@@ -199,3 +199,54 @@ def test_p8_interop_py_libp2ps_own_mdns_and_ours_find_each_other_and_connect(
         finally:
             other.kill()
             other.wait(timeout=CLIENT_TIMEOUT)
+
+
+def test_mdns_stays_on_the_interface_of_the_listen_address(cluster: Nodes, tmp_path: Path) -> None:
+    """M has two interfaces, eth0 on LAN 1 and eth1 on LAN 2. Its node M1 listens on
+    its LAN 1 address with ``--mdns``; a second node M2 on the same machine does so on
+    LAN 2 (so the machine joins the mDNS group there too, as avahi would). M1 finds
+    P (LAN 1) and neither Q (LAN 2) nor M2; Q never hears of M1, nor P of M2."""
+    with lan(4, lans=[(0, 1), (0, 1), (0,), (1,)]) as net:
+        key = NamedKey.generate_fingerprinted("shared")
+        for name in ("m1", "m2", "p", "q"):
+            make_home(tmp_path / name, key)
+        m = net.prefix(0)
+        m1, m2, p, q = (
+            cluster.launch(tmp_path / name, "--p2p-addr", listen, "--mdns", prefix=prefix)
+            for name, listen, prefix in (
+                ("m1", f"/ip4/{net.ip(0, 0)}/tcp/{PORT}", m),
+                ("m2", f"/ip4/{net.ip(0, 1)}/tcp/{PORT + 1}", m),
+                ("p", f"/ip4/{net.ip(2, 0)}/tcp/{PORT}", net.prefix(2)),
+                ("q", f"/ip4/{net.ip(3, 1)}/tcp/{PORT}", net.prefix(3)),
+            )
+        )
+        cluster.wait_ready()
+        pid = {
+            name: ns_json(prefix, node, "p2p", "info")["peer_id"]
+            for name, node, prefix in (
+                ("m1", m1, m),
+                ("m2", m2, m),
+                ("p", p, net.prefix(2)),
+                ("q", q, net.prefix(3)),
+            )
+        }
+
+        def mdns(prefix: Sequence[str], node: Node) -> Any:
+            return ns_json(prefix, node, "p2p", "info")["mdns"]
+
+        def found(prefix: Sequence[str], node: Node) -> list[str]:
+            return [x["peer_id"] for x in mdns(prefix, node)["peers"] if x["connected"]]
+
+        poll(
+            lambda: found(m, m1) == [pid["p"]],
+            "M1 finds P on LAN 1",
+            lambda: (mdns(m, m1), mdns(net.prefix(2), p), mdns(m, m2), m1.stderr()[-2000:]),
+        )
+        poll(lambda: found(m, m2) == [pid["q"]], "M2 finds Q on LAN 2")
+        info = mdns(m, m1)
+        assert info["interfaces"] == [f"eth0 {net.ip(0, 0)}/24"]
+        # M1 may hear LAN 2 (its *:5353 socket gets the group from every interface the
+        # machine joined it on, M2's eth1 too), but believes nothing from there.
+        assert [x["peer_id"] for x in info["peers"]] == [pid["p"]]
+        assert [x["peer_id"] for x in mdns(net.prefix(3), q)["peers"]] == [pid["m2"]]
+        assert [x["peer_id"] for x in mdns(net.prefix(2), p)["peers"]] == [pid["m1"]]

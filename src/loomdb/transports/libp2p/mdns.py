@@ -371,6 +371,7 @@ class MdnsDiscovery:
         )
         self.advertised: list[str] = []
         self.running = False
+        self.registered = False
         self._zc: Zeroconf | None = None
 
     def info(self) -> dict[str, Any]:
@@ -378,6 +379,7 @@ class MdnsDiscovery:
         return {
             "enabled": True,
             "running": self.running,
+            "announced": self.registered,
             "service": SERVICE_TYPE,
             "interfaces": [f"{i.name} {i.ip}/{i.prefix}" for i in self.interfaces],
             "advertised": list(self.advertised),
@@ -440,11 +442,11 @@ class MdnsDiscovery:
                 server=f"{self.service_name.split('.', 1)[0]}.local.",
                 parsed_addresses=ips,
             )
-            await anyio.to_thread.run_sync(zc.register_service, info)
             browser = await anyio.to_thread.run_sync(
                 partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[on_change])
             )
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._register, zc, info)  # probing takes ~1.5 s
                 nursery.start_soon(self._resolve_loop, receive)
                 nursery.start_soon(self._dial_loop)
                 self.running = True
@@ -459,6 +461,13 @@ class MdnsDiscovery:
                 if browser is not None:
                     await anyio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
                 await anyio.to_thread.run_sync(zc.close, abandon_on_cancel=True)  # goodbyes
+
+    async def _register(self, zc: Zeroconf, info: ServiceInfo) -> None:
+        try:
+            await anyio.to_thread.run_sync(zc.register_service, info, abandon_on_cancel=True)
+            self.registered = True
+        except Exception as exc:  # a name conflict, a closing instance: others still find
+            log.warning("mdns: cannot announce this node: %s", exc)
 
     def _enqueue(
         self,
