@@ -173,6 +173,10 @@ FAST = MdnsSettings(
 )
 
 
+def nobody(peer: str) -> bool:
+    return False
+
+
 def test_the_table_is_bounded_and_forgets_what_leaves_or_goes_quiet() -> None:
     counters = MdnsCounters()
     table = DiscoveredPeers(FAST, counters)
@@ -184,14 +188,13 @@ def test_the_table_is_bounded_and_forgets_what_leaves_or_goes_quiet() -> None:
     table.removed("s2")  # its goodbye
     assert OTHER not in table
     table.heard("s1", PEER, [addr("10.1.0.7")], now=50)  # heard again: stays
-    table.expire(now=120)
+    table.expire(now=120, connected=nobody)
     assert PEER in table
-    table.expire(now=151)
+    table.expire(now=140, connected=lambda peer: True)  # connected: as good as heard
+    table.expire(now=230, connected=nobody)
+    assert PEER in table
+    table.expire(now=241, connected=nobody)
     assert len(table) == 0
-
-
-def nobody(peer: str) -> bool:
-    return False
 
 
 def test_failures_back_off_doubling_to_the_cap_and_success_resets() -> None:

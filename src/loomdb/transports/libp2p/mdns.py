@@ -19,7 +19,8 @@ of one of the interfaces mDNS runs on (a LAN peer is reached on the LAN), at mos
 service are ignored.
 
 Bounds: at most :attr:`MdnsSettings.max_peers` peers are remembered (more are
-counted and ignored) and forgotten ``expiry`` seconds after last heard; the
+counted and ignored) and forgotten when they say goodbye, or ``expiry`` seconds
+after they were last heard or connected; the
 browser's events reach trio through a memory channel of ``queue`` items (a full
 one drops and counts); one name is resolved at a time; one dial at a time, at most
 one every ``dial_interval`` seconds; a peer that fails waits ``backoff``'s delays
@@ -293,7 +294,12 @@ class DiscoveredPeers:
         for peer in [p for p, d in self._peers.items() if d.service == service]:
             del self._peers[peer]
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float, connected: Callable[[str], bool]) -> None:
+        """Forget the peers neither connected nor heard for ``expiry`` seconds (zeroconf
+        tells of a service once, not again while it lives: a connection keeps it)."""
+        for d in self._peers.values():
+            if connected(d.peer):
+                d.seen = now
         old = [p for p, d in self._peers.items() if now - d.seen > self._settings.expiry]
         for peer in old:
             del self._peers[peer]
@@ -535,7 +541,7 @@ class MdnsDiscovery:
     async def _dial_loop(self) -> None:
         while True:
             now = self._clock()
-            self.peers.expire(now)
+            self.peers.expire(now, self._host.connected)
             due = self.peers.due(now, self._host.connected)
             if due is None:
                 await self._sleep(self.settings.tick)
