@@ -7,8 +7,11 @@ no ``--peers`` (A on ``0.0.0.0``, B on its LAN address: both ways of choosing th
 interface); C, on the same LAN, starts without it. A and B connect, and a
 document written on either reaches the other (collection subscription: gossip,
 or head exchange on connect); C stays unconnected and receives nothing though it
-follows the same collection. And interop: a plain py-libp2p host with its own mDNS
-(another implementation of the spec) and our node find each other and connect.
+follows the same collection. B restarts: A and B find each other again and head
+exchange on connect brings B what A wrote while it was away. A machine on two LANs
+with a node on each interface: each finds its own LAN's peers only. And interop: a
+plain py-libp2p host with its own mDNS (another implementation of the spec) and our
+node find each other and connect.
 
 Skipped (with the reason) only where namespaces cannot be made: not root, no ``ip``.
 """
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 PORT = 4001
 WAIT = 30.0
+QUIET = ("--anti-entropy-seconds", "3600")  # head exchange on connect only
 
 
 @pytest.fixture
@@ -82,7 +86,7 @@ def run_lan(cluster: Nodes, tmp_path: Path, net: Lan) -> None:
         make_home(tmp_path / name, key)
     anywhere = f"/ip4/0.0.0.0/tcp/{PORT}"
     listen = (anywhere, f"/ip4/{net.ip(1)}/tcp/{PORT}", anywhere)
-    flags = (("--mdns",), ("--mdns",), ())
+    flags = (("--mdns", *QUIET), ("--mdns", *QUIET), QUIET)
     group = [
         cluster.launch(
             tmp_path / name, "--p2p-addr", listen[i], *flags[i], prefix=net.prefix(i), verbose=True
@@ -132,6 +136,15 @@ def run_lan(cluster: Nodes, tmp_path: Path, net: Lan) -> None:
     info_c = ns_json(pc, c, "p2p", "info")
     assert info_c["mdns"] == {"enabled": False}
     assert "mdns" in ns_run(pc, c, "p2p", "info").stdout
+
+    # B goes away, A writes, B comes back (same home and address): mDNS finds it again
+    # and head exchange on connect brings it what it missed (no gossip reached it).
+    assert b.stop() == 0
+    poll(lambda: ids[1] not in peers(pa, a), "A sees B gone")
+    ns_run(pa, a, "doc", "create", "notes", "--id", "n3", json.dumps({"by": "a"}))
+    b = cluster.start(tmp_path / "b", "--p2p-addr", listen[1], *flags[1], prefix=pb)
+    poll(lambda: doc(pb, b, "n3"), "B, back, gets what it missed", logs)
+    assert ids[0] in peers(pb, b)
 
 
 def doc(prefix: Sequence[str], node: Node, doc_id: str) -> Any:
