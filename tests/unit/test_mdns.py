@@ -23,13 +23,15 @@ from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.node.p2p import P2PSettings, p2p_settings
 from loomdb.transports.libp2p import Backoff
 from loomdb.transports.libp2p.mdns import (
-    SERVICE_TYPE,
     DiscoveredPeers,
-    Interface,
     MdnsCounters,
     MdnsDiscovery,
     MdnsHost,
     MdnsSettings,
+)
+from loomdb.transports.libp2p.mdns_records import (
+    SERVICE_TYPE,
+    Interface,
     advertised_addrs,
     choose_interfaces,
     encode_txt,

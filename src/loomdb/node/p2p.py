@@ -36,7 +36,7 @@ from loomdb.transports.libp2p import (
     parse_listen_addr,
     parse_peer_addr,
 )
-from loomdb.transports.libp2p.mdns import choose_interfaces, local_interfaces
+from loomdb.transports.libp2p.mdns_records import choose_interfaces, local_interfaces
 from loomdb.transports.libp2p.nat import DEFAULT_PUNCH_TIMEOUT, NatSettings, RelayServiceLimits
 
 P2P_READY: Final = " and p2p at {addrs}"

@@ -5,13 +5,15 @@ spec (``discovery/mdns.md``), so js-, go- and rust-libp2p nodes find us and we t
   random name, and one TXT string ``dnsaddr=<multiaddr>/p2p/<Peer ID>`` per
   address (py-libp2p writes ``dnsaddr2=…``, ``dnsaddr3=…``: read too);
 * zeroconf runs **only on the interfaces that carry our listen addresses**
-  (:func:`choose_interfaces`): a node listening on ``10.0.0.5`` speaks mDNS on
+  (``choose_interfaces``): a node listening on ``10.0.0.5`` speaks mDNS on
   that interface alone; one on ``0.0.0.0`` on every non-loopback IPv4 interface,
   chosen explicitly, listed in ``p2p info`` and logged. Loopback is never used
   (it has no multicast). IPv4 only. py-libp2p's own ``MDNSDiscovery`` binds every
   interface and looks up the default route by "connecting" to 8.8.8.8: not used.
 
-What is heard is checked before anything is dialled (:func:`peer_from_txt`): the
+The records, the interface choice and the checks are in
+:mod:`~loomdb.transports.libp2p.mdns_records`. What is heard is checked before
+anything is dialled (:func:`~loomdb.transports.libp2p.mdns_records.peer_from_txt`): the
 addresses must parse as ours (:func:`~loomdb.transports.libp2p.host.parse_peer_addr`:
 ``/ip4/…/tcp/…/p2p/<Ed25519 Peer ID>``), all name one peer, lie inside the subnet
 of one of the interfaces mDNS runs on (a LAN peer is reached on the LAN), at most
@@ -20,13 +22,19 @@ service are ignored.
 
 Bounds: at most :attr:`MdnsSettings.max_peers` peers are remembered (more are
 counted and ignored) and forgotten when they say goodbye, or ``expiry`` seconds
-after they were last heard or connected; the
-browser's events reach trio through a memory channel of ``queue`` items (a full
-one drops and counts); one name is resolved at a time; one dial at a time, at most
-one every ``dial_interval`` seconds; a peer that fails waits ``backoff``'s delays
-(doubling, capped) before the next try. A connected peer is not dialled; one that
-drops is dialled again while it is still announced. Once connected, a peer gets
-what every connection gets (gossip, head exchange on connect).
+after they were last heard or connected; the browser's events reach trio through
+a memory channel of ``queue`` items (a full one drops and counts); one name is
+resolved at a time; one dial at a time, at most one every ``dial_interval``
+seconds; a peer that fails waits ``backoff``'s delays (doubling, capped) before
+the next try. A connected peer is not dialled; one that drops is dialled again
+while it is still announced. Once connected, a peer gets what every connection
+gets (gossip, head exchange on connect).
+
+zeroconf's receiving socket is ``*:5353`` (every responder's is): on Linux it also
+hears the group on interfaces where another program joined it. Nothing is sent
+there, and nothing heard from there passes the subnet check. ``IP_MULTICAST_ALL=0``
+would stop the hearing, but with two such sockets in one namespace Linux 6.18 gave
+one interface's packets to the other socket (measured): not set.
 
 Threads: zeroconf runs its own thread and loop; its browser calls us on its own
 thread, which only hands the event to trio (``TrioToken.run_sync_soon``, never
@@ -36,29 +44,33 @@ worker threads, so the trio loop never waits on them.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
 import anyio.to_thread
-import ifaddr
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from loomdb.errors import LoomError, ValidationError
-from loomdb.transports.libp2p.host import Backoff, parse_listen_addr, parse_peer_addr
-from loomdb.transports.libp2p.nat import is_circuit
+from loomdb.errors import LoomError
+from loomdb.transports.libp2p.host import Backoff, parse_peer_addr
+from loomdb.transports.libp2p.mdns_records import (
+    SERVICE_TYPE,
+    Interface,
+    advertised_addrs,
+    choose_interfaces,
+    encode_txt,
+    local_interfaces,
+    parse_txt,
+    peer_from_txt,
+)
 
 log = logging.getLogger("loomdb.p2p.mdns")
 
-SERVICE_TYPE: Final = "_p2p._udp.local."
-TXT_KEY: Final = b"dnsaddr"
-MAX_TXT_STRING: Final = 255  # DNS: one length byte per character-string
 NAME_LENGTH: Final = 32  # the spec allows up to 63 random characters
 DIAL_BACKOFF: Final = Backoff(initial=2.0, factor=2.0, maximum=120.0)
 
@@ -76,159 +88,6 @@ class MdnsSettings:
     resolve_timeout: float = 3.0
     tick: float = 0.5  # how often the dialler looks for a peer due
     backoff: Backoff = DIAL_BACKOFF
-
-
-# --- interfaces ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Interface:
-    """One IPv4 address of a network interface, with its subnet."""
-
-    name: str
-    ip: str
-    prefix: int
-
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(f"{self.ip}/{self.prefix}", strict=False)
-
-
-def local_interfaces() -> list[Interface]:
-    """Every IPv4 address of this machine's (this namespace's) interfaces."""
-    found = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if ip.is_IPv4:
-                found.append(Interface(str(adapter.name), str(ip.ip), int(ip.network_prefix)))
-    return found
-
-
-def _usable(iface: Interface) -> bool:
-    ip = ipaddress.IPv4Address(iface.ip)
-    return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified)
-
-
-def choose_interfaces(listen: Iterable[str], available: Sequence[Interface]) -> list[Interface]:
-    """The interfaces mDNS runs on: those carrying the listen addresses (multiaddrs);
-    for ``0.0.0.0``, every non-loopback, non-link-local IPv4 one. ``ValidationError``
-    when that leaves none (loopback only, IPv6 only, or no LAN interface)."""
-    chosen: list[Interface] = []
-    for text in listen:
-        addr = parse_listen_addr(text)
-        protocols = [p.name for p in addr.protocols()]
-        if protocols[0] != "ip4":
-            continue
-        ip = ipaddress.IPv4Address(str(addr.value_for_protocol("ip4")))
-        if ip.is_unspecified:
-            chosen += [i for i in available if _usable(i)]
-        elif not ip.is_loopback:
-            chosen += [i for i in available if i.ip == str(ip)]
-    unique = list(dict.fromkeys(chosen))
-    if not unique:
-        raise ValidationError(
-            "--mdns needs an IPv4 listen address on a LAN interface (loopback has no "
-            "multicast): give --p2p-addr /ip4/<LAN address>/tcp/PORT or /ip4/0.0.0.0/tcp/PORT"
-        )
-    return unique
-
-
-def advertised_addrs(
-    transport_addrs: Iterable[str], interfaces: Sequence[Interface], peer_id: str
-) -> list[str]:
-    """What we announce: each IPv4 listen address (``0.0.0.0`` expanded to the chosen
-    interfaces' addresses, loopback left out), ending in ``/p2p/<Peer ID>``."""
-    out: list[str] = []
-    for text in transport_addrs:
-        addr = parse_listen_addr(text.split("/p2p/", 1)[0])
-        if next(p.name for p in addr.protocols()) != "ip4":
-            continue
-        ip = ipaddress.IPv4Address(str(addr.value_for_protocol("ip4")))
-        port = int(addr.value_for_protocol("tcp"))
-        if ip.is_unspecified:
-            hosts = [i.ip for i in interfaces]
-        elif ip.is_loopback:
-            hosts = []
-        else:
-            hosts = [str(ip)]
-        out += [f"/ip4/{h}/tcp/{port}/p2p/{peer_id}" for h in hosts]
-    return list(dict.fromkeys(out))
-
-
-# --- TXT records -----------------------------------------------------------------------
-
-
-def encode_txt(addrs: Iterable[str]) -> bytes:
-    """The TXT record's rdata: one ``dnsaddr=<addr>`` string per address (the spec
-    repeats the key, which zeroconf's property dicts cannot; hence raw bytes)."""
-    out = bytearray()
-    for addr in addrs:
-        string = TXT_KEY + b"=" + addr.encode("ascii")
-        if len(string) > MAX_TXT_STRING:
-            raise ValidationError(f"address too long for a TXT record: {addr}")
-        out += bytes([len(string)]) + string
-    return bytes(out)
-
-
-def _is_dnsaddr_key(key: bytes) -> bool:
-    suffix = key.lower().removeprefix(TXT_KEY)
-    return len(suffix) < len(key) and (suffix == b"" or suffix.isdigit())
-
-
-def parse_txt(text: bytes, limit: int = 32) -> list[str]:
-    """The ``dnsaddr`` values of a TXT record's rdata (``dnsaddr``, and py-libp2p's
-    ``dnsaddrN``), at most ``limit``; anything else, or truncated, is skipped."""
-    values: list[str] = []
-    at = 0
-    while at < len(text) and len(values) < limit:
-        length = text[at]
-        string = text[at + 1 : at + 1 + length]
-        at += 1 + length
-        if len(string) < length:
-            break  # truncated
-        key, sep, value = string.partition(b"=")
-        if not sep or not _is_dnsaddr_key(key):
-            continue
-        try:
-            values.append(value.decode("ascii"))
-        except UnicodeDecodeError:
-            continue
-    return values
-
-
-def peer_from_txt(
-    text: bytes, own_peer: str, lan: Sequence[Interface], max_addrs: int
-) -> tuple[str, list[str]] | None:
-    """The peer a TXT record announces and its usable addresses (see the module doc),
-    or None: none usable, or it is us."""
-    networks = [i.network for i in lan]
-    peer: str | None = None
-    addrs: list[str] = []
-    for value in parse_txt(text):
-        if is_circuit(value):
-            continue
-        try:
-            info = parse_peer_addr(value)
-        except ValidationError:
-            continue
-        peer_id = info.peer_id.to_base58()
-        if peer is not None and peer_id != peer:
-            continue
-        ip_text = info.addrs[0].value_for_protocol(info.addrs[0].protocols()[0].code)
-        try:
-            ip = ipaddress.ip_address(str(ip_text))
-        except ValueError:
-            continue
-        if not any(ip in net for net in networks) or ip.is_unspecified or ip.is_multicast:
-            continue
-        peer = peer_id
-        if value not in addrs:
-            addrs.append(value)
-        if len(addrs) >= max_addrs:
-            break
-    if peer is None or peer == own_peer:
-        return None
-    return peer, addrs
 
 
 # --- what was discovered -----------------------------------------------------------------
