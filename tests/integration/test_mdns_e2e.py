@@ -30,8 +30,10 @@ import pytest
 
 from loomdb.identity.keys import NamedKey
 from tests.doc_support import make_home
+from tests.integration import lan as lan_module
 from tests.integration.lan import Lan, lan
 from tests.integration.nodes import CLIENT_TIMEOUT, Node, Nodes, loomdb, node_env, nodes
+from tests.support import run_python
 
 pytestmark = pytest.mark.integration
 
@@ -263,3 +265,14 @@ def test_mdns_stays_on_the_interface_of_the_listen_address(cluster: Nodes, tmp_p
         assert [x["peer_id"] for x in info["peers"]] == [pid["p"]]
         assert [x["peer_id"] for x in mdns(net.prefix(3), q)["peers"]] == [pid["m2"]]
         assert [x["peer_id"] for x in mdns(net.prefix(2), p)["peers"]] == [pid["m1"]]
+
+
+def test_the_mdns_bench_keeps_working(tmp_path: Path) -> None:
+    """``bench/mdns.py --reps 1`` runs and connects (its figure is printed, not asserted)."""
+    lan_module.skip_unless_available()
+    out = tmp_path / "mdns.json"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "mdns.py"
+    run = run_python(str(bench), "--reps", "1", "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "ready_to_connected_s: median" in run.stdout
+    assert json.loads(out.read_text())["results"]["connected"] == "1/1"
