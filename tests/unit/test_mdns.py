@@ -20,7 +20,7 @@ from loomdb.cli.p2p import show_info
 from loomdb.errors import UnreachableError, ValidationError
 from loomdb.identity.keys import SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key
-from loomdb.node.p2p import P2PSettings, p2p_settings
+from loomdb.node.p2p import P2PSettings, p2p_settings, with_mdns
 from loomdb.transports.libp2p import Backoff
 from loomdb.transports.libp2p.mdns import (
     DiscoveredPeers,
@@ -326,10 +326,12 @@ def test_our_own_announcement_garbage_and_a_full_queue_are_counted() -> None:
 def test_mdns_is_off_by_default_and_refused_with_no_p2p_or_loopback_only() -> None:
     settings = p2p_settings(None, False, [])
     assert settings is not None and settings.mdns is False
-    on = p2p_settings(["/ip4/0.0.0.0/tcp/0"], False, [], mdns=True)
-    assert on is not None and on.mdns
+    assert with_mdns(settings, False) is settings
+    on = with_mdns(p2p_settings(["/ip4/0.0.0.0/tcp/0"], False, []), True)
+    assert on is not None and on.mdns and on.listen == ("/ip4/0.0.0.0/tcp/0",)
     with pytest.raises(ValidationError, match="--no-p2p and --mdns"):
-        p2p_settings(None, True, [], mdns=True)
+        with_mdns(p2p_settings(None, True, []), True)
+    assert with_mdns(None, False) is None
     with pytest.raises(ValidationError, match="--mdns needs"):
         P2PSettings(("/ip4/127.0.0.1/tcp/0",), mdns=True).check()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -105,12 +105,8 @@ def p2p_settings(
     peers: Sequence[str],
     anti_entropy: float | None = None,
     nat: NatSettings | None = None,
-    *,
-    mdns: bool = False,
 ) -> P2PSettings | None:
     """``loomdb start``'s options as settings (None: no libp2p)."""
-    if no_p2p and mdns:
-        raise ValidationError("--no-p2p and --mdns do not go together")
     if no_p2p:
         if addrs or peers or anti_entropy is not None or nat is not None:
             raise ValidationError(
@@ -119,8 +115,17 @@ def p2p_settings(
         return None
     interval = DEFAULT_INTERVAL if anti_entropy is None else anti_entropy
     return P2PSettings(
-        tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings(), mdns
+        tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings()
     )
+
+
+def with_mdns(settings: P2PSettings | None, mdns: bool) -> P2PSettings | None:
+    """``start --mdns`` on top of :func:`p2p_settings`'s settings."""
+    if not mdns:
+        return settings
+    if settings is None:
+        raise ValidationError("--no-p2p and --mdns do not go together")
+    return replace(settings, mdns=True)
 
 
 def nat_settings(
