@@ -124,7 +124,13 @@ def run_lan(cluster: Nodes, tmp_path: Path, net: Lan) -> None:
     shown = ns_run(pa, a, "p2p", "info").stdout
     assert "mdns" in shown and "1 discovered, 1 connected" in shown, shown
 
-    # A document written on B reaches A (gossip, or head exchange on connect), and back.
+    # A document written on B reaches A, and back: over gossip once both are in the
+    # collection's topic (head exchange ran on connect, before anything was written).
+    def joined(prefix: Sequence[str], node: Node) -> bool:
+        topics = ns_json(prefix, node, "p2p", "info")["pubsub"]["topic_peers"]
+        return bool(topics) and all(n >= 1 for n in topics.values())
+
+    poll(lambda: joined(pa, a) and joined(pb, b), "A and B in each other's topic", logs)
     ns_run(pb, b, "doc", "create", "notes", "--id", "n1", json.dumps({"by": "b"}))
     poll(lambda: doc(pa, a, "n1"), "A receives B's document", logs)
     ns_run(pa, a, "doc", "create", "notes", "--id", "n2", json.dumps({"by": "a"}))
