@@ -367,3 +367,38 @@ def test_the_lan_tests_skip_with_the_reason_when_not_root(monkeypatch: pytest.Mo
     monkeypatch.setattr(lan.shutil, "which", lambda tool: None)
     with pytest.raises(pytest.skip.Exception, match="need ip"):
         lan.skip_unless_available()
+
+
+# --- the hooks into a real P2PHost (loopback) ----------------------------------------------
+
+
+def test_host_hooks_dial_the_addresses_in_turn_and_see_the_connection() -> None:
+    """The first address answers nobody (a closed port), the second is the peer: the
+    dial goes on to it; ``connected`` then says so; a peer with no address that
+    answers is ``UnreachableError``."""
+    import socket
+
+    from loomdb.transports.libp2p import P2PHost
+    from loomdb.transports.libp2p.mdns import host_hooks
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+
+    async def main() -> None:
+        a = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=5)
+        b = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=5)
+        async with a.run(), b.run():
+            hooks = host_hooks(a)
+            assert hooks.peer_id == a.peer_id
+            assert hooks.transport_addrs()[0].startswith("/ip4/127.0.0.1/tcp/")
+            assert not hooks.connected(b.peer_id)
+            [good] = b.listen_addrs()
+            bad = f"/ip4/127.0.0.1/tcp/{closed}/p2p/{b.peer_id}"
+            with trio.fail_after(20):
+                await hooks.dial(b.peer_id, [bad, good])
+            assert hooks.connected(b.peer_id)
+            with pytest.raises(UnreachableError), trio.fail_after(20):
+                await hooks.dial(OTHER, [f"/ip4/127.0.0.1/tcp/{closed}/p2p/{OTHER}"])
+
+    trio.run(main)

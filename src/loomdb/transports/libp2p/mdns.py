@@ -436,18 +436,25 @@ def host_hooks(p2p: Any) -> MdnsHost:
     """The :class:`MdnsHost` of a running :class:`~loomdb.transports.libp2p.P2PHost`:
     its dial tries each address in turn through ``P2PHost.connect`` (Noise, the
     host's connect time-out), after lifting py-libp2p's 60 s "negative cache" of
-    failed peers (our back-off decides when to retry)."""
+    failed peers (our back-off decides when to retry) and with the peer's other
+    addresses forgotten (py-libp2p would dial only the first it knows)."""
     from libp2p.peer.id import ID
 
     network: Any = p2p.host.get_network()
+    peerstore = p2p.host.get_peerstore()
 
     def connected(peer: str) -> bool:
         return ID.from_base58(peer) in network.connections
 
     async def dial(peer: str, addrs: Sequence[str]) -> None:
         error: LoomError | None = None
+        peer_id = ID.from_base58(peer)
         for addr in addrs:
-            network.unblock_peer(ID.from_base58(peer))
+            network.unblock_peer(peer_id)
+            # py-libp2p dials one address per transport class of those it knows (its
+            # "smart address selection"): the first one it was given, however dead.
+            # Forget the others (the peer is not connected), so it dials this one.
+            peerstore.clear_addrs(peer_id)
             try:
                 await p2p.connect(addr)
                 return
