@@ -56,7 +56,7 @@ import anyio.to_thread
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from loomdb.errors import LoomError
+from loomdb.errors import LoomError, TransportError
 from loomdb.transports.libp2p.host import Backoff, parse_peer_addr
 from loomdb.transports.libp2p.mdns_records import (
     SERVICE_TYPE,
@@ -289,9 +289,12 @@ class MdnsDiscovery:
                 token.run_sync_soon(self._enqueue, send, name, state_change)
 
         ips = [i.ip for i in self.interfaces]
-        zc = await anyio.to_thread.run_sync(
-            partial(Zeroconf, interfaces=ips, ip_version=IPVersion.V4Only, use_asyncio=False)
-        )
+        try:
+            zc = await anyio.to_thread.run_sync(
+                partial(Zeroconf, interfaces=ips, ip_version=IPVersion.V4Only, use_asyncio=False)
+            )
+        except (OSError, RuntimeError) as exc:  # no such address any more, no multicast
+            raise TransportError(f"--mdns: cannot run mDNS on {', '.join(ips)}: {exc}") from None
         self._zc = zc
         browser: ServiceBrowser | None = None
         log.info("mdns on %s", ", ".join(f"{i.name} ({i.ip})" for i in self.interfaces))
