@@ -223,6 +223,7 @@ class MdnsDiscovery:
         self.interfaces = choose_interfaces(
             listen, local_interfaces() if interfaces is None else interfaces
         )
+        self.wildcard = any(a.startswith("/ip4/0.0.0.0/") for a in listen)
         self.counters = MdnsCounters()
         self.peers = DiscoveredPeers(settings, self.counters)
         self._clock = clock
@@ -297,7 +298,15 @@ class MdnsDiscovery:
             raise TransportError(f"--mdns: cannot run mDNS on {', '.join(ips)}: {exc}") from None
         self._zc = zc
         browser: ServiceBrowser | None = None
-        log.info("mdns on %s", ", ".join(f"{i.name} ({i.ip})" for i in self.interfaces))
+        where = ", ".join(f"{i.name} ({i.ip})" for i in self.interfaces)
+        if self.wildcard:  # said by default: the user did not name these interfaces
+            log.warning(
+                "mdns on %s: every non-loopback IPv4 interface, for a 0.0.0.0 listen address "
+                "(--p2p-addr /ip4/<address>/tcp/PORT to choose)",
+                where,
+            )
+        else:
+            log.info("mdns on %s", where)
         try:
             self.advertised = advertised_addrs(
                 self._host.transport_addrs(), self.interfaces, self._host.peer_id
