@@ -90,7 +90,9 @@ def run_lan(cluster: Nodes, tmp_path: Path, net: Lan) -> None:
     listen = (anywhere, f"/ip4/{net.ip(1)}/tcp/{PORT}", anywhere)
     flags = (("--mdns", *QUIET), ("--mdns", *QUIET), QUIET)
     group = [
-        cluster.launch(tmp_path / name, "--p2p-addr", listen[i], *flags[i], prefix=net.prefix(i))
+        cluster.launch(
+            tmp_path / name, "--p2p-addr", listen[i], *flags[i], prefix=net.prefix(i), verbose=True
+        )
         for i, name in enumerate("abc")
     ]
     cluster.wait_ready()
