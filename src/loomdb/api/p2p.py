@@ -353,6 +353,8 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
             replication = getattr(request.app.state, "replication", None)
             if replication is not None:
                 result["replication"] = replication.info()
+            mdns = getattr(request.app.state, "mdns", None)
+            result["mdns"] = {"enabled": False} if mdns is None else mdns.info()
         return JSONResponse(result, status_code=endpoint.status)
 
     return serve

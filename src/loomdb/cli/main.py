@@ -150,12 +150,13 @@ def start_nat_settings(args: argparse.Namespace) -> Any:
 
 def cmd_start(args: argparse.Namespace) -> None:
     from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
-    from loomdb.node.p2p import p2p_settings
+    from loomdb.node.p2p import p2p_settings, with_mdns
     from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
 
     host, port = parse_address(args.api)
     nat = start_nat_settings(args)
     p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds, nat)
+    p2p = with_mdns(p2p, args.mdns)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
     if args.self_signed_tls and args.tls_cert:
@@ -331,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         help="bootstrap peers (/ip4/HOST/tcp/PORT/p2p/12D3KooW…), kept connected",
+    )
+    p.add_argument(
+        "--mdns",
+        action="store_true",
+        help="find peers on the LAN by mDNS and connect to them (off by default; only on "
+        "the interfaces of the --p2p-addr addresses, every non-loopback one for 0.0.0.0)",
     )
     p.add_argument(
         "--relay-service",

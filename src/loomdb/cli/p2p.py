@@ -35,8 +35,20 @@ def show_info(info: dict[str, Any]) -> None:
             or "-",
             **_replicator_states(info),
             **_replication_rows(info),
+            **_mdns_row(info),
         }
     )
+
+
+def _mdns_row(info: dict[str, Any]) -> dict[str, str]:
+    mdns = info.get("mdns")
+    if mdns is None:
+        return {}
+    if not mdns["enabled"]:
+        return {"mdns": "off"}
+    connected = sum(1 for p in mdns["peers"] if p["connected"])
+    where = ", ".join(mdns["interfaces"])
+    return {"mdns": f"on ({where}): {mdns['discovered']} discovered, {connected} connected"}
 
 
 def _replicator_states(info: dict[str, Any]) -> dict[str, str]:

@@ -64,6 +64,7 @@ from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
 from loomdb.transports.libp2p import P2PHost, parse_peer_addr
+from loomdb.transports.libp2p.mdns import MdnsDiscovery, host_hooks
 from loomdb.transports.tls import TlsFiles, Verify
 from loomdb.trust.admin import NodeTrust
 from loomdb.trust.auth import AuthService
@@ -245,6 +246,7 @@ async def serve_node(
             if options.sync_handler is not None and db is not None:
                 handler_for = fixed(options.sync_handler(db))
             p2p = None
+            mdns: MdnsDiscovery | None = None
             replicators = None
             replication = None
             if options.p2p is not None:
@@ -259,6 +261,9 @@ async def serve_node(
                 p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))
                 await stack.enter_async_context(p2p.run())
                 stack.callback(record_addrs(home.path, p2p.listen_addrs()))
+                if options.p2p.mdns:  # stopped before the host
+                    mdns = MdnsDiscovery(host_hooks(p2p), options.p2p.listen)
+                    await stack.enter_async_context(mdns.run())
                 # Gossip and head exchange (stopped before the host, like the replicators).
                 replication = await stack.enter_async_context(
                     passive_replication(
@@ -316,6 +321,7 @@ async def serve_node(
             api.state.feed = feed
             api.state.replicators = replicators
             api.state.replication = replication
+            api.state.mdns = mdns
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )

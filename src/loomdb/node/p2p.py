@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ from loomdb.transports.libp2p import (
     parse_listen_addr,
     parse_peer_addr,
 )
+from loomdb.transports.libp2p.mdns_records import choose_interfaces, local_interfaces
 from loomdb.transports.libp2p.nat import DEFAULT_PUNCH_TIMEOUT, NatSettings, RelayServiceLimits
 
 P2P_READY: Final = " and p2p at {addrs}"
@@ -46,12 +47,14 @@ P2P_READY: Final = " and p2p at {addrs}"
 class P2PSettings:
     """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected;
     ``anti_entropy``: seconds between head exchanges with each peer; ``nat``: relay
-    service, relays to reserve on, hole punching."""
+    service, relays to reserve on, hole punching; ``mdns``: find and connect to peers
+    on the LAN (:mod:`loomdb.transports.libp2p.mdns`)."""
 
     listen: tuple[str, ...]
     peers: tuple[str, ...] = ()
     anti_entropy: float = DEFAULT_INTERVAL
     nat: NatSettings = field(default_factory=NatSettings)
+    mdns: bool = False
 
     def check(self) -> None:
         """Before anything is opened: bad addresses are ``ValidationError``, a busy
@@ -64,6 +67,8 @@ class P2PSettings:
         if not 0.1 <= self.anti_entropy <= 86400:
             raise ValidationError("--anti-entropy-seconds is between 0.1 and 86400")
         self.nat.check()
+        if self.mdns:  # no interface for mDNS: a clear error now
+            choose_interfaces(self.listen, local_interfaces())
         check_listen_free(addrs)
 
 
@@ -112,6 +117,15 @@ def p2p_settings(
     return P2PSettings(
         tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings()
     )
+
+
+def with_mdns(settings: P2PSettings | None, mdns: bool) -> P2PSettings | None:
+    """``start --mdns`` on top of :func:`p2p_settings`'s settings."""
+    if not mdns:
+        return settings
+    if settings is None:
+        raise ValidationError("--no-p2p and --mdns do not go together")
+    return replace(settings, mdns=True)
 
 
 def nat_settings(
