@@ -7,14 +7,20 @@ decisions of :mod:`~loomdb.replication.gossip`,
 * **publish**: a follower of the node's receipt log (an
   :class:`~loomdb.replication.feed.EntryFeed` cursor, from the head at start:
   gossip is best effort and head exchange repairs the rest) announces each
-  entry the node's user wrote on its document's and its collection's topic —
-  one message with both topics, sent only to topics some peer has joined;
+  entry this node wrote itself (not what it received, even from its user's
+  other devices: gossipsub forwards those by itself) on its document's and its
+  collection's topic, sent only to topics some peer has joined. Entries stored
+  together (one write of many documents), or landing within
+  :data:`PUBLISH_WINDOW` of the last publish, go out together: one message per
+  topic set, batched to the size limit (:func:`~loomdb.replication.message.pack`);
+  an entry after a quiet spell goes at once;
 * **topics**: joins the collection topic of every collection it follows (and of
   every followed document's collection), leaves those it no longer needs;
-* **receive**: one task per topic decides each message and hands verified
-  entries to one **store** task, which stores them in batches through the
-  node's guarded store (``NodeDatabases.put_entries``: membership checked,
-  documents applied in causal order);
+* **receive**: one task per topic decides each message and hands its verified
+  entries to one **store** task, which stores them through the node's guarded
+  store (``NodeDatabases.put_entries``: membership checked, documents applied
+  in causal order) — a message's entries always in one call, several messages
+  waiting together in one call up to :data:`STORE_BATCH` entries;
 * **fetch**: documents whose entries arrived without their parents (or were
   announced by CID) are pulled in the background, first from the publisher,
   then from the topic's other peers, then from any connected peer; bounded
@@ -26,9 +32,11 @@ decisions of :mod:`~loomdb.replication.gossip`,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
@@ -40,9 +48,9 @@ from loomdb.entries.entry import Entry
 from loomdb.errors import LoomError
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.fetches import FetchQueue
-from loomdb.replication.gossip import Delays, GossipCounters, Verdict, decide
+from loomdb.replication.gossip import Delays, GossipCounters, PublishWindow, decide
 from loomdb.replication.heads import DEFAULT_INTERVAL, POLL_SECONDS, HeadSchedule
-from loomdb.replication.message import encode_entry
+from loomdb.replication.message import pack
 from loomdb.replication.subscriptions import Subscriptions, parse_document_name
 from loomdb.replication.topics import topics_of
 from loomdb.stores.base import PutStatus
@@ -53,11 +61,13 @@ from loomdb.transports.libp2p import P2PHost
 log = logging.getLogger("loomdb.gossip")
 
 INBOX_SIZE: Final = 10_000  # verified entries waiting to be stored
-STORE_BATCH: Final = 500
+STORE_BATCH: Final = 2000  # entries of several waiting messages stored in one call
 FETCH_WORKERS: Final = 2
 FETCH_TIMEOUT: Final = 30.0
 EXCHANGE_TIMEOUT: Final = 60.0
-PUBLISH_BATCH: Final = 500
+PUBLISH_BATCH: Final = 2000  # receipt-log rows read (and published) at a time
+PUBLISH_WINDOW: Final = 0.005
+"""Seconds after a publish during which new entries wait to go together."""
 
 
 class PassiveReplication:
@@ -97,8 +107,9 @@ class PassiveReplication:
         self._topics: dict[str, trio.CancelScope] = {}
         self._topics_changed = trio.Event()
         self._fetch_ready = trio.Event()
-        self._inbox_send, self._inbox = trio.open_memory_channel[Entry](INBOX_SIZE)
-        self._origins: dict[Any, tuple[str | None, str]] = {}  # inbox entry -> publisher, topic
+        # One item per received message: its entries, publisher and topic.
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Inbound](math.inf)
+        self._inbox_entries = 0  # entries waiting in the inbox, at most INBOX_SIZE
 
     # --- what the API calls -------------------------------------------------------------
 
@@ -168,35 +179,54 @@ class PassiveReplication:
 
     async def _publish_loop(self) -> None:
         cursor = self.feed.latest
+        window = PublishWindow(PUBLISH_WINDOW)
         while True:
-            rows = await self.feed.read(cursor, PUBLISH_BATCH)
+            rows = list(await self.feed.read(cursor, PUBLISH_BATCH))
             if not rows:
                 await self.feed.wait(cursor)
                 continue
+            # In a burst (a publish just went), what lands within the window joins
+            # this one; after a quiet spell an entry goes at once.
+            pause = window.pause(time.monotonic())
+            if pause > 0 and len(rows) < PUBLISH_BATCH:
+                await trio.sleep(pause)
+                rows += await self.feed.read(rows[-1].seq, PUBLISH_BATCH - len(rows))
             cursor = rows[-1].seq
-            for row in rows:
-                if self.feed.is_local(row):
-                    await self._publish(row.entry)
+            mine = [r.entry for r in rows if self.feed.written_here(r)]
+            self.counters["not_written_here"] += len(rows) - len(mine)
+            if mine and await self._publish(mine):
+                window.sent(time.monotonic())
 
-    async def _publish(self, entry: Entry) -> None:
+    async def _publish(self, entries: Sequence[Entry]) -> bool:
+        """Publish ``entries`` (in receipt order) in as few messages as fit; whether
+        any went out."""
         pubsub = self.host.pubsub
         if pubsub is None:
-            return
-        heard = [
-            t
-            for t in topics_of(entry.space, entry.collection, entry.document)
-            if pubsub.peer_topics.get(t)
-        ]
-        if not heard:
-            self.counters["unheard"] += 1  # no peer joined either topic
-            return
-        data = encode_entry(entry.raw, entry.space, entry.collection, entry.document, entry.cid)
-        try:
-            await pubsub.publish(heard, data)
-            self.counters["published"] += 1
-        except Exception as exc:  # py-libp2p raises its own types, none documented
-            self.counters["publish_failed"] += 1
-            log.debug("publishing %s: %s", entry.cid, exc)
+            return False
+        groups: dict[tuple[str, ...], list[Entry]] = {}
+        for entry in entries:
+            heard = tuple(
+                t
+                for t in topics_of(entry.space, entry.collection, entry.document)
+                if pubsub.peer_topics.get(t)
+            )
+            if heard:
+                groups.setdefault(heard, []).append(entry)
+            else:
+                self.counters["unheard"] += 1  # no peer joined either topic
+        sent = False
+        for topics, group in groups.items():
+            for data, carried in pack(group):
+                try:
+                    await pubsub.publish(list(topics), data)
+                except Exception as exc:  # py-libp2p raises its own types, none documented
+                    self.counters["publish_failed"] += 1
+                    log.debug("publishing %d entries: %s", carried, exc)
+                    continue
+                self.counters["published"] += 1
+                self.counters["published_entries"] += carried
+                sent = True
+        return sent
 
     # --- topics and receiving --------------------------------------------------------
 
@@ -245,31 +275,39 @@ class PassiveReplication:
             check=self.check,
         )
         self.counters[decision.counter] += 1
-        if decision.verdict is Verdict.DROP:
-            if decision.reason:
-                log.info("gossip message dropped (%s): %s", decision.counter, decision.reason)
+        self.counters["batches"] += decision.batch
+        self.counters["received_entries"] += decision.carried
+        self.counters.update(decision.counts)
+        for reason in decision.reasons:
+            log.info("gossip dropped (%s): %s", decision.counter, reason)
+        if not (decision.entries or decision.documents):
             return
         origin = _peer_of(bytes(message.from_id))
-        if decision.verdict is Verdict.FETCH:
-            assert decision.document is not None
-            self._fetch(decision.document, origin, topic)
+        for document in decision.documents:
+            self._fetch(document, origin, topic)
+        if not decision.entries:
             return
-        assert decision.entry is not None
-        try:
-            self._inbox_send.send_nowait(decision.entry)
-            self._origins[decision.entry.cid] = (origin, topic)
-        except trio.WouldBlock:
-            self.counters["inbox_full"] += 1
+        if self._inbox_entries + len(decision.entries) > INBOX_SIZE:
+            self.counters["inbox_full"] += len(decision.entries)
+            return
+        self._inbox_entries += len(decision.entries)
+        self._inbox_send.send_nowait(_Inbound(decision.entries, origin, topic))
 
     async def _store_loop(self) -> None:
         async for first in self._inbox:
-            batch = [first]
-            while len(batch) < STORE_BATCH:
+            waiting = [first]
+            size = len(first.entries)
+            while size < STORE_BATCH:  # never splitting a message's entries
                 try:
-                    batch.append(self._inbox.receive_nowait())
+                    more = self._inbox.receive_nowait()
                 except trio.WouldBlock:
                     break
-            origins = {e.cid: self._origins.pop(e.cid, (None, "")) for e in batch}
+                waiting.append(more)
+                size += len(more.entries)
+            self._inbox_entries -= size
+            batch = [e for item in waiting for e in item.entries]
+            origins = {e.cid: (item.origin, item.topic) for item in waiting for e in item.entries}
+            self.counters["store_calls"] += 1
             try:
                 results = await self.local.put_entries(batch)
             except LoomError as exc:
@@ -380,6 +418,15 @@ class PassiveReplication:
         finally:
             self.heads["exchanges"] += 1
             self.schedule.finished(peer, self._clock())
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """A received message's verified entries, waiting to be stored."""
+
+    entries: tuple[Entry, ...]
+    origin: str | None  # the publisher
+    topic: str
 
 
 def _peer_of(from_id: bytes) -> str | None:
