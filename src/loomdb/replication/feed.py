@@ -16,18 +16,28 @@ guarded store's ``on_stored``), which only wakes the waiters: the feed holds no
 entries itself, so a slow follower costs nothing but its cursor, and one that
 was stopped resumes from its cursor without loss.
 
-:meth:`EntryFeed.is_local` tells the node's own writes (authored by its user)
-from entries it received.
+:meth:`EntryFeed.is_local` tells entries authored by the node's user from
+others'. :meth:`EntryFeed.written_here` is narrower: the entries this node wrote
+itself (the guarded store's ``on_written``, for puts made on the write path:
+:mod:`loomdb.stores.origin`) — not the same user's entries from another device,
+which this node received. The origin is kept in memory, as runs of seqs, for the
+last :data:`WRITTEN_RUNS` runs: enough for a follower that keeps up (gossip,
+from the head at start); older entries count as received.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 import anyio
 
 from loomdb.stores.base import ContentAddressedStore, Received
+
+WRITTEN_RUNS: Final = 100_000
+"""Runs of consecutive seqs written here that the feed remembers."""
 
 
 class EntryFeed:
@@ -38,6 +48,9 @@ class EntryFeed:
         self.own_author = own_author
         self._latest = 0
         self._changed = anyio.Event()
+        # Runs of seqs written here, in order: starts and (inclusive) ends.
+        self._starts: list[int] = []
+        self._ends: list[int] = []
 
     @property
     def latest(self) -> int:
@@ -55,6 +68,30 @@ class EntryFeed:
             self._latest = max(self._latest, seq)
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+
+    def written(self, seqs: Iterable[int]) -> None:
+        """These seqs are entries this node wrote itself (call before :meth:`stored`)."""
+        for seq in sorted(seqs):
+            if self._ends and self._starts[-1] <= seq <= self._ends[-1] + 1:
+                self._ends[-1] = max(self._ends[-1], seq)
+            elif not self._ends or seq > self._ends[-1]:
+                self._starts.append(seq)
+                self._ends.append(seq)
+            elif not self._covers(seq):  # two writes' reports crossed: rare, kept apart
+                i = bisect.bisect_right(self._starts, seq)
+                self._starts.insert(i, seq)
+                self._ends.insert(i, seq)
+        if len(self._starts) > WRITTEN_RUNS:
+            drop = len(self._starts) - WRITTEN_RUNS // 2
+            del self._starts[:drop], self._ends[:drop]
+
+    def written_here(self, row: Received) -> bool:
+        """Whether this node wrote this entry itself (see the module doc)."""
+        return self._covers(row.seq)
+
+    def _covers(self, seq: int) -> bool:
+        i = bisect.bisect_right(self._starts, seq) - 1
+        return i >= 0 and seq <= self._ends[i]
 
     async def wait(self, after: int, timeout: float | None = None) -> bool:
         """Sleep until an entry past ``after`` may have landed, or ``timeout``
