@@ -90,17 +90,44 @@ async def test_the_feed_tells_what_this_node_wrote_from_what_it_received() -> No
 
 def test_written_runs_merge_cross_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     feed = EntryFeed(MemoryStore())
+    make = EntryFactory()
 
     def here(seq: int) -> bool:
-        return feed.written_here(Received(seq, EntryFactory()(document="x")))
+        return feed.written_here(Received(seq, make(document="x")))
 
-    feed.written([1, 2, 3])
-    feed.written([4])
-    feed.written([8, 9])
-    feed.written([6])  # two writes' reports crossed
+    def written(*seqs: int) -> None:
+        feed.written([(s, None) for s in seqs])
+
+    written(1, 2, 3)
+    written(4)
+    written(8, 9)
+    written(6)  # two writes' reports crossed
     assert [s for s in range(12) if here(s)] == [1, 2, 3, 4, 6, 8, 9]
     assert len(feed._starts) == 3
     monkeypatch.setattr(feed_module, "WRITTEN_RUNS", 4)
     for seq in range(20, 40, 2):  # runs of one
-        feed.written([seq])
+        written(seq)
     assert len(feed._starts) <= 4 and here(38) and not here(1)  # the oldest forgotten
+
+
+def test_the_last_written_entries_are_handed_over_from_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed = EntryFeed(MemoryStore())
+    make = EntryFactory()
+    entries = {seq: make(document=f"d{seq}") for seq in range(1, 11)}
+    feed.written([(s, entries[s]) for s in (1, 2, 3)])
+    feed.written([(5, entries[5]), (4, entries[4])])  # out of order: sorted
+    feed.written([(7, entries[7])])
+    feed.written([(6, entries[6])])  # two writes' reports crossed
+    assert feed.written_after(0, 100) == [(s, entries[s]) for s in range(1, 8)]
+    assert feed.written_after(3, 2) == [(4, entries[4]), (5, entries[5])]
+    assert feed.written_after(7, 100) == []
+    feed.written([(8, None)])  # given as bytes: not at hand
+    assert feed.written_after(7, 100) is None  # read the log
+    assert feed.written_after(8, 100) == []
+    monkeypatch.setattr(feed_module, "RECENT_ENTRIES", 4)
+    feed.written([(s, entries[s]) for s in (9, 10)])  # over the limit: the oldest go
+    assert feed.written_after(8, 100) == [(9, entries[9]), (10, entries[10])]
+    assert len(feed._recent) <= 4
+    assert feed.written_after(0, 100) is None

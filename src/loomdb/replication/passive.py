@@ -181,21 +181,34 @@ class PassiveReplication:
         cursor = self.feed.latest
         window = PublishWindow(PUBLISH_WINDOW)
         while True:
-            rows = list(await self.feed.read(cursor, PUBLISH_BATCH))
-            if not rows:
+            if self.feed.latest <= cursor:
                 await self.feed.wait(cursor)
                 continue
             # In a burst (a publish just went), what lands within the window joins
             # this one; after a quiet spell an entry goes at once.
             pause = window.pause(time.monotonic())
-            if pause > 0 and len(rows) < PUBLISH_BATCH:
+            if pause > 0:
                 await trio.sleep(pause)
-                rows += await self.feed.read(rows[-1].seq, PUBLISH_BATCH - len(rows))
-            cursor = rows[-1].seq
-            mine = [r.entry for r in rows if self.feed.written_here(r)]
-            self.counters["not_written_here"] += len(rows) - len(mine)
+            cursor, mine, skipped = await self._written_after(cursor)
+            self.counters["not_written_here"] += skipped
             if mine and await self._publish(mine):
                 window.sent(time.monotonic())
+
+    async def _written_after(self, cursor: int) -> tuple[int, list[Entry], int]:
+        """The entries written here past ``cursor`` (at most :data:`PUBLISH_BATCH`):
+        the new cursor, them, and how many received entries were passed over.
+        From the feed's memory when it holds them all, else from the log."""
+        latest = self.feed.latest
+        recent = self.feed.written_after(cursor, PUBLISH_BATCH)
+        if recent is not None:
+            upto = recent[-1][0] if len(recent) == PUBLISH_BATCH else max(latest, cursor)
+            # the log's seqs are consecutive (both stores): the rest were received
+            return upto, [e for _, e in recent], max(0, upto - cursor - len(recent))
+        rows = await self.feed.read(cursor, PUBLISH_BATCH)
+        if not rows:
+            return cursor, [], 0
+        mine = [r.entry for r in rows if self.feed.written_here(r)]
+        return rows[-1].seq, mine, len(rows) - len(mine)
 
     async def _publish(self, entries: Sequence[Entry]) -> bool:
         """Publish ``entries`` (in receipt order) in as few messages as fit; whether

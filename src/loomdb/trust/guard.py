@@ -63,12 +63,13 @@ class GuardedStore:
         open_spaces: bool = True,
         policy: EntryPolicy = DEFAULT_POLICY,
         on_stored: Callable[[int], None] | None = None,
-        on_written: Callable[[Sequence[int]], None] | None = None,
+        on_written: Callable[[Sequence[tuple[int, Entry | None]]], None] | None = None,
     ) -> None:
         """``on_stored(seq)`` is called after each batch that stored an entry, with
         the highest seq it got (an :class:`~loomdb.replication.feed.EntryFeed`);
-        before it, ``on_written(seqs)`` with the seqs of the batch's new entries
-        when the batch is this node's own write (:mod:`loomdb.stores.origin`)."""
+        before it, ``on_written`` with the (seq, entry) of the batch's new entries
+        when the batch is this node's own write (:mod:`loomdb.stores.origin`; the
+        entry is None when it was given as bytes)."""
         self.inner = inner
         self.book = book
         self.open_spaces = open_spaces
@@ -153,11 +154,17 @@ class GuardedStore:
         if forward:
             await self._forward(forward, results)
         done = [r for r in results if r is not None]
-        if self.on_stored is not None or self.on_written is not None:
+        if self.on_written is not None and is_written_here():
+            self.on_written(
+                [
+                    (r.seq, item if isinstance(item, Entry) else None)
+                    for item, r in zip(items, results, strict=True)
+                    if r is not None and r.status is PutStatus.ACCEPTED and r.seq is not None
+                ]
+            )
+        if self.on_stored is not None:
             seqs = [r.seq for r in done if r.status is PutStatus.ACCEPTED and r.seq is not None]
-            if seqs and self.on_written is not None and is_written_here():
-                self.on_written(seqs)
-            if seqs and self.on_stored is not None:
+            if seqs:
                 self.on_stored(max(seqs))
         return done
 
