@@ -28,6 +28,7 @@ The patches are process-wide (py-libp2p reads module globals), as is
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections import Counter
@@ -47,6 +48,8 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
+
+from loomdb.transports.libp2p.yamux_credit import credit_at_half_window
 
 QUEUE_SIZE: Final = 4096
 """Each subscription's channel and each peer's outbound queue (py-libp2p: 32)."""
@@ -125,6 +128,8 @@ def tune_pubsub(queue_size: int = QUEUE_SIZE) -> None:
     for module in (_pubsub_module, _gossipsub_module):
         module.maybe_consume_signed_record = _consume_once  # type: ignore[attr-defined]
         module.env_to_send_in_RPC = _envelope_cached  # type: ignore[attr-defined]
+    if os.environ.get("LOOMDB_YAMUX_CREDIT_EVERY_READ") != "1":  # for measuring only
+        credit_at_half_window()
 
 
 class NodeGossipSub(GossipSub):
