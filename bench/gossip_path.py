@@ -21,7 +21,8 @@ same running hosts, so both see the same machine load:
   what the node itself just signed (``pubsub``).
 
 ``--batch N`` (0: skip): N entries in one put (an import), the time until B has
-them all and the messages it took.
+them all, the CPU and the messages it took — published as this version does
+(batches) and one message per entry (as before it).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ ROOT = Path(__file__).resolve().parent
 from loomdb.clock import pack_hlc  # noqa: E402
 from loomdb.entries.entry import Entry, build_entry  # noqa: E402
 from loomdb.identity.keys import NamedKey, SigningKey  # noqa: E402
+from loomdb.replication import passive as passive_module  # noqa: E402
 from loomdb.replication.feed import EntryFeed  # noqa: E402
+from loomdb.replication.message import encode_entry  # noqa: E402
 from loomdb.replication.passive import PassiveReplication  # noqa: E402
 from loomdb.replication.subscriptions import Subscriptions  # noqa: E402
 from loomdb.stores import MemoryStore  # noqa: E402
@@ -138,6 +141,42 @@ async def one_round(
     return {"cpu_ms": cpu * 1000 / n, "p50_ms": delays["p50_ms"], "p99_ms": delays["p99_ms"]}
 
 
+@contextmanager
+def patched_pack(batches: bool) -> Iterator[None]:
+    """Publish a batch as this version does, or one message per entry (as before)."""
+    if batches:
+        yield
+        return
+
+    def one_each(entries: Sequence[Entry]) -> Iterator[tuple[bytes, int]]:
+        for e in entries:
+            yield encode_entry(e.raw, e.space, e.collection, e.document, e.cid), 1
+
+    original = passive_module.pack
+    passive_module.pack = one_each  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        passive_module.pack = original
+
+
+async def batch_round(user: SigningKey, a: Side, b: Side, n: int, tag: str) -> dict[str, float]:
+    sent, got = a.replication.counters, b.replication.counters
+    published, stored, calls = sent["published"], got["stored"], got["store_calls"]
+    entries = [make_entry(user, f"batch-{tag}-{i}") for i in range(n)]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    with written_here():
+        await a.store.put_entries(entries)
+    await until(lambda: got["stored"] - stored >= n)
+    return {
+        "entries": n,
+        "seconds": time.perf_counter() - t0,
+        "cpu_ms_per_entry": (time.process_time() - cpu0) * 1000 / n,
+        "messages": sent["published"] - published,
+        "store_calls": got["store_calls"] - calls,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     user = SigningKey.generate()
     out: dict[str, Any] = {"rounds": []}
@@ -159,22 +198,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {setting:<10} {json.dumps(measured)}", flush=True)
         configure("tuned")
         if args.batch:
-            sent = a.replication.counters
-            published, stored = sent["published"], b.replication.counters["stored"]
-            calls = b.replication.counters["store_calls"]
-            entries = [make_entry(user, f"batch-{i}") for i in range(args.batch)]
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            with written_here():
-                await a.store.put_entries(entries)
-            await until(lambda: b.replication.counters["stored"] - stored >= args.batch)
-            out["batch"] = {
-                "entries": args.batch,
-                "seconds": time.perf_counter() - t0,
-                "cpu_ms_per_entry": (time.process_time() - cpu0) * 1000 / args.batch,
-                "messages": sent["published"] - published,
-                "store_calls": b.replication.counters["store_calls"] - calls,
-            }
-            print(f"  batch      {json.dumps(out['batch'])}", flush=True)
+            for packing in ("one message per entry", "batches"):
+                with patched_pack(packing == "batches"):
+                    measured = await batch_round(user, a, b, args.batch, packing)
+                out.setdefault("batch", []).append({"packing": packing, **measured})
+                print(f"  batch, {packing}: {json.dumps(measured)}", flush=True)
     return out
 
 
