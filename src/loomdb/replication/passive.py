@@ -295,16 +295,16 @@ class PassiveReplication:
             log.info("gossip dropped (%s): %s", decision.counter, reason)
         if not (decision.entries or decision.documents):
             return
-        origin = _peer_of(bytes(message.from_id))
+        publisher = bytes(message.from_id)  # named (base58) only if a fetch needs it
         for document in decision.documents:
-            self._fetch(document, origin, topic)
+            self._fetch(document, _peer_of(publisher), topic)
         if not decision.entries:
             return
         if self._inbox_entries + len(decision.entries) > INBOX_SIZE:
             self.counters["inbox_full"] += len(decision.entries)
             return
         self._inbox_entries += len(decision.entries)
-        self._inbox_send.send_nowait(_Inbound(decision.entries, origin, topic))
+        self._inbox_send.send_nowait(_Inbound(decision.entries, publisher, topic))
 
     async def _store_loop(self) -> None:
         async for first in self._inbox:
@@ -341,7 +341,7 @@ class PassiveReplication:
             await self._check_parents(accepted, origins)
 
     async def _check_parents(
-        self, accepted: list[Entry], origins: dict[Any, tuple[str | None, str]]
+        self, accepted: list[Entry], origins: dict[Any, tuple[bytes, str]]
     ) -> None:
         parents = list(dict.fromkeys(p for e in accepted for p in e.parents))
         if not parents:
@@ -351,7 +351,8 @@ class PassiveReplication:
             if all(held[p] for p in entry.parents):
                 continue
             self.counters["missing_parents"] += 1
-            origin, topic = origins.get(entry.cid, (None, ""))
+            publisher, topic = origins.get(entry.cid, (b"", ""))
+            origin = _peer_of(publisher) if publisher else None
             self._fetch((entry.space, entry.collection, entry.document), origin, topic)
 
     # --- fetching ------------------------------------------------------------------------
@@ -438,7 +439,7 @@ class _Inbound:
     """A received message's verified entries, waiting to be stored."""
 
     entries: tuple[Entry, ...]
-    origin: str | None  # the publisher
+    origin: bytes  # the publisher's peer id
     topic: str
 
 
