@@ -205,8 +205,8 @@ class PassiveReplication:
             # the log's seqs are consecutive (both stores): the rest were received
             return upto, [e for _, e in recent], max(0, upto - cursor - len(recent))
         rows = await self.feed.read(cursor, PUBLISH_BATCH)
-        if not rows:
-            return cursor, [], 0
+        if not rows:  # told of more than the log shows: never loop on it
+            return max(latest, cursor), [], 0
         mine = [r.entry for r in rows if self.feed.written_here(r)]
         return rows[-1].seq, mine, len(rows) - len(mine)
 
