@@ -251,15 +251,33 @@ LATENCY_WRITES = 50
 BENCH_COLL = "bench"
 
 
+PROFILE_MAIN = """
+import cProfile, runpy, sys, time
+out, sys.argv = sys.argv[1], sys.argv[2:]
+profile = cProfile.Profile(time.thread_time)  # the event loop's own CPU, not waits
+profile.enable()
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+"""
+"""``python -c PROFILE_MAIN OUT MODULE ARGS…``: run MODULE under cProfile, timed by the
+main thread's CPU (so time waiting for the loop or the other cores is not counted)."""
+
+
 class FullNode(RelayNode):
     """``loomdb start`` (a full node) with libp2p on 127.0.0.1; its API as an httpx client."""
 
-    def __init__(self, home: Path, *extra: str) -> None:  # not RelayNode's: no store to copy
+    def __init__(self, home: Path, *extra: str, profile: Path | None = None) -> None:
+        """``profile``: run the node under cProfile (:data:`PROFILE_MAIN`), its stats
+        written there when it stops."""
         self.log_path = home.parent / f"{home.name}.log"
         self._log = self.log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if k != "LOOMDB_KEYRING_SECRET"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p) != ROOT)
-        command = [sys.executable, "-m", "loomdb", "start", "--home", str(home)]
+        profiling = ["-m"] if profile is None else ["-c", PROFILE_MAIN, str(profile)]
+        command = [sys.executable, *profiling, "loomdb", "start", "--home", str(home)]
         command += ["--api", "127.0.0.1:0", "--p2p-addr", "/ip4/127.0.0.1/tcp/0", *extra]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0
@@ -388,6 +406,7 @@ REPLICATOR_ROWS: list[tuple[str, str, str]] = [
 GOSSIP_REPAIR_TIMEOUT = 120.0
 GOSSIP_QUIET = 5.0  # no new gossip arrival for this long: delivery is over
 GOSSIP_ANTI_ENTROPY = "5"  # seconds: the repair after gossip
+GOSSIP_SETTLE = 0.3  # seconds after the last write before the CPU is read
 
 
 def gossip_home(path: Path, key: NamedKey) -> Path:
@@ -417,24 +436,35 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)  # a poll of the API, bounded by the deadline above
 
 
-def gossip_rep(tmp: Path, n: int, rate: float, subscribers: int) -> dict[str, float]:
+def cpu_seconds(node: FullNode) -> float:
+    """User and system CPU the node's process has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gossip_rep(
+    tmp: Path, n: int, rate: float, subscribers: int, profile: Path | None = None
+) -> dict[str, float]:
     """A writes ``n`` documents at ``rate``/s (one entry each, one request each);
     ``subscribers`` nodes connected to A follow the collection. Delays are the
     subscribers' own (entry HLC time to stored here), lost counts before and after
-    head exchange's repair."""
+    head exchange's repair; CPU per update of the writer and of a subscriber while
+    the writes run. ``profile``: the writer and the first subscriber run under
+    cProfile, their stats written in that directory."""
     key = NamedKey.generate_fingerprinted("bench-gossip")
     started: list[FullNode] = []
 
-    def start(name: str) -> FullNode:
+    def start(name: str, profiled: bool = False) -> FullNode:
         home = gossip_home(tmp / f"{name}-{time.monotonic_ns()}", key)
-        node = FullNode(home, "--anti-entropy-seconds", GOSSIP_ANTI_ENTROPY)
+        out = None if profile is None or not profiled else profile / f"{name}.prof"
+        node = FullNode(home, "--anti-entropy-seconds", GOSSIP_ANTI_ENTROPY, profile=out)
         started.append(node)
         return node
 
     tag = f"s{subscribers}"
     try:
-        a = start("writer")
-        subs = [start(f"sub{i}") for i in range(subscribers)]
+        a = start(f"writer-{tag}", True)
+        subs = [start(f"sub{i}-{tag}", i == 0) for i in range(subscribers)]
         for node in (a, *subs):
             r = node.api.post("/p2p/collections", json={"collections": [BENCH_COLL]})
             assert r.status_code == 200, r.text
@@ -442,10 +472,12 @@ def gossip_rep(tmp: Path, n: int, rate: float, subscribers: int) -> dict[str, fl
             assert node.api.post("/p2p/connect", json={"addr": a.addr}).status_code == 200
 
         def joined() -> bool:
-            topics = a.api.get("/p2p/info").json()["pubsub"]["topic_peers"]
-            return list(topics.values()) == [subscribers]
+            pubsub = a.api.get("/p2p/info").json().get("pubsub") or {}  # None: not up yet
+            return list(pubsub.get("topic_peers", {}).values()) == [subscribers]
 
         wait_for(joined, 30.0, "the subscribers join the topic")
+        time.sleep(1.0)  # the exchanges on connect done: CPU from here on is the updates'
+        cpu0 = [cpu_seconds(node) for node in (a, *subs)]
         t0 = time.perf_counter()
         for i in range(n):
             wait = t0 + i / rate - time.perf_counter()
@@ -456,6 +488,8 @@ def gossip_rep(tmp: Path, n: int, rate: float, subscribers: int) -> dict[str, fl
             )
             assert r.status_code == 201, r.text
         achieved = n / (time.perf_counter() - t0)
+        time.sleep(GOSSIP_SETTLE)  # the last updates reach the subscribers
+        cpu = [cpu_seconds(node) - c for node, c in zip((a, *subs), cpu0, strict=True)]
         last: list[int] = [-1]
         quiet_since = time.monotonic()
 
@@ -485,6 +519,8 @@ def gossip_rep(tmp: Path, n: int, rate: float, subscribers: int) -> dict[str, fl
             f"gossip_{tag}_max_ms": max(d["max_ms"] for d in delays),
             f"gossip_{tag}_lost": float(n * subscribers - stored),
             f"gossip_{tag}_lost_after_repair": float(sum(n - doc_count(s) for s in subs)),
+            f"gossip_{tag}_writer_cpu_ms": cpu[0] * 1000 / n,
+            f"gossip_{tag}_sub_cpu_ms": statistics.mean(cpu[1:]) * 1000 / n,
         }
     finally:
         for node in started:
@@ -502,6 +538,8 @@ def gossip_rows(subscribers: tuple[int, ...]) -> list[tuple[str, str, str]]:
             (f"gossip_{tag}_max_ms", f"gossip to {who}: delay max", "ms"),
             (f"gossip_{tag}_lost", f"gossip to {who}: not by gossip", "entries"),
             (f"gossip_{tag}_lost_after_repair", f"gossip to {who}: lost after repair", "entries"),
+            (f"gossip_{tag}_writer_cpu_ms", f"gossip to {who}: writer CPU/update", "ms"),
+            (f"gossip_{tag}_sub_cpu_ms", f"gossip to {who}: subscriber CPU/update", "ms"),
         ]
     return rows
 
@@ -875,23 +913,31 @@ def nat_case(tmp: Path, nat: str, tries: int) -> dict[str, float]:
     return out
 
 
+async def relay_cases(args: argparse.Namespace, tmp: Path, store: Path) -> list[dict[str, float]]:
+    reps = []
+    node = RelayNode(tmp / "relay", store)
+    try:
+        for rep in range(args.reps):
+            reps.append(await one_rep(node, args, tmp))
+            print(f"  rep {rep + 1}/{args.reps} done", flush=True)
+        local_copy = bench_sync.copy_store(store, tmp / "heads-local.sqlite")
+        heads = await head_exchange(node, local_copy, 5)
+        for measured in reps:
+            measured.update(heads)
+    finally:
+        node.stop()
+    return reps
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     cached = await bench_sync.cached_entries(args.cache_dir, args.entries, 100)
-    reps: list[dict[str, float]] = []
+    reps: list[dict[str, float]] = [{} for _ in range(args.reps)] if args.gossip_only else []
     with tempfile.TemporaryDirectory(prefix="loomdb-bench-p2p-") as name:
         tmp = Path(name)
-        node = RelayNode(tmp / "relay", cached.full)
-        try:
-            for rep in range(args.reps):
-                reps.append(await one_rep(node, args, tmp))
-                print(f"  rep {rep + 1}/{args.reps} done", flush=True)
-            local_copy = bench_sync.copy_store(cached.full, tmp / "heads-local.sqlite")
-            heads = await head_exchange(node, local_copy, 5)
-            for measured in reps:
-                measured.update(heads)
-        finally:
-            node.stop()
-        rows = [*ROWS, *HEAD_ROWS]
+        rows = []
+        if not args.gossip_only:
+            rows = [*ROWS, *HEAD_ROWS]
+            reps = await relay_cases(args, tmp, cached.full)
         if args.scale_docs:
             rows += SCALE_ROWS
             for rep in range(args.reps):
@@ -902,7 +948,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rows += gossip_rows(subscribers)
             for rep in range(args.reps):
                 for k in subscribers:
-                    reps[rep] |= gossip_rep(tmp, args.gossip_updates, args.gossip_rate, k)
+                    reps[rep] |= gossip_rep(
+                        tmp, args.gossip_updates, args.gossip_rate, k, args.gossip_profile
+                    )
                 print(f"  gossip rep {rep + 1}/{args.reps} done", flush=True)
         if args.nat_tries:
             rows += NAT_ROWS
@@ -984,6 +1032,14 @@ def main() -> None:
     )
     parser.add_argument("--gossip-rate", type=float, default=100.0, help="updates/s written")
     parser.add_argument(
+        "--gossip-profile",
+        type=Path,
+        help="a directory: run the gossip case's writer and first subscriber under cProfile",
+    )
+    parser.add_argument(
+        "--gossip-only", action="store_true", help="only the gossip case (no relay, no others)"
+    )
+    parser.add_argument(
         "--scale-docs",
         type=int,
         default=10_000,
@@ -1007,6 +1063,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=bench_sync.DEFAULT_CACHE)
     args = parser.parse_args()
+    if args.gossip_only:
+        args.scale_docs = args.nat_tries = args.head_exchange_entries = args.replicator_docs = 0
+    if args.gossip_profile is not None:
+        args.gossip_profile.mkdir(parents=True, exist_ok=True)
+        args.gossip_profile = args.gossip_profile.resolve()
     if args.nat_probe:
         relay, circuit, port = args.nat_probe
         probe = lambda: nat_probe(relay, circuit, int(port))  # noqa: E731

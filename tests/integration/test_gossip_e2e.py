@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import cbor2
 import pytest
 import trio
 from libp2p.peer.id import ID
 
 from loomdb.entries.entry import build_entry
 from loomdb.identity.keys import NamedKey, SigningKey
-from loomdb.replication.message import MAX_MESSAGE, encode_entry
+from loomdb.replication.message import MAX_MESSAGE, encode_batch, encode_entry
 from loomdb.replication.topics import collection_topic
 from loomdb.transports.libp2p import P2PHost
 from tests.doc_support import make_home
@@ -314,29 +315,109 @@ def test_bad_gossip_is_dropped_and_counted_with_the_node_up(
             flipped = bytearray(bad.raw)
             flipped[-1] ^= 1
             member_only = forged(space, "forged")
+            ok_batch = forged("main", "ok-in-a-batch")
             team_entry = encode_entry(member_only.raw, space, "notes", "forged", member_only.cid)
             for topic, data in (
                 (open_topic, b"\x00garbage"),
                 (open_topic, b"\xa0" * (MAX_MESSAGE + 1)),
                 (open_topic, encode_entry(bytes(flipped), "main", "notes", "bad", bad.cid)),
                 (team_topic, team_entry),
+                (open_topic, cbor2.dumps({"v": 2, "b": [ok_batch.raw]})),  # a batch of one
+                (open_topic, encode_batch([bytes(flipped), ok_batch.raw])),  # one bad in two
             ):
                 await pubsub.publish([topic], data)
             ok = forged("main", "ok")  # an open space takes anyone's entries
             await pubsub.publish([open_topic], encode_entry(ok.raw, "main", "notes", "ok", ok.cid))
             with trio.fail_after(WAIT):
-                while await trio.to_thread.run_sync(lambda: gossip(a)["stored"] < 1):
+                while await trio.to_thread.run_sync(lambda: gossip(a)["stored"] < 2):
                     await trio.sleep(0.05)
 
     anyio.run(publish, backend="trio")
     counters = gossip(a)
-    assert counters["malformed"] == 1 and counters["oversized"] == 1
-    assert counters["unverifiable"] == 1 and counters["refused"] == 1
-    assert counters["stored"] == 1
+    assert counters["malformed"] == 2 and counters["oversized"] == 1
+    assert counters["unverifiable"] == 2 and counters["refused"] == 1
+    assert counters["stored"] == 2 and counters["batches"] == 1
     assert read_all(a, space, "notes") == {}
     with a.http() as http:
         assert http.get("/node").status_code == 200
     assert json.loads(cli(a, "p2p", "info", "--json").stdout)["replication"]["gossip"] == counters
+
+
+# --- batches and origin --------------------------------------------------------------------
+
+
+def exchanged(*group: Node) -> bool:
+    """Every node's head exchanges on connect are done: what comes next is gossip's."""
+    return all(replication(n)["head_exchange"]["exchanges"] >= 1 for n in group)
+
+
+def count(node: Node, collection: str) -> int:
+    with node.http() as http:
+        r = http.get(f"/collections/{collection}/docs", params={"limit": 1})
+        return int(r.json()["count"]) if r.status_code == 200 else 0
+
+
+def test_a_bulk_import_reaches_a_subscriber_in_few_messages(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    a, b = start(cluster, tmp_path, key, "ab", *QUIET)
+    for node in (a, b):
+        follow(node, "collection", "bulk")
+    connect(b, a)
+    poll(lambda: joined(a) and joined(b), "a and b in the topic")
+    poll(lambda: exchanged(a, b), "the head exchanges on connect")
+    n = 2000
+    lines = tmp_path / "docs.jsonl"
+    lines.write_text("".join(json.dumps({"id": f"d{i}", "i": i, "text": "x" * 100}) + "\n"
+                             for i in range(n)))  # fmt: skip
+    done = cli_json(a, "doc", "import", "bulk", str(lines), "--id-field", "id")
+    assert done["imported"] == n, done
+    poll(lambda: gossip(b)["stored"] == n, "b stores every imported document by gossip",
+         timeout=60, details=lambda: (gossip(a), gossip(b)))  # fmt: skip
+    assert count(b, "bulk") == n
+    sent, got = gossip(a), gossip(b)
+    # 2 requests of 1,000 documents: each goes out in a few messages of ~129 KiB
+    assert sent["published_entries"] == n and sent["published"] <= 12, sent
+    assert got["received_entries"] == n and got["batches"] >= 2, got
+    assert got["store_calls"] <= sent["published"]
+    assert got["fetches"] == got["missing_parents"] == got["inbox_full"] == 0
+    assert replication(b)["head_exchange"]["pulled"] == 0  # none came by head exchange
+    drops = cli_json(a, "p2p", "info")["pubsub"]["drops"]
+    assert drops["outbound_dropped"] == drops["subscription_full"] == 0
+    # and a single update after it still goes in the version-1 form, alone
+    update(a, "bulk", "d7", {"again": True})
+    poll(lambda: (doc(b, "bulk", "d7") or {}).get("value", {}).get("again"), "b's update")
+    assert gossip(a)["published"] == sent["published"] + 1
+
+
+def test_a_node_does_not_republish_its_users_entries_from_another_device(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    laptop, phone = make_home(tmp_path / "laptop", key), make_home(tmp_path / "phone", key)
+    phone.keyring.add_user(laptop.user, default=True)  # one user, two devices
+    phone.keyring.save()
+    make_home(tmp_path / "other", key)
+    a, p, b = (cluster.launch(tmp_path / name, *QUIET) for name in ("laptop", "phone", "other"))
+    cluster.wait_ready()
+    for node in (a, p, b):
+        follow(node, "collection", "notes")
+    connect(p, a)
+    connect(b, a)  # b reaches the phone only through the laptop
+    poll(lambda: joined(a, 2) and joined(p) and joined(b), "all in the topic")
+    poll(lambda: exchanged(a, p, b), "the head exchanges on connect")
+    for i in range(3):
+        write(p, "main", "notes", f"p{i}", {"by": "phone"})
+    poll(lambda: len(read_all(a, "main", "notes")) == 3, "the laptop receives the phone's")
+    # gossipsub forwards the phone's messages to b; the laptop publishes none of its own
+    poll(lambda: len(read_all(b, "main", "notes")) == 3, "b receives the phone's",
+         details=lambda: (gossip(a), gossip(b)))  # fmt: skip
+    laptop_counters = gossip(a)
+    assert laptop_counters["not_written_here"] == 3
+    assert laptop_counters["published"] == laptop_counters["published_entries"] == 0
+    assert gossip(b)["stored"] == 3 and gossip(p)["published_entries"] == 3
+    write(a, "main", "notes", "a0", {"by": "laptop"})  # what it wrote itself, it publishes
+    poll(lambda: doc(b, "notes", "a0"), "b receives the laptop's own")
+    assert gossip(a)["published_entries"] == 1
 
 
 # --- managed spaces ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the head-exchange schedule (a fake clock: timers are outputs)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -18,15 +19,27 @@ from loomdb.entries.entry import Entry, build_entry
 from loomdb.errors import NotMemberError, ProtocolError, StoreCorruptError, ValidationError
 from loomdb.identity.keys import NamedKey, SigningKey
 from loomdb.replication.fetches import FetchQueue
-from loomdb.replication.gossip import RECEIVE_COUNTERS, Delays, GossipCounters, Verdict, decide
+from loomdb.replication.gossip import (
+    ENTRY_COUNTERS,
+    MESSAGE_COUNTERS,
+    RECEIVE_COUNTERS,
+    Delays,
+    GossipCounters,
+    PublishWindow,
+    decide,
+)
 from loomdb.replication.heads import HeadSchedule
 from loomdb.replication.message import (
+    MAX_BATCH_ENTRIES,
     MAX_INLINE,
     MAX_MESSAGE,
     Announcement,
+    GossipBatch,
     GossipEntry,
     OversizedError,
+    encode_batch,
     encode_entry,
+    pack,
     parse_message,
 )
 from loomdb.replication.subscriptions import Subscriptions, parse_document_name
@@ -105,6 +118,15 @@ def test_an_entry_is_carried_and_a_large_one_announced() -> None:
         cbor2.dumps({"v": 1, "a": [entry().cid.binary, "s", "", "d"]}),
         cbor2.dumps({"v": 1, "a": [entry().cid.binary, "s", "c"]}),
         cbor2.dumps(cbor2.CBORTag(42, b"x")),
+        cbor2.dumps({"v": 3, "b": [b"x", b"y"]}),
+        cbor2.dumps({"v": 2, "b": []}),
+        cbor2.dumps({"v": 2, "b": [b"x"]}),  # one entry goes in the version-1 form
+        cbor2.dumps({"v": 2, "b": b"xy"}),
+        cbor2.dumps({"v": 2, "b": [b"x", "y"]}),
+        cbor2.dumps({"v": 2, "b": [b"x", b""]}),
+        cbor2.dumps({"v": 2, "b": [b"x", b"y"], "e": b"z"}),
+        cbor2.dumps({"v": 2, "b": [b"x"] * (MAX_BATCH_ENTRIES + 1)}),
+        cbor2.dumps({"v": 2, "b": [b"x", [b"y"]]}),
     ],
 )
 def test_garbage_is_a_protocol_error(data: bytes) -> None:
@@ -120,7 +142,122 @@ def test_an_oversized_message_is_refused_before_it_is_decoded() -> None:
 @given(st.binary(max_size=300))
 def test_random_bytes_end_in_a_decision(data: bytes) -> None:
     decision = decide(data, from_self=False, wants=wants_all, check=no_check)
-    assert decision.verdict is Verdict.DROP and decision.counter in RECEIVE_COUNTERS
+    assert decision.counter in MESSAGE_COUNTERS and not decision.entries
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def many(n: int, payload: int = 10) -> list[Entry]:
+    return [entry(f"d{i}", payload=bytes(payload)) for i in range(n)]
+
+
+def carried(data: bytes) -> list[bytes]:
+    parsed = parse_message(data)
+    if isinstance(parsed, GossipBatch):
+        return list(parsed.raws)
+    assert isinstance(parsed, GossipEntry)
+    return [parsed.raw]
+
+
+def test_a_lone_entry_is_packed_in_the_version_1_form() -> None:
+    [(data, n)] = pack([only := entry()])
+    assert n == 1 and data == message(only) and parse_message(data) == GossipEntry(only.raw)
+
+
+def test_entries_stored_together_go_in_one_batch_in_order() -> None:
+    entries = many(50)
+    [(data, n)] = pack(entries)
+    assert n == 50 and cbor2.loads(data)["v"] == 2
+    assert parse_message(data) == GossipBatch(tuple(e.raw for e in entries))
+
+
+def test_batches_are_split_at_the_size_limit() -> None:
+    entries = many(40, payload=10_000)  # ~400 KB: more than three messages' worth
+    messages = list(pack(entries))
+    assert len(messages) == 4  # 12 or 13 entries of ~10 KB in each 129 KiB
+    assert all(len(data) <= MAX_MESSAGE for data, _ in messages)
+    assert [r for data, _ in messages for r in carried(data)] == [e.raw for e in entries]
+    assert [n for _, n in messages] == [len(carried(d)) for d, _ in messages]
+
+
+def test_batches_are_split_at_the_entry_limit() -> None:
+    entries = many(MAX_BATCH_ENTRIES + 5, payload=0)
+    messages = list(pack(entries))
+    assert [n for _, n in messages] == [MAX_BATCH_ENTRIES, 5]
+    assert [r for data, _ in messages for r in carried(data)] == [e.raw for e in entries]
+
+
+def test_a_large_entry_is_announced_where_it_stands() -> None:
+    small, big = many(3), entry("big", payload=b"x" * (MAX_INLINE + 1))
+    messages = list(pack([small[0], small[1], big, small[2]]))
+    assert [n for _, n in messages] == [2, 1, 1]
+    assert carried(messages[0][0]) == [small[0].raw, small[1].raw]
+    assert parse_message(messages[1][0]) == Announcement(big.cid, "main", "notes", "big")
+    assert parse_message(messages[2][0]) == GossipEntry(small[2].raw)  # alone: version 1
+
+
+@given(st.lists(st.integers(0, 40_000), min_size=1, max_size=30))
+def test_packing_keeps_every_entry_in_order_within_the_limits(sizes: list[int]) -> None:
+    entries = [entry(f"d{i}", payload=bytes(n)) for i, n in enumerate(sizes)]
+    messages = list(pack(entries))
+    assert all(len(data) <= MAX_MESSAGE for data, _ in messages)
+    assert [r for data, _ in messages for r in carried(data)] == [e.raw for e in entries]
+    # greedy: no two neighbouring messages would have fitted in one
+    for (a, _), (b, _) in itertools.pairwise(messages):
+        assert len(a) + len(b) > MAX_MESSAGE - 16
+
+
+def test_a_batch_at_the_limit_is_read_and_one_byte_over_is_oversized() -> None:
+    entries = many(30, payload=4000)
+    data, n = next(iter(pack(entries)))
+    assert (
+        len(data) <= MAX_MESSAGE
+        and decide(data, from_self=False, wants=wants_all, check=no_check).counts["to_store"] == n
+    )
+    raws = [e.raw for e in entries]
+    while len(encode_batch(raws)) <= MAX_MESSAGE:
+        raws.append(raws[0])
+    over = decide(encode_batch(raws), from_self=False, wants=wants_all, check=no_check)
+    assert over.counter == "oversized" and not over.entries
+
+
+def test_a_batch_decides_each_entry_and_keeps_the_good_ones_in_order() -> None:
+    good = many(4)
+    flipped = bytearray(good[1].raw)
+    flipped[-1] ^= 1  # the signature
+    stranger = entry("by-stranger")
+    other = entry("d2-not-followed")
+    raws = [good[0].raw, bytes(flipped), stranger.raw, other.raw, good[2].raw, good[3].raw]
+
+    def wants(space: str, collection: str, document: str) -> bool:
+        return document != "d2-not-followed"
+
+    def check(e: Entry) -> None:
+        if e.document == "by-stranger":
+            raise NotMemberError("not a member")
+
+    decision = decide(encode_batch(raws), from_self=False, wants=wants, check=check)
+    assert decision.counter == "read" and decision.batch and decision.carried == 6
+    assert decision.entries == (good[0], good[2], good[3])
+    assert dict(decision.counts) == {
+        "to_store": 3,
+        "unverifiable": 1,
+        "refused": 1,
+        "not_subscribed": 1,
+    }
+    assert len(decision.reasons) == 2 and set(decision.counts) <= set(ENTRY_COUNTERS)
+    own = decide(encode_batch(raws), from_self=True, wants=wants, check=check)
+    assert own.counter == "own" and not own.entries and own.carried == 0
+
+
+def test_the_publish_window_never_delays_a_lone_update() -> None:
+    window = PublishWindow(0.005)
+    assert window.pause(100.0) == 0.0  # nothing sent yet
+    window.sent(100.0)
+    assert window.pause(100.001) == pytest.approx(0.004)  # in a burst: wait for the rest
+    assert window.pause(100.005) == 0.0
+    assert window.pause(101.0) == 0.0  # after a quiet spell: at once
 
 
 # --- decisions ------------------------------------------------------------------------------
@@ -130,32 +267,34 @@ def test_each_message_gets_its_decision() -> None:
     good = entry()
     data = message(good)
     stored = decide(data, from_self=False, wants=wants_all, check=no_check)
-    assert (stored.verdict, stored.counter, stored.entry) == (Verdict.STORE, "to_store", good)
+    assert (stored.counter, stored.entries, stored.batch) == ("read", (good,), False)
+    assert dict(stored.counts) == {"to_store": 1}
     assert decide(data, from_self=True, wants=wants_all, check=no_check).counter == "own"
 
     def only_d2(space: str, collection: str, document: str) -> bool:
         return document == "d2"
 
-    assert decide(data, from_self=False, wants=only_d2, check=no_check).counter == "not_subscribed"
+    ignored = decide(data, from_self=False, wants=only_d2, check=no_check)
+    assert ignored.counts["not_subscribed"] == 1 and not ignored.entries
 
     flipped = bytearray(good.raw)
     flipped[-1] ^= 1  # the signature
     bad = encode_entry(bytes(flipped), "main", "notes", "d1", good.cid)
     verdict = decide(bad, from_self=False, wants=wants_all, check=no_check)
-    assert verdict.counter == "unverifiable" and "entry." in verdict.reason
+    assert verdict.counts["unverifiable"] == 1 and "entry." in verdict.reasons[0]
 
     def stranger(e: Entry) -> None:
         raise NotMemberError("not a member")
 
     refused = decide(data, from_self=False, wants=wants_all, check=stranger)
-    assert (refused.verdict, refused.counter) == (Verdict.DROP, "refused")
+    assert refused.counts["refused"] == 1 and not refused.entries
 
     big = entry(payload=b"x" * (MAX_INLINE + 1))
     fetch = decide(message(big), from_self=False, wants=wants_all, check=no_check)
-    assert (fetch.verdict, fetch.document) == (Verdict.FETCH, ("main", "notes", "d1"))
-    assert decide(message(big), from_self=False, wants=only_d2, check=no_check).counter == (
-        "not_subscribed"
-    )
+    assert fetch.documents == (("main", "notes", "d1"),) and fetch.counts["announced"] == 1
+    unfollowed = decide(message(big), from_self=False, wants=only_d2, check=no_check)
+    assert unfollowed.counts["not_subscribed"] == 1 and not unfollowed.documents
+    assert decide(b"junk", from_self=False, wants=wants_all, check=no_check).counter == "malformed"
 
 
 def test_counters_show_every_name() -> None:

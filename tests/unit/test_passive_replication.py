@@ -26,6 +26,7 @@ from loomdb.replication.message import MAX_INLINE
 from loomdb.replication.passive import PassiveReplication
 from loomdb.replication.subscriptions import Subscriptions
 from loomdb.stores import MemoryStore
+from loomdb.stores.origin import written_here
 from loomdb.stores.server import StoreServer
 from loomdb.transports.libp2p import P2PHost
 from loomdb.trust.book import DirectoryBook
@@ -63,7 +64,8 @@ class Peer:
         )
 
     async def write(self, *entries: Entry) -> None:
-        await self.store.put_entries(list(entries))
+        with written_here():  # as the node's write path does
+            await self.store.put_entries(list(entries))
 
     async def has(self, entry: Entry) -> bool:
         [held] = await self.store.has_entries([entry.cid])
@@ -84,7 +86,7 @@ async def peer(anti_entropy: float = 3600.0) -> AsyncIterator[Peer]:
     base = MemoryStore()
     feed = EntryFeed(base, user.public_key)
     await feed.start()
-    store = GuardedStore(base, DirectoryBook(), on_stored=feed.stored)
+    store = GuardedStore(base, DirectoryBook(), on_stored=feed.stored, on_written=feed.written)
     host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
     server = StoreServer(store)
     host.serve_sync(lambda p: server.handler_for(PeerPrincipal(None, peer_id=p)))
@@ -141,6 +143,52 @@ async def test_a_local_write_reaches_a_follower_and_no_one_else() -> None:
         await until(lambda: a.has(reply), "a stores b's entry")
         assert a.replication.counters["own"] >= 1 and a.replication.counters["published"] >= 1
         await until(lambda: a.replication.delays.summary()["count"] == 1, "a's delay recorded")
+
+
+async def connected_followers(a: Peer, b: Peer) -> None:
+    a.follow(collections=("notes",))
+    b.follow(collections=("notes",))
+    await b.host.connect(a.host.listen_addrs()[0])
+    await until(lambda: joined(a) and joined(b), "a and b share the topic")
+    # the exchanges on connect are done: what arrives from here on is gossip's
+    await until(lambda: b.replication.heads["exchanges"] >= 1, "b's exchange")
+    await until(lambda: a.replication.heads["exchanges"] >= 1, "a's exchange")
+
+
+async def test_entries_written_together_go_in_few_messages_and_one_store_call() -> None:
+    async with peer() as a, peer() as b:
+        await connected_followers(a, b)
+        docs = [a.entry(f"n{i}") for i in range(300)]
+        children = [a.entry(f"n{i}", parent) for i, parent in enumerate(docs[:100])]
+        await a.write(*docs, *children)  # one put: parents before children
+        sent, got = a.replication.counters, b.replication.counters
+        await until(lambda: got["stored"] == 400, "b stores all 400 by gossip")
+        assert sent["published_entries"] == 400 and 1 <= sent["published"] <= 3
+        assert got["batches"] >= 1 and got["received_entries"] == 400
+        assert got["store_calls"] <= sent["published"]
+        assert got["missing_parents"] == 0 and got["fetches"] == 0
+        # separate writes in a burst share messages too (the publish window)
+        burst = [a.entry(f"b{i}") for i in range(20)]
+        before = sent["published"]
+        for e in burst:
+            await a.write(e)
+        await until(lambda: got["stored"] == 420, "b stores the burst")
+        assert sent["published"] - before < len(burst)
+
+
+async def test_entries_the_node_received_are_not_published_again() -> None:
+    async with peer() as a, peer() as b:
+        await connected_followers(a, b)
+        # a's user wrote these on another device; a received them (sync, gossip)
+        from_elsewhere = [a.entry(f"o{i}") for i in range(5)]
+        await a.store.put_entries(from_elsewhere)
+        await until(lambda: a.replication.counters["not_written_here"] == 5, "a skips them")
+        marker = a.entry("marker")
+        await a.write(marker)
+        await until(lambda: b.has(marker), "b receives a's own write")
+        assert a.replication.counters["published_entries"] == 1
+        assert b.replication.counters["received_entries"] == 1
+        assert not any([await b.has(e) for e in from_elsewhere])
 
 
 async def test_missing_parents_are_fetched_from_the_publisher() -> None:

@@ -86,6 +86,7 @@ from loomdb.errors import (
 from loomdb.identity.keys import NamedKey, RandomSource
 from loomdb.node.home import NodeHome
 from loomdb.stores.base import ContentAddressedStore, PutStatus
+from loomdb.stores.origin import written_here
 from loomdb.trust.spaces import SEPARATOR as SPACE_ID_SEPARATOR
 from loomdb.trust.spaces import parse_space_id
 
@@ -590,7 +591,8 @@ class Database:
             made.append((entry, live, peer if end > start else None, start, end, deleted))
             lives.append(live)
 
-        results = await self.store.put_entries([m[0] for m in made])
+        with written_here():  # this node's own write: its followers may publish it
+            results = await self.store.put_entries([m[0] for m in made])
         bad = [r for r in results if r.status is not PutStatus.ACCEPTED]
         if bad:
             raise StoreError(f"the store refused a new entry: {bad[0].reason}")

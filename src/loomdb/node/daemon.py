@@ -223,7 +223,7 @@ async def serve_node(
             # followers of its receipt log: gossip, replicators.
             feed = EntryFeed(base, home.user.signing_key.public_key)
             await feed.start()
-            guarded = GuardedStore(base, book, on_stored=feed.stored)
+            guarded = GuardedStore(base, book, on_stored=feed.stored, on_written=feed.written)
             trust = NodeTrust(home, guarded, book, relay=options.relay)
             databases: NodeDatabases | None = None
             local: Any = guarded

@@ -7,14 +7,20 @@ decisions of :mod:`~loomdb.replication.gossip`,
 * **publish**: a follower of the node's receipt log (an
   :class:`~loomdb.replication.feed.EntryFeed` cursor, from the head at start:
   gossip is best effort and head exchange repairs the rest) announces each
-  entry the node's user wrote on its document's and its collection's topic —
-  one message with both topics, sent only to topics some peer has joined;
+  entry this node wrote itself (not what it received, even from its user's
+  other devices: gossipsub forwards those by itself) on its document's and its
+  collection's topic, sent only to topics some peer has joined. Entries stored
+  together (one write of many documents), or landing within
+  :data:`PUBLISH_WINDOW` of the last publish, go out together: one message per
+  topic set, batched to the size limit (:func:`~loomdb.replication.message.pack`);
+  an entry after a quiet spell goes at once;
 * **topics**: joins the collection topic of every collection it follows (and of
   every followed document's collection), leaves those it no longer needs;
-* **receive**: one task per topic decides each message and hands verified
-  entries to one **store** task, which stores them in batches through the
-  node's guarded store (``NodeDatabases.put_entries``: membership checked,
-  documents applied in causal order);
+* **receive**: one task per topic decides each message and hands its verified
+  entries to one **store** task, which stores them through the node's guarded
+  store (``NodeDatabases.put_entries``: membership checked, documents applied
+  in causal order) — a message's entries always in one call, several messages
+  waiting together in one call up to :data:`STORE_BATCH` entries;
 * **fetch**: documents whose entries arrived without their parents (or were
   announced by CID) are pulled in the background, first from the publisher,
   then from the topic's other peers, then from any connected peer; bounded
@@ -26,9 +32,11 @@ decisions of :mod:`~loomdb.replication.gossip`,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
@@ -40,9 +48,9 @@ from loomdb.entries.entry import Entry
 from loomdb.errors import LoomError
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.fetches import FetchQueue
-from loomdb.replication.gossip import Delays, GossipCounters, Verdict, decide
+from loomdb.replication.gossip import Delays, GossipCounters, PublishWindow, decide
 from loomdb.replication.heads import DEFAULT_INTERVAL, POLL_SECONDS, HeadSchedule
-from loomdb.replication.message import encode_entry
+from loomdb.replication.message import pack
 from loomdb.replication.subscriptions import Subscriptions, parse_document_name
 from loomdb.replication.topics import topics_of
 from loomdb.stores.base import PutStatus
@@ -53,11 +61,13 @@ from loomdb.transports.libp2p import P2PHost
 log = logging.getLogger("loomdb.gossip")
 
 INBOX_SIZE: Final = 10_000  # verified entries waiting to be stored
-STORE_BATCH: Final = 500
+STORE_BATCH: Final = 2000  # entries of several waiting messages stored in one call
 FETCH_WORKERS: Final = 2
 FETCH_TIMEOUT: Final = 30.0
 EXCHANGE_TIMEOUT: Final = 60.0
-PUBLISH_BATCH: Final = 500
+PUBLISH_BATCH: Final = 2000  # receipt-log rows read (and published) at a time
+PUBLISH_WINDOW: Final = 0.005
+"""Seconds after a publish during which new entries wait to go together."""
 
 
 class PassiveReplication:
@@ -97,8 +107,9 @@ class PassiveReplication:
         self._topics: dict[str, trio.CancelScope] = {}
         self._topics_changed = trio.Event()
         self._fetch_ready = trio.Event()
-        self._inbox_send, self._inbox = trio.open_memory_channel[Entry](INBOX_SIZE)
-        self._origins: dict[Any, tuple[str | None, str]] = {}  # inbox entry -> publisher, topic
+        # One item per received message: its entries, publisher and topic.
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Inbound](math.inf)
+        self._inbox_entries = 0  # entries waiting in the inbox, at most INBOX_SIZE
 
     # --- what the API calls -------------------------------------------------------------
 
@@ -168,35 +179,67 @@ class PassiveReplication:
 
     async def _publish_loop(self) -> None:
         cursor = self.feed.latest
+        window = PublishWindow(PUBLISH_WINDOW)
         while True:
-            rows = await self.feed.read(cursor, PUBLISH_BATCH)
-            if not rows:
+            if self.feed.latest <= cursor:
                 await self.feed.wait(cursor)
                 continue
-            cursor = rows[-1].seq
-            for row in rows:
-                if self.feed.is_local(row):
-                    await self._publish(row.entry)
+            # In a burst (a publish just went), what lands within the window joins
+            # this one; after a quiet spell an entry goes at once.
+            pause = window.pause(time.monotonic())
+            if pause > 0:
+                await trio.sleep(pause)
+            cursor, mine, skipped = await self._written_after(cursor)
+            self.counters["not_written_here"] += skipped
+            if mine and await self._publish(mine):
+                window.sent(time.monotonic())
 
-    async def _publish(self, entry: Entry) -> None:
+    async def _written_after(self, cursor: int) -> tuple[int, list[Entry], int]:
+        """The entries written here past ``cursor`` (at most :data:`PUBLISH_BATCH`):
+        the new cursor, them, and how many received entries were passed over.
+        From the feed's memory when it holds them all, else from the log."""
+        latest = self.feed.latest
+        recent = self.feed.written_after(cursor, PUBLISH_BATCH)
+        if recent is not None:
+            upto = recent[-1][0] if len(recent) == PUBLISH_BATCH else max(latest, cursor)
+            # the log's seqs are consecutive (both stores): the rest were received
+            return upto, [e for _, e in recent], max(0, upto - cursor - len(recent))
+        rows = await self.feed.read(cursor, PUBLISH_BATCH)
+        if not rows:  # told of more than the log shows: never loop on it
+            return max(latest, cursor), [], 0
+        mine = [r.entry for r in rows if self.feed.written_here(r)]
+        return rows[-1].seq, mine, len(rows) - len(mine)
+
+    async def _publish(self, entries: Sequence[Entry]) -> bool:
+        """Publish ``entries`` (in receipt order) in as few messages as fit; whether
+        any went out."""
         pubsub = self.host.pubsub
         if pubsub is None:
-            return
-        heard = [
-            t
-            for t in topics_of(entry.space, entry.collection, entry.document)
-            if pubsub.peer_topics.get(t)
-        ]
-        if not heard:
-            self.counters["unheard"] += 1  # no peer joined either topic
-            return
-        data = encode_entry(entry.raw, entry.space, entry.collection, entry.document, entry.cid)
-        try:
-            await pubsub.publish(heard, data)
-            self.counters["published"] += 1
-        except Exception as exc:  # py-libp2p raises its own types, none documented
-            self.counters["publish_failed"] += 1
-            log.debug("publishing %s: %s", entry.cid, exc)
+            return False
+        groups: dict[tuple[str, ...], list[Entry]] = {}
+        for entry in entries:
+            heard = tuple(
+                t
+                for t in topics_of(entry.space, entry.collection, entry.document)
+                if pubsub.peer_topics.get(t)
+            )
+            if heard:
+                groups.setdefault(heard, []).append(entry)
+            else:
+                self.counters["unheard"] += 1  # no peer joined either topic
+        sent = False
+        for topics, group in groups.items():
+            for data, carried in pack(group):
+                try:
+                    await pubsub.publish(list(topics), data)
+                except Exception as exc:  # py-libp2p raises its own types, none documented
+                    self.counters["publish_failed"] += 1
+                    log.debug("publishing %d entries: %s", carried, exc)
+                    continue
+                self.counters["published"] += 1
+                self.counters["published_entries"] += carried
+                sent = True
+        return sent
 
     # --- topics and receiving --------------------------------------------------------
 
@@ -245,31 +288,39 @@ class PassiveReplication:
             check=self.check,
         )
         self.counters[decision.counter] += 1
-        if decision.verdict is Verdict.DROP:
-            if decision.reason:
-                log.info("gossip message dropped (%s): %s", decision.counter, decision.reason)
+        self.counters["batches"] += decision.batch
+        self.counters["received_entries"] += decision.carried
+        self.counters.update(decision.counts)
+        for reason in decision.reasons:
+            log.info("gossip dropped (%s): %s", decision.counter, reason)
+        if not (decision.entries or decision.documents):
             return
-        origin = _peer_of(bytes(message.from_id))
-        if decision.verdict is Verdict.FETCH:
-            assert decision.document is not None
-            self._fetch(decision.document, origin, topic)
+        publisher = bytes(message.from_id)  # named (base58) only if a fetch needs it
+        for document in decision.documents:
+            self._fetch(document, _peer_of(publisher), topic)
+        if not decision.entries:
             return
-        assert decision.entry is not None
-        try:
-            self._inbox_send.send_nowait(decision.entry)
-            self._origins[decision.entry.cid] = (origin, topic)
-        except trio.WouldBlock:
-            self.counters["inbox_full"] += 1
+        if self._inbox_entries + len(decision.entries) > INBOX_SIZE:
+            self.counters["inbox_full"] += len(decision.entries)
+            return
+        self._inbox_entries += len(decision.entries)
+        self._inbox_send.send_nowait(_Inbound(decision.entries, publisher, topic))
 
     async def _store_loop(self) -> None:
         async for first in self._inbox:
-            batch = [first]
-            while len(batch) < STORE_BATCH:
+            waiting = [first]
+            size = len(first.entries)
+            while size < STORE_BATCH:  # never splitting a message's entries
                 try:
-                    batch.append(self._inbox.receive_nowait())
+                    more = self._inbox.receive_nowait()
                 except trio.WouldBlock:
                     break
-            origins = {e.cid: self._origins.pop(e.cid, (None, "")) for e in batch}
+                waiting.append(more)
+                size += len(more.entries)
+            self._inbox_entries -= size
+            batch = [e for item in waiting for e in item.entries]
+            origins = {e.cid: (item.origin, item.topic) for item in waiting for e in item.entries}
+            self.counters["store_calls"] += 1
             try:
                 results = await self.local.put_entries(batch)
             except LoomError as exc:
@@ -290,7 +341,7 @@ class PassiveReplication:
             await self._check_parents(accepted, origins)
 
     async def _check_parents(
-        self, accepted: list[Entry], origins: dict[Any, tuple[str | None, str]]
+        self, accepted: list[Entry], origins: dict[Any, tuple[bytes, str]]
     ) -> None:
         parents = list(dict.fromkeys(p for e in accepted for p in e.parents))
         if not parents:
@@ -300,7 +351,8 @@ class PassiveReplication:
             if all(held[p] for p in entry.parents):
                 continue
             self.counters["missing_parents"] += 1
-            origin, topic = origins.get(entry.cid, (None, ""))
+            publisher, topic = origins.get(entry.cid, (b"", ""))
+            origin = _peer_of(publisher) if publisher else None
             self._fetch((entry.space, entry.collection, entry.document), origin, topic)
 
     # --- fetching ------------------------------------------------------------------------
@@ -380,6 +432,15 @@ class PassiveReplication:
         finally:
             self.heads["exchanges"] += 1
             self.schedule.finished(peer, self._clock())
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """A received message's verified entries, waiting to be stored."""
+
+    entries: tuple[Entry, ...]
+    origin: bytes  # the publisher's peer id
+    topic: str
 
 
 def _peer_of(from_id: bytes) -> str | None:

@@ -16,6 +16,7 @@ subscriptions: 10,000 subscribed documents of one collection cost one topic.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import Final
 
@@ -33,10 +34,12 @@ def _digest(kind: bytes, *parts: str) -> str:
     return PREFIX + base64.b32encode(h.digest()).decode().rstrip("=").lower()
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every entry published
 def collection_topic(space: str, collection: str) -> str:
     return _digest(b"c", space, collection)
 
 
+@functools.lru_cache(maxsize=16384)  # a document's updates come in runs
 def document_topic(space: str, collection: str, document: str) -> str:
     return _digest(b"d", space, collection, document)
 

@@ -45,6 +45,7 @@ from loomdb.stores.base import (
     fetch_raw,
     prepare_batch,
 )
+from loomdb.stores.origin import is_written_here
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 from loomdb.trust.book import DirectoryBook
 from loomdb.trust.directory import fold, fold_order
@@ -62,14 +63,19 @@ class GuardedStore:
         open_spaces: bool = True,
         policy: EntryPolicy = DEFAULT_POLICY,
         on_stored: Callable[[int], None] | None = None,
+        on_written: Callable[[Sequence[tuple[int, Entry | None]]], None] | None = None,
     ) -> None:
         """``on_stored(seq)`` is called after each batch that stored an entry, with
-        the highest seq it got (an :class:`~loomdb.replication.feed.EntryFeed`)."""
+        the highest seq it got (an :class:`~loomdb.replication.feed.EntryFeed`);
+        before it, ``on_written`` with the (seq, entry) of the batch's new entries
+        when the batch is this node's own write (:mod:`loomdb.stores.origin`; the
+        entry is None when it was given as bytes)."""
         self.inner = inner
         self.book = book
         self.open_spaces = open_spaces
         self.policy = policy
         self.on_stored = on_stored
+        self.on_written = on_written
 
     def check(self, entry: Entry) -> None:
         """Raise the TrustError that refuses ``entry`` (not a directory entry), if any."""
@@ -148,6 +154,14 @@ class GuardedStore:
         if forward:
             await self._forward(forward, results)
         done = [r for r in results if r is not None]
+        if self.on_written is not None and is_written_here():
+            self.on_written(
+                [
+                    (r.seq, item if isinstance(item, Entry) else None)
+                    for item, r in zip(items, results, strict=True)
+                    if r is not None and r.status is PutStatus.ACCEPTED and r.seq is not None
+                ]
+            )
         if self.on_stored is not None:
             seqs = [r.seq for r in done if r.status is PutStatus.ACCEPTED and r.seq is not None]
             if seqs:

@@ -28,11 +28,13 @@ The patches are process-wide (py-libp2p reads module globals), as is
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 
 import trio
@@ -46,7 +48,10 @@ from libp2p.pubsub import utils as _utils_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.validators import signature_validator
 from libp2p.tools.anyio_service import background_trio_service
+
+from loomdb.transports.libp2p.yamux_credit import credit_at_half_window
 
 QUEUE_SIZE: Final = 4096
 """Each subscription's channel and each peer's outbound queue (py-libp2p: 32)."""
@@ -108,6 +113,20 @@ def _envelope_cached(host: IHost) -> tuple[bytes, bool]:
     return answer
 
 
+_original_signature_validator = signature_validator
+_publishing: ContextVar[bool] = ContextVar("loomdb_pubsub_publishing", default=False)
+
+
+def _validate_unless_just_signed(msg: rpc_pb2.Message) -> bool:
+    """py-libp2p verifies the signature of every message it pushes, its own included,
+    right after signing it (one Ed25519 verification per publish): not while
+    :meth:`NodePubsub.publish` pushes the message it signed itself."""
+    if _publishing.get():
+        return True
+    ok: bool = _original_signature_validator(msg)
+    return ok
+
+
 def _counting_drop_rpc(peer_id: ID, rpc: rpc_pb2.RPC) -> None:
     DROPS["outbound_dropped"] += max(1, len(rpc.publish))
     _original_drop_rpc(peer_id, rpc)
@@ -122,9 +141,12 @@ def tune_pubsub(queue_size: int = QUEUE_SIZE) -> None:
     defaults = init.__defaults__
     init.__defaults__ = (queue_size, *defaults[1:])
     _pubsub_module.drop_rpc = _counting_drop_rpc  # type: ignore[attr-defined]
+    _pubsub_module.signature_validator = _validate_unless_just_signed  # type: ignore[attr-defined]
     for module in (_pubsub_module, _gossipsub_module):
         module.maybe_consume_signed_record = _consume_once  # type: ignore[attr-defined]
         module.env_to_send_in_RPC = _envelope_cached  # type: ignore[attr-defined]
+    if os.environ.get("LOOMDB_YAMUX_CREDIT_EVERY_READ") != "1":  # for measuring only
+        credit_at_half_window()
 
 
 class NodeGossipSub(GossipSub):
@@ -188,7 +210,15 @@ class NodeGossipSub(GossipSub):
 
 
 class NodePubsub(Pubsub):
-    """Pubsub that counts a message its subscription's full channel drops."""
+    """Pubsub that counts a message its subscription's full channel drops, and does
+    not verify the signature it has just put on its own message."""
+
+    async def publish(self, topic_id: str | list[str], data: bytes) -> None:
+        token = _publishing.set(True)  # task-local: a received message is still checked
+        try:
+            await super().publish(topic_id, data)
+        finally:
+            _publishing.reset(token)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         for topic in publish_message.topicIDs:
