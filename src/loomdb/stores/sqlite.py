@@ -346,13 +346,16 @@ class SQLiteStore:
             )  # fmt: skip
             refs.extend((p.binary, doc) for p in e.parents)
             placed.append((cid, doc))
-        w.executemany(
+        insert = (
             "INSERT INTO entries(cid, doc, kind, height, author, created_at, key_id, parents, raw)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
-            rows,
+            " VALUES (?,?,?,?,?,?,?,?,?)"
         )
-        # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
-        first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
+        if len(rows) == 1:  # (a local write's entry: its seq without another statement)
+            first = w.execute(insert, rows[0]).lastrowid or 0
+        else:
+            w.executemany(insert, rows)
+            # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
+            first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
         if refs:
             w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", refs)
             w.executemany("DELETE FROM heads WHERE cid=? AND doc=?", refs)
