@@ -43,6 +43,7 @@ async def test_an_evicted_document_opens_from_its_snapshot(tmp_path: Path) -> No
     await items.create_many(
         [{"n": i, "tags": ["a"]} for i in range(6)], ids=[f"d{i}" for i in range(6)]
     )
+    assert snapshot_count(tmp_path / "n") == 0  # new documents (one entry each) replay cheaply
     for round_ in range(3):
         await items.update_many([(f"d{i}", {"n": i + 10 * round_}) for i in range(6)])
     assert snapshot_count(tmp_path / "n") >= 4  # the cache holds 2: the others were saved

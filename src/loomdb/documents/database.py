@@ -561,7 +561,12 @@ class Database:
 
     @staticmethod
     def _unsaved(live: _Live) -> bool:
-        return bool(live.heads) and live.saved != tuple(h.cid for h in live.heads)
+        """Whether ``live`` is worth a new snapshot: it changed since its last one, and
+        it has more than its first entries (a document of height 1 replays as cheaply
+        as a snapshot imports; bulk creates and rebuilds export none)."""
+        return any(h.height > 1 for h in live.heads) and live.saved != tuple(
+            h.cid for h in live.heads
+        )
 
     @staticmethod
     def _snapshot(live: _Live) -> Snapshot:
