@@ -501,9 +501,7 @@ class Database:
         if not replay:
             return out
         with self._views.lock:
-            plans = {
-                d: [s for s in self._views.doc_states(d) if s.state == APPLIED] for d in replay
-            }
+            plans = self._views.applied_states(list(replay))
         cids = [s.cid for rows in plans.values() for s in rows]
         entries = await self.store.get_entries(cids) if cids else []
         by_cid = dict(zip(cids, entries, strict=True))

@@ -524,6 +524,21 @@ class Views:
         ).fetchall()
         return [_state(r) for r in rows]
 
+    def applied_states(self, docs: Sequence[int]) -> dict[int, list[StateRow]]:
+        """The applied entries of documents ``docs``, each document's by height and CID
+        (one statement per 500 documents, not one per document)."""
+        out: dict[int, list[StateRow]] = {d: [] for d in docs}
+        for i in range(0, len(docs), 500):
+            chunk = docs[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT {_STATE_COLS} FROM states WHERE doc IN ({','.join('?' * len(chunk))})"
+                " AND state = ? ORDER BY doc, height, cid",
+                (*chunk, APPLIED),
+            ).fetchall()
+            for r in rows:
+                out[r[1]].append(_state(r))
+        return out
+
     def put_state(self, s: StateRow) -> None:
         self._db.execute(
             f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
