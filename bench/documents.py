@@ -12,6 +12,9 @@ in temporary homes (removed after):
   than the live-document cache holds), then over --hot-docs (which it holds);
 * batched updates: ``update_many`` in batches of --batch updates, each batch to
   --batch different documents, --updates in all; and ``create_many`` docs/s;
+* the ceiling of the batched updates, in the same rep: ``build_entry`` +
+  ``SQLiteStore.put_entries`` of --updates entries of an update's size, no
+  document layer, and ``update_many`` as a share of it;
 * materialize: close a home of --write-docs documents, delete its views.db and
   time ``Database.open`` (which rebuilds the views from the entry store);
 * queries on --docs documents: equality and range filters with limit 10, each
