@@ -16,6 +16,8 @@ FIGURES = [
     "single_update_p99",
     "update_many",
     "create_many",
+    "raw_create",
+    "update_many_share",
     "materialize_s",
     "materialize_rate",
     "reopen_ms",
@@ -31,6 +33,7 @@ FIGURES = [
 ]
 TARGETED = {
     "single_update_p50",
+    "single_update_p99",
     "update_many",
     "q_eq_indexed",
     "q_range_indexed",

@@ -124,6 +124,21 @@ def import_delta(doc: loro.LoroDoc, delta: bytes) -> None:
         raise ChangeRefusedError("delta depends on operations that are not applied")
 
 
+def import_snapshot(doc: loro.LoroDoc, snapshot: bytes) -> None:
+    """Import a snapshot this node took (:func:`export_snapshot`) into a new document."""
+    try:
+        doc.import_(snapshot)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise ChangeRefusedError(f"Loro refused the snapshot: {exc}") from None
+
+
+def export_snapshot(doc: loro.LoroDoc) -> bytes:
+    """The document whole, history included (it continues as the original would)."""
+    return doc.export(loro.ExportMode.Snapshot())
+
+
 def new_doc() -> loro.LoroDoc:
     doc: loro.LoroDoc = loro.LoroDoc()  # type: ignore[no-untyped-call]
     return doc

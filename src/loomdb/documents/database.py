@@ -27,7 +27,9 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import logging
 import os
+import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -64,7 +66,9 @@ from loomdb.documents.views import (
     REFUSED,
     SCHEMA_DOC,
     STATE_NAMES,
+    DocRow,
     DocWrite,
+    Snapshot,
     StateRow,
     Views,
 )
@@ -89,6 +93,8 @@ from loomdb.stores.base import ContentAddressedStore, PutStatus
 from loomdb.stores.origin import written_here
 from loomdb.trust.spaces import SEPARATOR as SPACE_ID_SEPARATOR
 from loomdb.trust.spaces import parse_space_id
+
+log = logging.getLogger("loomdb.documents")
 
 DEFAULT_SPACE: Final = "main"
 SPACE_SEPARATOR: Final = "~"  # in the id of a managed space (loomdb.trust.spaces)
@@ -117,6 +123,7 @@ def views_file(home: Path, space: str) -> Path:
 
 DOC_KINDS: Final = frozenset(k.value for k in Kind)
 MAX_ANCESTRY_WALK: Final = 100_000
+INLINE_PUT_MAX: Final = 64  # entries a local write stores on the event loop's thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,7 @@ class _Live:
     updated_at: int
     salt: bytes | None = None
     peer: int | None = None
+    saved: tuple[CID, ...] | None = None  # the heads of its snapshot in the views
 
 
 @dataclass(slots=True)
@@ -270,6 +278,11 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        if not self._lock.locked():  # (else a batch is half done: its documents may not be)
+            try:
+                self._save_open()
+            except (LoomError, sqlite3.Error) as exc:  # only a cost: they are replayed
+                log.warning("documents not snapshotted on close: %s", exc)
         self._cache.clear()
         self._views.close()
         if self._close_store:
@@ -432,10 +445,19 @@ class Database:
         transaction, or with ``reserve`` only given ids, the row written whole
         with the batch's views) start empty, without a read. Returns them by
         (collection, document), each also pinned and in the cache."""
+        found: dict[tuple[str, str], _Live] = {}
+        known = self._views.known_doc_id
+        for key in docs:  # all of them open already (the usual single update): no SQL
+            doc_id = known(*key)
+            live = None if doc_id is None else pinned.get(doc_id) or self._cache.get(doc_id)
+            if doc_id is None or live is None:
+                break
+            self._cache[doc_id] = pinned[doc_id] = found[key] = live
+        else:
+            return found
         by_coll: dict[str, list[str]] = {}
         for collection, document in docs:
             by_coll.setdefault(collection, []).append(document)
-        found: dict[tuple[str, str], _Live] = {}
         wanted: dict[int, tuple[str, str]] = {}
         with self._views.tx():
             for collection, names in by_coll.items():
@@ -454,30 +476,54 @@ class Database:
                     found[(collection, name)] = live
         if not wanted:
             return found
-        with self._views.lock:
-            plans = {
-                d: [s for s in self._views.doc_states(d) if s.state == APPLIED] for d in wanted
-            }
-        cids = [s.cid for rows in plans.values() for s in rows]
-        entries = await self.store.get_entries(cids) if cids else []
-        by_cid = dict(zip(cids, entries, strict=True))
-        for doc_id, rows in plans.items():
-            live = self._build_live(doc_id, rows, [by_cid[s.cid] for s in rows])
+        opened = await self._open_docs(list(wanted))
+        for doc_id, live in opened.items():
             self._cache[doc_id] = pinned[doc_id] = found[wanted[doc_id]] = live
         return found
 
     async def _load(self, doc_id: int) -> _Live:
-        """Rebuild a Loro document from its applied entries (they were checked once)."""
+        return (await self._open_docs([doc_id]))[doc_id]
+
+    async def _open_docs(self, doc_ids: Sequence[int]) -> dict[int, _Live]:
+        """Open documents that are not open: from their snapshot when it was taken at
+        their current heads (one import), else by replaying their applied entries
+        (they were checked once; one store read for them all)."""
         with self._views.lock:
-            rows = [s for s in self._views.doc_states(doc_id) if s.state == APPLIED]
-        entries = await self.store.get_entries([s.cid for s in rows]) if rows else []
-        return self._build_live(doc_id, rows, entries)
+            loaded = self._views.load_docs(doc_ids)
+        out: dict[int, _Live] = {}
+        replay: dict[int, DocRow] = {}
+        for doc_id in doc_ids:
+            row, snap = loaded[doc_id]
+            live = self._from_snapshot(row, snap) if snap is not None else None
+            if live is None:
+                replay[doc_id] = row
+            else:
+                out[doc_id] = live
+        if not replay:
+            return out
+        with self._views.lock:
+            plans = self._views.applied_states(list(replay))
+        cids = [s.cid for rows in plans.values() for s in rows]
+        entries = await self.store.get_entries(cids) if cids else []
+        by_cid = dict(zip(cids, entries, strict=True))
+        for doc_id, rows in plans.items():
+            out[doc_id] = self._build_live(replay[doc_id], rows, [by_cid[s.cid] for s in rows])
+        return out
+
+    @staticmethod
+    def _from_snapshot(row: DocRow, snap: Snapshot) -> _Live | None:
+        doc = crdt.new_doc()
+        try:
+            crdt.import_snapshot(doc, snap.data)
+        except ChangeRefusedError:
+            return None  # a damaged snapshot (views.db is derived): replay the entries
+        heads = [_Ref(c, h) for c, h in zip(snap.heads, snap.heights, strict=True)]
+        return _Live(row.id, row.coll, row.name == SCHEMA_DOC, doc, heads, row.deleted,
+                     row.value or {}, row.created_at, row.updated_at, saved=snap.heads)  # fmt: skip
 
     def _build_live(
-        self, doc_id: int, rows: Sequence[StateRow], entries: Sequence[Entry | None]
+        self, row: DocRow, rows: Sequence[StateRow], entries: Sequence[Entry | None]
     ) -> _Live:
-        with self._views.lock:
-            row = self._views.doc(doc_id)
         doc = crdt.new_doc()
         for s, entry in zip(rows, entries, strict=True):
             if entry is None:
@@ -488,7 +534,7 @@ class Database:
         by_cid = {s.cid: s for s in rows}
         heads = [_Ref(h, by_cid[h].height) for h in row.heads]
         return _Live(
-            doc_id,
+            row.id,
             row.coll,
             row.name == SCHEMA_DOC,
             doc,
@@ -498,6 +544,40 @@ class Database:
             row.created_at,
             row.updated_at,
         )
+
+    def _evict(self) -> None:
+        """Trim the live cache to its size, at the end of a batch's views transaction.
+        An evicted document whose heads moved since its last snapshot is saved again
+        (as this transaction leaves it), so it opens with one import next time."""
+        cache = self._cache
+        excess = len(cache) - self._cache_size
+        if excess <= 0:
+            return
+        evicted = [cache.popitem(last=False)[1] for _ in range(excess)]  # least recently used
+        self._views.put_snapshots(
+            (live.doc_id, self._snapshot(live)) for live in evicted if self._unsaved(live)
+        )
+
+    @staticmethod
+    def _unsaved(live: _Live) -> bool:
+        """Whether ``live`` is worth a new snapshot: it changed since its last one, and
+        it has more than its first entries (a document of height 1 replays as cheaply
+        as a snapshot imports; bulk creates and rebuilds export none)."""
+        return any(h.height > 1 for h in live.heads) and live.saved != tuple(
+            h.cid for h in live.heads
+        )
+
+    @staticmethod
+    def _snapshot(live: _Live) -> Snapshot:
+        heads = tuple(h.cid for h in live.heads)
+        return Snapshot(heads, tuple(h.height for h in live.heads), crdt.export_snapshot(live.loro))
+
+    def _save_open(self) -> None:
+        """Snapshot the open documents that changed since their last one (on close)."""
+        unsaved = [live for live in self._cache.values() if self._unsaved(live)]
+        if unsaved:
+            with self._views.tx():
+                self._views.put_snapshots((live.doc_id, self._snapshot(live)) for live in unsaved)
 
     # --- local writes ------------------------------------------------------------------
 
@@ -591,8 +671,15 @@ class Database:
             made.append((entry, live, peer if end > start else None, start, end, deleted))
             lives.append(live)
 
+        new = [m[0] for m in made]
+        # A few entries are stored right here when the writer is free: the hop to a
+        # worker thread cost more than their insert (a bigger batch lets the event
+        # loop run while it is stored).
+        put_now = getattr(self.store, "try_put_entries", None)
         with written_here():  # this node's own write: its followers may publish it
-            results = await self.store.put_entries([m[0] for m in made])
+            results = put_now(new) if put_now is not None and len(new) <= INLINE_PUT_MAX else None
+            if results is None:
+                results = await self.store.put_entries(new)
         bad = [r for r in results if r.status is not PutStatus.ACCEPTED]
         if bad:
             raise StoreError(f"the store refused a new entry: {bad[0].reason}")
@@ -614,6 +701,7 @@ class Database:
         with self._views.tx():
             self._views.put_states(states, reasons=False)
             self._materialize({id(v): v for v in lives}.values())
+            self._evict()
             # When nothing else reached the store since the views' position, these
             # entries are the next ones in its log: move past them without a scan.
             seqs = [r.seq for r in results]
@@ -742,6 +830,7 @@ class Database:
                         woken += self._views.take_waiters(entry.cid)
             todo = [e for e in await self.store.get_entries(woken) if e is not None]
         self._materialize(pinned.values())
+        self._evict()
         return applied
 
     async def _try_apply(self, entry: Entry, pinned: dict[int, _Live]) -> int | None:

@@ -122,6 +122,7 @@ def _fill_map(target: Any, fields: Mapping[str, Any]) -> None:
 
 
 _PLAIN: Final = (str, int, float, bool, bytes, type(None))
+_SCALARS: Final = frozenset(_PLAIN)
 
 
 def fill_new_map(target: Any, fields: Mapping[str, Any]) -> None:
@@ -222,6 +223,8 @@ def preview_patch(
 
 
 def _preview(old: Any, value: Any) -> Any:
+    if type(value) in _SCALARS:  # most fields: no wrapper to look for
+        return value
     if isinstance(value, Increment):
         return (old if type(old) in (int, float) else 0) + value.by
     if isinstance(value, Text | Counter):
@@ -238,6 +241,8 @@ def _preview(old: Any, value: Any) -> Any:
 
 def plain(value: Any) -> Any:
     """``value`` with wrappers replaced by what reading it back gives."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Text | Counter):
         return value.value
     if isinstance(value, Increment):
@@ -331,15 +336,19 @@ def _tagged(tag: str, inner: Any, where: str) -> Any:
     return Counter(number) if tag == "$counter" else Increment(number)
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON for storing a materialized value (what :func:`to_json` gives)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_bytes_json)
-
-
 def _bytes_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return to_json(value)
     raise TypeError(f"cannot store a {type(value).__name__}")
+
+
+# One encoder for every call (json.dumps with options makes a new one each time).
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_bytes_json)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for storing a materialized value (what :func:`to_json` gives)."""
+    return _ENCODER.encode(value)
 
 
 def loads(text: str) -> dict[str, Any]:
@@ -351,9 +360,9 @@ def _from_stored(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and "$bytes" in value:
             return base64.b64decode(value["$bytes"])
-        return {k: _from_stored(v) for k, v in value.items()}
+        return {k: _from_stored(v) if type(v) in _NESTED else v for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_stored(v) for v in value]
+        return [_from_stored(v) if type(v) in _NESTED else v for v in value]
     return value
 
 

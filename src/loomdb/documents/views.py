@@ -10,6 +10,9 @@ it is rebuilt from the entries. It holds
   dependencies can be traced to the entries that hold them, and the key a
   pending entry waits for (``wants_key``: none held under its id reads it);
 * ``waits``: pending entries by the parent they wait for;
+* ``snapshots``: Loro snapshots of documents, each with the heads it was taken
+  at, so a document that is not open loads with one import, not a replay of
+  every entry; one whose heads moved on since is replayed (and saved again);
 * ``meta``: the store epoch and the store sequence number consumed so far.
 
 One writer (the :class:`~loomdb.documents.database.Database`) owns it.
@@ -18,6 +21,7 @@ One writer (the :class:`~loomdb.documents.database.Database`) owns it.
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +33,7 @@ from loomdb.documents import query as q
 from loomdb.documents.values import dumps, loads
 from loomdb.entries.cid import CID
 from loomdb.errors import QueryError, StoreCorruptError
+from loomdb.stores.checkpoints import Checkpointer
 
 SCHEMA_VERSION: Final = 3  # bump when the layout changes: the file is rebuilt
 APPLIED: Final = 0
@@ -57,6 +62,8 @@ CREATE INDEX IF NOT EXISTS states_doc ON states(doc, height);
 CREATE INDEX IF NOT EXISTS states_ops ON states(doc, peer, op_start) WHERE peer IS NOT NULL;
 CREATE TABLE IF NOT EXISTS waits(
     parent BLOB NOT NULL, child BLOB NOT NULL, PRIMARY KEY(parent, child)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots(
+    doc INTEGER PRIMARY KEY, heads BLOB NOT NULL, heights BLOB NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS indexes(
     coll INTEGER NOT NULL, path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(coll, path));
 """
@@ -100,6 +107,14 @@ class DocRow:
     created_at: int
     updated_at: int
     heads: tuple[CID, ...]
+
+
+class Snapshot(NamedTuple):
+    """A document's Loro snapshot (``data``) as it was at ``heads``, of ``heights``."""
+
+    heads: tuple[CID, ...]
+    heights: tuple[int, ...]
+    data: bytes
 
 
 class DocWrite(NamedTuple):
@@ -161,6 +176,7 @@ class Views:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            Checkpointer.take_over(self._db)  # checkpoints on their own thread, not in commits
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
                 self._drop_all()  # derived data: rebuilt from the entry store
@@ -168,6 +184,7 @@ class Views:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreCorruptError(f"{path}: not a views file loomdb can read ({exc})") from exc
+        self._checkpoints = Checkpointer(path)
         self._depth = 0
         self._coll_ids: dict[str, int] = {}
         self._doc_ids: dict[tuple[int, str], int] = {}
@@ -184,6 +201,7 @@ class Views:
                 self._db.execute(f'DROP TABLE IF EXISTS "{name}"')
 
     def close(self) -> None:
+        self._checkpoints.close()
         self._db.close()
 
     @contextmanager
@@ -210,6 +228,7 @@ class Views:
             finally:
                 self._depth -= 1
             self._db.execute("COMMIT")
+            self._checkpoints.committed()
 
     # --- meta -----------------------------------------------------------------
 
@@ -222,7 +241,7 @@ class Views:
 
     def reset(self) -> None:
         """Forget everything derived (the store was replaced)."""
-        for table in ("collections", "docs", "states", "waits", "meta"):
+        for table in ("collections", "docs", "states", "waits", "snapshots", "meta"):
             self._db.execute(f"DELETE FROM {table}")
         for (name,) in self._db.execute("SELECT name FROM indexes").fetchall():
             self._db.execute(f'DROP INDEX IF EXISTS "{name}"')
@@ -282,6 +301,12 @@ class Views:
         self._doc_ids[key] = int(row[0])
         return int(row[0])
 
+    def known_doc_id(self, collection: str, name: str) -> int | None:
+        """The row id of a document this object has seen a row of (no SQL), else None."""
+        coll = self._coll_ids.get(collection)
+        doc = None if coll is None else self._doc_ids.get((coll, name))
+        return None if doc is None or doc in self._reserved else doc
+
     def doc_ids(
         self, coll: int, names: Sequence[str], *, reserve: bool = False
     ) -> tuple[dict[str, int], set[str]]:
@@ -325,6 +350,39 @@ class Views:
     def doc(self, doc: int) -> DocRow:
         row = self._db.execute(f"SELECT {_DOC_COLS} FROM docs WHERE id = ?", (doc,)).fetchone()
         return _doc(row)
+
+    def load_docs(self, docs: Sequence[int]) -> dict[int, tuple[DocRow, Snapshot | None]]:
+        """The rows of documents ``docs``, each with its snapshot when one was taken
+        at the heads the row has now (else None: the document moved on since)."""
+        out: dict[int, tuple[DocRow, Snapshot | None]] = {}
+        cols = ", ".join(f"d.{c}" for c in _DOC_COLS.split(", "))
+        for i in range(0, len(docs), 500):
+            chunk = docs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT {cols}, s.heights, s.data FROM docs d LEFT JOIN snapshots s"
+                f" ON s.doc = d.id AND s.heads = d.heads WHERE d.id IN ({marks})",
+                chunk,
+            ).fetchall()
+            for r in rows:
+                row = _doc(r)
+                snap = None
+                if r[10] is not None:
+                    heights = struct.unpack(f">{len(r[9]) // 8}Q", r[9])
+                    snap = Snapshot(row.heads, heights, r[10])
+                out[row.id] = (row, snap)
+        return out
+
+    def put_snapshots(self, rows: Iterable[tuple[int, Snapshot]]) -> None:
+        """Save documents' snapshots (each replaces the document's last one)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO snapshots(doc, heads, heights, data) VALUES (?, ?, ?, ?)",
+            (
+                (doc, _BLOB(_pack(s.heads)), _BLOB(struct.pack(f">{len(s.heights)}Q", *s.heights)),
+                 _BLOB(s.data))
+                for doc, s in rows
+            ),
+        )  # fmt: skip
 
     def drop_reserved(self) -> None:
         """Forget the rows reserved and not written (their batch failed)."""
@@ -465,6 +523,21 @@ class Views:
             (doc,),
         ).fetchall()
         return [_state(r) for r in rows]
+
+    def applied_states(self, docs: Sequence[int]) -> dict[int, list[StateRow]]:
+        """The applied entries of documents ``docs``, each document's by height and CID
+        (one statement per 500 documents, not one per document)."""
+        out: dict[int, list[StateRow]] = {d: [] for d in docs}
+        for i in range(0, len(docs), 500):
+            chunk = docs[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT {_STATE_COLS} FROM states WHERE doc IN ({','.join('?' * len(chunk))})"
+                " AND state = ? ORDER BY doc, height, cid",
+                (*chunk, APPLIED),
+            ).fetchall()
+            for r in rows:
+                out[r[1]].append(_state(r))
+        return out
 
     def put_state(self, s: StateRow) -> None:
         self._db.execute(

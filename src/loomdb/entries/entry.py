@@ -224,8 +224,14 @@ def build_entry(
     theirs. Caller errors (a bad name, an unknown kind, a payload over the size
     limit) raise before anything is signed.
     """
-    for what, value in (("space", space), ("collection", collection), ("document", document)):
-        _check_name(what, value, policy, ValidationError)
+    m = policy.max_name_chars
+    if not (  # the usual case in one expression; the checks below name what is wrong
+        type(space) is str and 0 < len(space) <= m and space.isprintable()
+        and type(collection) is str and 0 < len(collection) <= m and collection.isprintable()
+        and type(document) is str and 0 < len(document) <= m and document.isprintable()
+    ):  # fmt: skip
+        for what, value in (("space", space), ("collection", collection), ("document", document)):
+            _check_name(what, value, policy, ValidationError)
     if kind not in policy.kinds:
         raise UnknownKindError(f"unknown entry kind {kind!r}; known: {sorted(policy.kinds)}")
     if type(payload) is not bytes:

@@ -64,6 +64,7 @@ from loomdb.stores.base import (
     finish_results,
     prepare_batch,
 )
+from loomdb.stores.checkpoints import Checkpointer
 from loomdb.sync.ranges import MemoryRangeIndex
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest, reconcile_on
 
@@ -175,6 +176,7 @@ class SQLiteStore:
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._doc_ids: dict[tuple[str, str, str], int] = {}
+        self._checkpoints = Checkpointer(self.path)  # not in commits: no latency spikes
         with _translate(self.path):
             self._w = self._connect(durability)
             self._epoch = self._init_schema()
@@ -186,6 +188,7 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={durability.upper()}")
         conn.execute("PRAGMA busy_timeout=10000")
+        Checkpointer.take_over(conn)
         return conn
 
     def _init_schema(self) -> str:
@@ -288,6 +291,20 @@ class SQLiteStore:
         items = list(entries)  # iterate the caller's iterable on the caller's thread
         return await self._write(lambda: self._put(items))
 
+    def try_put_entries(self, entries: Iterable[EntryInput]) -> list[PutResult] | None:
+        """:meth:`put_entries` on the caller's thread, if no other write holds the
+        writer; else None (then await :meth:`put_entries`). For callers that run on
+        the event loop anyway and write small batches (the document layer's own
+        writes): no worker-thread hop, which cost more than the insert."""
+        if not self._wlock.acquire(blocking=False):
+            return None
+        try:
+            with _translate(self.path):
+                self._check_open()
+                return self._put(list(entries))
+        finally:
+            self._wlock.release()
+
     def _put(self, items: list[EntryInput]) -> list[PutResult]:
         w = self._w
         w.execute("BEGIN IMMEDIATE")
@@ -298,6 +315,7 @@ class SQLiteStore:
             if batch.new:
                 first = self._insert([entry for _, entry in batch.new])
             w.execute("COMMIT")
+            self._checkpoints.committed()
         except BaseException:
             w.execute("ROLLBACK")
             self._doc_ids.clear()  # ids handed out in the rolled-back transaction are void
@@ -328,13 +346,16 @@ class SQLiteStore:
             )  # fmt: skip
             refs.extend((p.binary, doc) for p in e.parents)
             placed.append((cid, doc))
-        w.executemany(
+        insert = (
             "INSERT INTO entries(cid, doc, kind, height, author, created_at, key_id, parents, raw)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
-            rows,
+            " VALUES (?,?,?,?,?,?,?,?,?)"
         )
-        # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
-        first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
+        if len(rows) == 1:  # (a local write's entry: its seq without another statement)
+            first = w.execute(insert, rows[0]).lastrowid or 0
+        else:
+            w.executemany(insert, rows)
+            # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
+            first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
         if refs:
             w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", refs)
             w.executemany("DELETE FROM heads WHERE cid=? AND doc=?", refs)
@@ -539,6 +560,7 @@ class SQLiteStore:
         with self._wlock, self._rlock:
             if not self._closed:
                 self._closed = True
+                self._checkpoints.close()
                 self._r.close()
                 self._w.close()
 
