@@ -393,3 +393,57 @@ async def test_the_book_rebuilt_from_the_store_has_the_same_state(
     finally:
         if store is not node.inner:
             await store.aclose()
+
+
+# --- the inline path for this node's own small writes -----------------------------------------
+
+
+async def test_inline_puts_check_membership_and_run_the_hooks(tmp_path: Path) -> None:
+    """``try_put_entries`` stores a member's entries at once (duplicates sorted out by
+    the inner store) and calls the same hooks as ``put_entries``; anything the full
+    path would have to explain (a stranger, a directory entry, bytes) gets None, and
+    the full path then refuses it, so nothing is stored without the checks."""
+    from loomdb.stores.origin import written_here
+
+    inner = SQLiteStore(tmp_path / "root.db")
+    book = DirectoryBook()
+    stored: list[int] = []
+    written: list[list[int]] = []
+    store = GuardedStore(
+        inner,
+        book,
+        on_stored=stored.append,
+        on_written=lambda batch: written.append([seq for seq, _ in batch]),
+    )
+    trust = NodeTrust(NodeHome.open(tmp_path / "root", environ={}), store, book)
+    try:
+        team = await make_team(trust)
+        stored.clear()
+        first = entry(WRITER, team.space, team.now)
+        second = entry(WRITER, team.space, team.now + 1, parents=[first])
+        with written_here():
+            results = store.try_put_entries([first, second])
+        assert results is not None
+        assert [r.status for r in results] == [ACCEPTED, ACCEPTED]
+        seqs = [r.seq for r in results]
+        assert written == [seqs]
+        assert stored == [max(s for s in seqs if s is not None)]
+        again = store.try_put_entries([first])  # not this node's write: no on_written
+        assert again is not None
+        assert [r.status for r in again] == [PutStatus.DUPLICATE]
+        assert written == [seqs]
+
+        stranger = entry(STRANGER, team.space, team.now + 2)
+        assert store.try_put_entries([stranger]) is None
+        assert store.try_put_entries([first.raw]) is None
+        assert store.try_put_entries(trust.book.entries(team.space)[:1]) is None
+        (refused,) = await store.put_entries([stranger])
+        assert codes([refused]) == [(REJECTED, "trust.not_member")]
+        assert not (await inner.has_entries([stranger.cid]))[0]
+    finally:
+        await store.aclose()
+
+
+async def test_inline_puts_need_an_inner_store_that_has_them() -> None:
+    store = GuardedStore(MemoryStore(), DirectoryBook())
+    assert store.try_put_entries([entry(WRITER, "main", 1 << 40)]) is None

@@ -153,20 +153,46 @@ class GuardedStore:
             forward.append((i, entry))
         if forward:
             await self._forward(forward, results)
-        done = [r for r in results if r is not None]
+        self._stored(items, results)
+        return [r for r in results if r is not None]
+
+    def try_put_entries(self, entries: Iterable[EntryInput]) -> list[PutResult] | None:
+        """:meth:`put_entries` on the caller's thread for this node's own small writes,
+        or None (then await :meth:`put_entries`): only when every item is an entry built
+        or verified here, none is a directory entry, each passes :meth:`check` and the
+        inner store can store them at once (:meth:`SQLiteStore.try_put_entries
+        <loomdb.stores.sqlite.SQLiteStore.try_put_entries>`). The inner store sorts out
+        duplicates inside its write transaction; the same hooks run as after a put."""
+        put_now = getattr(self.inner, "try_put_entries", None)
+        if put_now is None:
+            return None
+        items = list(entries)
+        for item in items:
+            if not isinstance(item, Entry) or not item.verified or _is_directory(item):
+                return None
+            try:
+                self.check(item)
+            except TrustError:
+                return None  # the full path says why, entry by entry
+        done: list[PutResult] | None = put_now(items)
+        if done is not None:
+            self._stored(items, done)
+        return done
+
+    def _stored(self, items: list[EntryInput], done: Sequence[PutResult | None]) -> None:
+        """The hooks after a batch: ``on_written`` for this node's own writes, then
+        ``on_stored`` with the highest new seq."""
+        accepted = [
+            (item, r.seq)
+            for item, r in zip(items, done, strict=True)
+            if r is not None and r.status is PutStatus.ACCEPTED and r.seq is not None
+        ]
         if self.on_written is not None and is_written_here():
             self.on_written(
-                [
-                    (r.seq, item if isinstance(item, Entry) else None)
-                    for item, r in zip(items, results, strict=True)
-                    if r is not None and r.status is PutStatus.ACCEPTED and r.seq is not None
-                ]
+                [(seq, item if isinstance(item, Entry) else None) for item, seq in accepted]
             )
-        if self.on_stored is not None:
-            seqs = [r.seq for r in done if r.status is PutStatus.ACCEPTED and r.seq is not None]
-            if seqs:
-                self.on_stored(max(seqs))
-        return done
+        if self.on_stored is not None and accepted:
+            self.on_stored(max(seq for _, seq in accepted))
 
     async def _forward(
         self, forward: list[tuple[int, EntryInput]], results: list[PutResult | None]
