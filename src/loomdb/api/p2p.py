@@ -332,6 +332,8 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
             replication = getattr(request.app.state, "replication", None)
             if replication is not None:
                 result["replication"] = replication.info()
+            providers = getattr(request.app.state, "dht", None)  # None: --no-dht
+            result["dht"] = None if providers is None else providers.dht.info(providers.info)
         return JSONResponse(result, status_code=endpoint.status)
 
     return serve

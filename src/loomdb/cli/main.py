@@ -155,7 +155,9 @@ def cmd_start(args: argparse.Namespace) -> None:
 
     host, port = parse_address(args.api)
     nat = start_nat_settings(args)
-    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds, nat)
+    p2p = p2p_settings(
+        args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds, nat, dht=not args.no_dht
+    )
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
     if args.self_signed_tls and args.tls_cert:
@@ -323,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default /ip4/0.0.0.0/tcp/9171)",
     )
     p.add_argument("--no-p2p", action="store_true", help="run no libp2p host")
+    p.add_argument(
+        "--no-dht",
+        action="store_true",
+        help="run no Kad-DHT: provide nothing, look for no providers",
+    )
     p.add_argument(
         "--peers",
         metavar="MULTIADDR",

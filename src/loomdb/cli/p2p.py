@@ -33,8 +33,22 @@ def show_info(info: dict[str, Any]) -> None:
             or "-",
             **_replicator_states(info),
             **_replication_rows(info),
+            **_dht_rows(info),
         }
     )
+
+
+def _dht_rows(info: dict[str, Any]) -> dict[str, str]:
+    dht = info.get("dht")
+    if dht is None:
+        return {"dht": "off"} if "dht" in info else {}
+    return {
+        "dht": f"{dht['mode']}, {dht['routing_table']} peers in its routing table",
+        "dht_provided": f"{dht['keys_provided']} of {dht['keys']} keys "
+        f"({dht['keys_pending']} pending, {dht['keys_skipped']} skipped)",
+        "dht_lookups": f"{dht['lookups']} ({dht['lookup_failures']} found nobody), "
+        f"{dht['provider_dials']} providers dialled ({dht['provider_dial_failures']} failed)",
+    }
 
 
 def _replicator_states(info: dict[str, Any]) -> dict[str, str]:

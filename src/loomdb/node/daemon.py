@@ -64,6 +64,7 @@ from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
 from loomdb.transports.libp2p import P2PHost, parse_peer_addr
+from loomdb.transports.libp2p.dht import NodeDHT
 from loomdb.transports.tls import TlsFiles, Verify
 from loomdb.trust.admin import NodeTrust
 from loomdb.trust.auth import AuthService
@@ -259,6 +260,10 @@ async def serve_node(
                 p2p.serve_sync(lambda peer: sync_for(PeerPrincipal(None, peer_id=peer)))
                 await stack.enter_async_context(p2p.run())
                 stack.callback(record_addrs(home.path, p2p.listen_addrs()))
+                dht = None
+                if options.p2p.dht:  # Kad-DHT: providers of what nodes hold
+                    dht = NodeDHT(p2p.host, server=options.p2p.dht_server)
+                    await stack.enter_async_context(dht.run())
                 # Gossip and head exchange (stopped before the host, like the replicators).
                 replication = await stack.enter_async_context(
                     passive_replication(
@@ -269,6 +274,7 @@ async def serve_node(
                         check=guarded.check,
                         settings=options.p2p,
                         default_space=options.space,
+                        dht=dht,
                     )
                 )
                 # Stopped before the host (the stack unwinds in reverse), cursors saved.
@@ -316,6 +322,7 @@ async def serve_node(
             api.state.feed = feed
             api.state.replicators = replicators
             api.state.replication = replication
+            api.state.dht = None if replication is None else replication.providers
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )

@@ -43,6 +43,7 @@ from loomdb.replication.fetches import FetchQueue
 from loomdb.replication.gossip import Delays, GossipCounters, Verdict, decide
 from loomdb.replication.heads import DEFAULT_INTERVAL, POLL_SECONDS, HeadSchedule
 from loomdb.replication.message import encode_entry
+from loomdb.replication.providers import Providers
 from loomdb.replication.subscriptions import Subscriptions, parse_document_name
 from loomdb.replication.topics import topics_of
 from loomdb.stores.base import PutStatus
@@ -77,6 +78,7 @@ class PassiveReplication:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = trio.sleep,
         wall: Clock | None = None,
+        providers: Providers | None = None,
     ) -> None:
         """``clock`` and ``sleep`` pace head exchange; ``wall`` (the system clock by
         default) dates arrivals, for :class:`Delays`."""
@@ -99,11 +101,14 @@ class PassiveReplication:
         self._fetch_ready = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[Entry](INBOX_SIZE)
         self._origins: dict[Any, tuple[str | None, str]] = {}  # inbox entry -> publisher, topic
+        self.providers = providers  # the DHT's, for history no peer at hand has
 
     # --- what the API calls -------------------------------------------------------------
 
     def subscriptions_changed(self) -> None:
         self._topics_changed.set()
+        if self.providers is not None:
+            self.providers.changed()
 
     def info(self) -> dict[str, Any]:
         subs = self.subscriptions
@@ -143,6 +148,40 @@ class PassiveReplication:
                 log.exception("pulling %s from %s", documents, peer)
                 error = {"code": "transport", "message": f"{type(exc).__name__}: {exc}"}
                 out.append({"peer_id": peer, "error": error})
+        if self.providers is not None:  # what no connected peer had: ask the DHT
+            out += await self._sync_from_providers(space, scope, {p["peer_id"] for p in out})
+        return out
+
+    async def _sync_from_providers(
+        self, space: str, scope: SyncScope, tried: set[str]
+    ) -> list[dict[str, Any]]:
+        """Pull the documents of ``scope`` still missing here from the DHT's
+        providers of their collections."""
+        assert self.providers is not None
+        out: list[dict[str, Any]] = []
+        for collection in dict.fromkeys(c for c, _ in scope.documents):
+            docs = [d for c, d in scope.documents if c == collection]
+
+            async def missing(c: str = collection, docs: list[str] = docs) -> list[str]:
+                heads = [await self.local.heads(space, c, d) for d in docs]
+                return [d for d, h in zip(docs, heads, strict=True) if not h]
+
+            lacking = await missing()
+            if not lacking:
+                continue
+            part = SyncScope(space, documents=tuple((collection, d) for d in lacking))
+
+            async def pull(peer: str, part: SyncScope = part) -> Any:
+                return await self._pull(peer, part)
+
+            async def done(missing: Any = missing) -> bool:
+                return not await missing()
+
+            found = await self.providers.pull_from_providers(
+                space, collection, pull, skip=tried, done=done
+            )
+            tried.update(p["peer_id"] for p in found)
+            out += found
         return out
 
     # --- running -----------------------------------------------------------------------
@@ -342,15 +381,34 @@ class PassiveReplication:
                 try:
                     with trio.fail_after(FETCH_TIMEOUT):
                         await self._pull(peer, scope)
-                    self.counters["fetched"] += 1
-                    return
+                    # With the DHT to fall back on, a peer that lacked the history
+                    # is not the end of the fetch.
+                    if self.providers is None or await self._has_history(item[0]):
+                        self.counters["fetched"] += 1
+                        return
                 except (LoomError, trio.TooSlowError) as exc:
                     log.info("fetching %s/%s from %s: %s", collection, document, peer, exc)
                 except Exception:  # a background task never takes the node down
                     log.exception("fetching %s/%s from %s", collection, document, peer)
+            if self.providers is not None:  # no peer at hand had it: ask the DHT
+
+                async def done() -> bool:
+                    return await self._has_history(item[0])
+
+                found = await self.providers.pull_from_providers(
+                    space, collection, lambda peer: self._pull(peer, scope), skip=peers, done=done
+                )
+                if any("error" not in p for p in found) and await done():
+                    self.counters["fetched"] += 1
+                    return
             self.counters["fetch_failed"] += 1
         finally:
             slots.release()
+
+    async def _has_history(self, document: tuple[str, str, str]) -> bool:
+        """Whether the document is here with the parents of its heads."""
+        heads = await self.local.heads(*document)
+        return bool(heads) and not await self.local.missing_parents(heads)
 
     # --- head exchange ---------------------------------------------------------------
 

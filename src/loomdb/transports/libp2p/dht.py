@@ -1,0 +1,367 @@
+"""``NodeDHT``: py-libp2p's Kad-DHT on the node's host, for finding who holds history.
+
+The node uses the DHT for **provider records** only: a node announces the
+hashed keys of the spaces and collections it holds
+(:mod:`loomdb.replication.providers`), and a node that lacks a document looks
+up who provides its collection (then its space) and dials them. What py-libp2p
+0.8.1 gets wrong here (``../shared/notes/py-libp2p.md``) is fixed in this module:
+
+* **Values: none accepted.** py-libp2p's validator accepts a record in a
+  namespace it has no validator for (with a warning), and any key without a
+  namespace — even with ``strict_validation`` on the validator, because
+  ``KadDHT`` resets that flag to its own argument. The DHT here gets
+  :func:`value_validator` (the namespaces of :data:`VALUE_NAMESPACES`, strict)
+  and ``strict_validation=True``: a ``PUT_VALUE`` in any other namespace is
+  refused and its stream reset, so nothing lands in the value store and a
+  ``GET_VALUE`` finds nothing. loomdb keeps no values in the DHT, so the table
+  is empty; a namespace it needs one day goes there with its validator.
+* **Providers: de-duplicated.** py-libp2p's ``find_providers`` lists a provider
+  once per peer that told it, and returns only the local records as soon as
+  there are any (a node that provides a key itself never asks the network).
+  :meth:`NodeDHT.find_providers` asks the closest peers every time, merges the
+  answers per Peer ID (:func:`merge_providers`), drops itself and addresses
+  nobody can dial (``0.0.0.0``), and returns at most ``limit``.
+* **Noise: quieted.** Its warnings with an empty exception text (a peer
+  closing a stream, in normal runs) go to DEBUG (:class:`QuietEmptyWarnings`);
+  every warning with something to say is kept.
+
+**Mode.** A node that listens on an address of its own runs in **server** mode:
+it answers the DHT protocol (``/ipfs/kad/1.0.0``), keeps other peers' provider
+records, and is added to their routing tables. A node behind a NAT (it reserves
+on ``--relays``) runs in **client** mode: others could not dial it back.
+
+**Bootstrap.** The routing table starts from the connected peers (``--peers``
+and whoever dials in): every :data:`PEER_POLL_SECONDS` new connections are added
+to it, and when it goes from empty to not, the node asks each connected peer
+for the peers closest to it (``FIND_NODE`` of its own id) and adds them. That
+refresh (also py-libp2p's, every 10 minutes) **dials nobody**: py-libp2p's own
+would connect to every peer of its iterative lookups, and each new connection
+starts a head exchange (:mod:`loomdb.replication.heads`). The node dials when it
+looks something up — a provide, a provider lookup.
+
+Runs in the caller's trio loop, on the host's ``IHost``, beside the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.kad_dht.common import ALPHA, BUCKET_SIZE
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.records.validator import NamespacedValidator, Validator
+from libp2p.tools.anyio_service import background_trio_service
+
+log = logging.getLogger("loomdb.dht")
+
+VALUE_NAMESPACES: Final[Mapping[str, Validator]] = {}
+"""The value namespaces this node accepts, with their validators: none (loomdb
+stores no values in the DHT; see the module doc)."""
+PEER_POLL_SECONDS: Final = 1.0
+"""How often new connections are added to the routing table."""
+LOOKUP_TIMEOUT: Final = 30.0
+"""A provider lookup ends after this many seconds, with what it found."""
+QUERY_TIMEOUT: Final = 10.0  # one peer's GET_PROVIDERS answer
+MAX_LOOKUP_ROUNDS: Final = 5
+DEFAULT_FIND_LIMIT: Final = 20
+
+# The modules of py-libp2p's DHT whose warnings QuietEmptyWarnings looks at.
+DHT_LOGGERS: Final = (
+    "libp2p.kad_dht.kad_dht",
+    "libp2p.kad_dht.provider_store",
+    "libp2p.kad_dht.peer_routing",
+    "libp2p.kad_dht.routing_table",
+    "libp2p.kad_dht.value_store",
+)
+
+
+def value_validator() -> NamespacedValidator:
+    """Strict: a key outside :data:`VALUE_NAMESPACES` (or without a namespace) is
+    refused, whatever its value."""
+    return NamespacedValidator(dict(VALUE_NAMESPACES), strict_validation=True)
+
+
+def refuses_value(validator: NamespacedValidator, key: str, value: bytes) -> bool:
+    """Whether ``validator`` refuses this value (what a ``PUT_VALUE`` meets)."""
+    try:
+        validator.validate(key, value)
+    except Exception:  # InvalidRecordType, or a namespace validator's own error
+        return True
+    return False
+
+
+# --- providers -----------------------------------------------------------------------
+
+
+def usable_addrs(info: PeerInfo) -> list[multiaddr.Multiaddr]:
+    """The addresses of ``info`` another node could dial: without a ``/p2p/<id>``
+    suffix (of this peer; another peer's id: dropped), TCP on a specified IP
+    address (``0.0.0.0`` and ``::`` are listen-anywhere, not addresses), or a
+    relayed ``…/p2p-circuit`` one. In order, without repeats."""
+    out: dict[str, multiaddr.Multiaddr] = {}
+    me = info.peer_id.to_base58()
+    for addr in info.addrs:
+        try:
+            text = str(addr)
+            names = [p.name for p in addr.protocols()]
+        except (ValueError, TypeError, LookupError):
+            continue
+        if "p2p-circuit" in names:
+            out.setdefault(text, addr)
+            continue
+        bare = addr
+        if names and names[-1] == "p2p":
+            if str(addr.value_for_protocol("p2p")) != me:
+                continue
+            bare = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{me}"))
+            names = names[:-1]
+        if names not in (["ip4", "tcp"], ["ip6", "tcp"]):
+            continue
+        try:
+            ip = ipaddress.ip_address(str(bare.value_for_protocol(names[0])))
+        except ValueError:
+            continue
+        if not ip.is_unspecified:
+            out.setdefault(str(bare), bare)
+    return list(out.values())
+
+
+def merge_providers(
+    found: Iterable[PeerInfo], *, exclude: Iterable[ID] = (), limit: int = DEFAULT_FIND_LIMIT
+) -> list[PeerInfo]:
+    """One :class:`PeerInfo` per provider, in the order first seen, its usable
+    addresses merged from every answer; ``exclude`` (this node) dropped, and so is
+    a provider with no usable address; at most ``limit``."""
+    skip = set(exclude)
+    merged: dict[ID, dict[str, multiaddr.Multiaddr]] = {}
+    for info in found:
+        if info.peer_id in skip:
+            continue
+        addrs = merged.setdefault(info.peer_id, {})
+        for addr in usable_addrs(info):
+            addrs.setdefault(str(addr), addr)
+    out = [PeerInfo(peer, list(addrs.values())) for peer, addrs in merged.items() if addrs]
+    return out[: max(0, limit)]
+
+
+# --- logging --------------------------------------------------------------------------
+
+
+class QuietEmptyWarnings(logging.Filter):
+    """py-libp2p's DHT logs a warning for every stream a peer closes under it, its
+    text ending in the exception's empty ``str()`` (``"Failed to read DHT message
+    from stream: "``). Such a record goes to DEBUG (shown only when DEBUG is
+    enabled); any warning with text after its last colon, and every error, stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format is py-libp2p's: let logging report it
+            return True
+        if not message.rstrip().endswith(":"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET = QuietEmptyWarnings()
+
+
+def quiet_dht_logs() -> None:
+    """Put :class:`QuietEmptyWarnings` on py-libp2p's DHT loggers (once)."""
+    for name in DHT_LOGGERS:
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
+
+
+# --- the DHT --------------------------------------------------------------------------
+
+
+class _KadDHT(KadDHT):
+    """py-libp2p's DHT with a routing-table refresh that dials nobody (module doc)."""
+
+    async def refresh_routing_table(self) -> None:
+        me = self.local_peer_id.to_bytes()
+        peers = sorted(self.host.get_connected_peers(), key=str)[:BUCKET_SIZE]
+        routing: Any = self.peer_routing
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(self._ask_closest_to, routing, peer, me)
+
+    @staticmethod
+    async def _ask_closest_to(routing: Any, peer: ID, key: bytes) -> None:
+        with trio.move_on_after(QUERY_TIMEOUT):
+            try:
+                # One FIND_NODE round trip; it adds the peers of the answer to the
+                # peerstore and the routing table (private in 0.8.1, pinned).
+                await routing._query_peer_for_closest(peer, key)
+            except Exception as exc:
+                log.debug("asking %s for the peers closest to this node: %s", peer, exc)
+
+
+@dataclass
+class DHTCounters:
+    provides: int = 0  # provide calls
+    provide_failures: int = 0  # reached no peer
+    lookups: int = 0  # provider lookups
+    lookup_failures: int = 0  # found no provider
+    providers_found: int = 0  # distinct providers, summed over lookups
+    bootstraps: int = 0  # self-lookups after the routing table was empty
+
+
+class NodeDHT:
+    """Kad-DHT on ``host`` (see the module doc). ``server``: answer the DHT protocol
+    and keep others' records (else client mode)."""
+
+    def __init__(self, host: IHost, *, server: bool = True) -> None:
+        quiet_dht_logs()
+        self.host = host
+        self.mode = DHTMode.SERVER if server else DHTMode.CLIENT
+        self.kad = _KadDHT(
+            host,
+            self.mode,
+            validator=value_validator(),
+            validator_changed=True,  # no pk/ipns fallbacks added
+            strict_validation=True,  # else KadDHT turns the validator's off
+        )
+        self.counters = DHTCounters()
+        self._me = host.get_id()
+        self._seen: set[ID] = set()  # connected peers already offered to the table
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[NodeDHT]:
+        """The DHT's service and the routing-table feeder, until the block ends."""
+        async with background_trio_service(self.kad), trio.open_nursery() as nursery:
+            nursery.start_soon(self._feed_table)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _feed_table(self) -> None:
+        while True:
+            await self.add_connected_peers()
+            await trio.sleep(PEER_POLL_SECONDS)
+
+    async def add_connected_peers(self) -> int:
+        """Offer newly connected peers to the routing table (DHT servers are kept);
+        after it was empty, ask them for the peers close to this node (the
+        bootstrap, see the module doc). The number added."""
+        connected = set(self.host.get_network().connections)
+        self._seen &= connected  # a peer that comes back is offered again
+        was_empty = self.kad.get_routing_table_size() == 0
+        added = 0
+        for peer in sorted(connected - self._seen, key=str):
+            self._seen.add(peer)
+            try:
+                added += bool(await self.kad.add_peer(peer))
+            except Exception as exc:  # py-libp2p's own; the next lookup retries
+                log.debug("adding %s to the routing table: %s", peer, exc)
+        if added and was_empty:
+            self.counters.bootstraps += 1
+            with trio.move_on_after(LOOKUP_TIMEOUT):
+                try:
+                    await self.kad.refresh_routing_table()
+                except Exception as exc:
+                    log.info("bootstrapping the DHT: %s", exc)
+        return added
+
+    # --- providers --------------------------------------------------------------------
+
+    async def provide(self, key: bytes) -> bool:
+        """Announce this node as a provider of ``key`` to the peers closest to it;
+        whether any peer was told. The caller re-provides (py-libp2p's own 22-hour
+        republish of every key it ever provided, unpaced, is turned off by
+        forgetting the key after each call)."""
+        self.counters.provides += 1
+        store = self.kad.provider_store
+        try:
+            reached = await store.provide(key)
+        except Exception as exc:  # py-libp2p's own, none documented
+            log.info("providing a key: %s", exc)
+            reached = False
+        finally:
+            store.providing_keys.discard(key)
+        if not reached:
+            self.counters.provide_failures += 1
+        return bool(reached)
+
+    async def find_providers(self, key: bytes, limit: int = DEFAULT_FIND_LIMIT) -> list[PeerInfo]:
+        """The providers of ``key`` (this node excluded), each once, at most
+        ``limit``: the records held here and the answers of the closest peers,
+        asked in rounds of ``ALPHA``, closer peers first; bounded by
+        :data:`LOOKUP_TIMEOUT`."""
+        self.counters.lookups += 1
+        found: list[PeerInfo] = list(self.kad.provider_store.get_providers(key))
+        with trio.move_on_after(LOOKUP_TIMEOUT):
+            await self._ask_closest(key, found, limit)
+        providers = merge_providers(found, exclude=[self._me], limit=limit)
+        self.counters.providers_found += len(providers)
+        if not providers:
+            self.counters.lookup_failures += 1
+        return providers
+
+    async def _ask_closest(self, key: bytes, found: list[PeerInfo], limit: int) -> None:
+        try:
+            closest = await self.kad.peer_routing.find_closest_peers_network(key)
+        except Exception as exc:
+            log.info("looking up the peers closest to a key: %s", exc)
+            closest = list(self.host.get_network().connections)
+        candidates = [p for p in closest if p != self._me]
+        asked: set[ID] = set()
+        for _ in range(MAX_LOOKUP_ROUNDS):
+            batch = [p for p in candidates if p not in asked][:ALPHA]
+            if not batch:
+                return
+            asked.update(batch)
+            closer: list[ID] = []
+            async with trio.open_nursery() as nursery:
+                for peer in batch:
+                    nursery.start_soon(self._ask_one, peer, key, found, closer)
+            if len(merge_providers(found, exclude=[self._me], limit=limit + 1)) >= limit:
+                return
+            fresh = [p for p in dict.fromkeys(closer) if p not in asked and p != self._me]
+            candidates = sort_peer_ids_by_distance(key, [*candidates, *fresh])
+
+    async def _ask_one(self, peer: ID, key: bytes, found: list[PeerInfo], closer: list[ID]) -> None:
+        store: Any = self.kad.provider_store
+        with trio.move_on_after(QUERY_TIMEOUT):
+            try:
+                # py-libp2p's one GET_PROVIDERS round trip (private in 0.8.1, pinned):
+                # its find_providers stops at local records, see the module doc.
+                providers, peers = await store._get_providers_from_peer_with_closers(peer, key)
+            except Exception as exc:
+                log.debug("asking %s for providers: %s", peer, exc)
+                return
+            found.extend(providers)
+            closer.extend(peers)
+
+    # --- what the node shows ------------------------------------------------------------
+
+    def info(self, extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "mode": self.mode.value.lower(),
+            "routing_table": self.kad.get_routing_table_size(),
+            "provider_records": self.kad.provider_store.size(),
+            "provides": c.provides,
+            "provide_failures": c.provide_failures,
+            "lookups": c.lookups,
+            "lookup_failures": c.lookup_failures,
+            "providers_found": c.providers_found,
+            "bootstraps": c.bootstraps,
+            **(extra() if extra is not None else {}),
+        }
