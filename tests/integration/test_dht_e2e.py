@@ -85,6 +85,11 @@ def test_a_node_finds_history_through_the_dht(
 
     shown = cli(c, "p2p", "info")
     assert shown.returncode == 0 and "dht_lookups" in shown.stdout, shown.stdout
+    told = cli(c, "p2p", "document", "sync", "notes/n1")
+    assert told.returncode == 0 and "pulled" in told.stdout, told.stdout
+    # py-libp2p's empty "Failed to read DHT message from stream: " warnings are quiet
+    for node in (a, b, c):
+        assert "DHT" not in node.stderr() and "Traceback" not in node.stderr(), node.stderr()
 
 
 def test_a_value_in_an_unknown_namespace_is_refused(

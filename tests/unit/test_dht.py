@@ -16,9 +16,11 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
+from loomdb.cli.main import build_parser, start_nat_settings
 from loomdb.entries.entry import Entry, build_entry
 from loomdb.identity.keys import NamedKey, SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key
+from loomdb.node.p2p import P2PSettings, p2p_settings
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.passive import PassiveReplication
 from loomdb.replication.providers import (
@@ -347,3 +349,27 @@ async def test_missing_history_no_peer_at_hand_has_is_fetched_from_a_provider() 
         assert c.dht.counters.lookups >= 1  # (its FIND_NODE may have dialled a already)
         assert a.host.host.get_id() in c.host.host.get_network().connections
         assert not await b.has(history[0])  # b was asked, had nothing, and stays so
+
+
+# --- options ----------------------------------------------------------------------------
+
+
+def test_the_dht_is_on_by_default_and_no_dht_turns_it_off() -> None:
+    def settings(*argv: str) -> P2PSettings | None:
+        args = build_parser().parse_args(["start", *argv])
+        return p2p_settings(
+            args.p2p_addr,
+            args.no_p2p,
+            args.peers,
+            None,
+            start_nat_settings(args),
+            dht=not args.no_dht,
+        )
+
+    on = settings()
+    assert on is not None and on.dht and on.dht_server
+    off = settings("--no-dht")
+    assert off is not None and not off.dht
+    relayed = settings("--relays", "/ip4/10.0.0.1/tcp/1/p2p/" + str(peer_id()))
+    assert relayed is not None and relayed.dht and not relayed.dht_server  # behind a NAT
+    assert settings("--no-p2p", "--no-dht") is None

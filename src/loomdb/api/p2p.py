@@ -236,7 +236,8 @@ def _subscription_endpoints(p2p: str) -> tuple[P2PEndpoint, ...]:
             "POST",
             "/documents/sync",
             p2p_documents_sync,
-            "Pull the named documents from every connected peer, once",
+            "Pull the named documents from every connected peer, once; what none of them"
+            " has, from providers found on the DHT",
             body=DOCUMENTS,
             errors=(422,),
         ),

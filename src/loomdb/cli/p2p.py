@@ -169,7 +169,8 @@ def show_document_sync(answer: dict[str, Any]) -> None:
     for peer in answer["peers"]:
         error = peer.get("error")
         done = f"{error['code']}: {error['message']}" if error else f"{peer['pulled']} pulled"
-        print(f"{peer['peer_id']}  {done}")
+        via = "  (found on the DHT)" if peer.get("via") == "dht" else ""
+        print(f"{peer['peer_id']}  {done}{via}")
 
 
 def _names_body(args: argparse.Namespace, key: str) -> dict[str, Any]:
@@ -219,7 +220,8 @@ def add_subscription_commands(sub: Any, command: Command) -> None:
         p = command(docs, name, cmd, f"{text} documents (one bad name: none changed)")
         p.add_argument("names", metavar="COLLECTION/DOC", nargs="+")
     command(docs, "getall", cmd_document_getall, "the documents followed")
-    p = command(docs, "sync", cmd_document_sync, "pull documents from every connected peer, once")
+    help_ = "pull documents from every connected peer, once (what none has: from DHT providers)"
+    p = command(docs, "sync", cmd_document_sync, help_)
     p.add_argument("names", metavar="COLLECTION/DOC", nargs="+")
 
 
