@@ -312,6 +312,10 @@ class P2PHost:
 
     async def _keep(self, text: str, info: PeerInfo) -> None:
         async def dial() -> None:
+            # A failed dial (our own last redial, while the peer was away) puts it
+            # in py-libp2p's 60-second "negative cache": the back-off decides.
+            network: Any = self.host.get_network()
+            network.unblock_peer(info.peer_id)
             await self._connect(info, text)
 
         await keep_connected(
