@@ -18,6 +18,7 @@ from multiaddr import Multiaddr
 
 from loomdb.cli.main import build_parser, start_nat_settings
 from loomdb.entries.entry import Entry, build_entry
+from loomdb.errors import UnreachableError
 from loomdb.identity.keys import NamedKey, SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.node.p2p import P2PSettings, p2p_settings
@@ -373,3 +374,90 @@ def test_the_dht_is_on_by_default_and_no_dht_turns_it_off() -> None:
     relayed = settings("--relays", "/ip4/10.0.0.1/tcp/1/p2p/" + str(peer_id()))
     assert relayed is not None and relayed.dht and not relayed.dht_server  # behind a NAT
     assert settings("--no-p2p", "--no-dht") is None
+
+
+# --- the dial bound (a fake DHT and host: which providers are dialled, in what order) ---------
+
+
+class FakeNetwork:
+    def __init__(self) -> None:
+        self.connections: dict[ID, object] = {}
+        self.unblocked: list[ID] = []
+
+    def unblock_peer(self, peer: ID) -> None:
+        self.unblocked.append(peer)
+
+
+class FakeHost:
+    """``P2PHost``'s surface that :class:`Providers` uses: dials succeed except to
+    ``down``."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.network = FakeNetwork()
+        self.host = self
+        self.down = down
+        self.dialled: list[str] = []
+
+    def get_network(self) -> FakeNetwork:
+        return self.network
+
+    async def connect(self, addr: str) -> str:
+        peer = addr.rsplit("/", 1)[1]
+        self.dialled.append(peer)
+        if peer in self.down:
+            raise UnreachableError(f"cannot reach {peer}")
+        self.network.connections[ID.from_base58(peer)] = object()
+        return peer
+
+
+class FakeDHT:
+    def __init__(self, answers: dict[bytes, list[PeerInfo]]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[bytes, int]] = []
+
+    async def find_providers(self, key: bytes, limit: int) -> list[PeerInfo]:
+        self.asked.append((key, limit))
+        return self.answers.get(key, [])[:limit]
+
+
+def provider() -> PeerInfo:
+    return PeerInfo(peer_id(), [Multiaddr("/ip4/10.0.0.1/tcp/1")])
+
+
+@dataclass
+class Report:
+    pulled: int
+
+
+@pytest.mark.anyio
+async def test_at_most_max_dials_providers_are_dialled_collection_first_then_space() -> None:
+    coll = [provider() for _ in range(3)]
+    space = [coll[0], *(provider() for _ in range(4))]  # coll[0] provides both: once
+    dht = FakeDHT({collection_key("main", "notes"): coll, space_key("main"): space})
+    names = [p.peer_id.to_base58() for p in [*coll, *space[1:]]]
+    host = FakeHost(down={names[1]})
+    providers = Providers(dht, host, None, None, None, max_dials=5)  # type: ignore[arg-type]
+    pulled: list[str] = []
+
+    async def pull(peer: str) -> Report:
+        pulled.append(peer)
+        return Report(0)
+
+    async def never() -> bool:
+        return False
+
+    skip = {names[2]}  # tried already (a connected peer)
+    out = await providers.pull_from_providers("main", "notes", pull, skip=skip, done=never)
+    assert [o["peer_id"] for o in out] == [names[0], names[1], names[3], names[4], names[5]]
+    assert all(o["via"] == "dht" for o in out) and "error" in out[1] and "error" not in out[0]
+    assert host.dialled == [names[0], names[1], names[3], names[4], names[5]]  # 5, not 6
+    assert pulled == [names[0], names[3], names[4], names[5]]
+    assert (
+        providers.info()["provider_dials"] == 5 and providers.info()["provider_dial_failures"] == 1
+    )
+    assert [limit for _, limit in dht.asked] == [6, 8]  # max_dials + the peers tried so far
+
+    # a success with nothing more to wait for ends it at the first provider
+    host.dialled.clear()
+    first = await providers.pull_from_providers("main", "notes", pull)
+    assert [o["peer_id"] for o in first] == [names[0]] and host.dialled == []  # connected

@@ -274,6 +274,8 @@ class Providers:
                     log.info("%d new keys to provide on the DHT", added)
             except LoomError as exc:
                 log.warning("listing what this node holds: %s", exc.message)
+            except Exception:  # a background task never takes the node down
+                log.exception("listing what this node holds")
             await self._sleep(RESCAN_SECONDS)  # at most one listing per period
             for _ in range(RESCAN_IDLE_ROUNDS):  # and one at least every minute
                 if self._changed.is_set() or await self.feed.wait(cursor, RESCAN_SECONDS):
@@ -313,7 +315,8 @@ class Providers:
         out: list[dict[str, Any]] = []
         tried = set(skip)
         for key in (collection_key(space, collection), space_key(space)):
-            for info in await self.dht.find_providers(key, self.max_dials):
+            # (more than max_dials: some may be peers tried already)
+            for info in await self.dht.find_providers(key, self.max_dials + len(tried)):
                 peer = info.peer_id.to_base58()
                 if peer in tried or len(out) >= self.max_dials:
                     continue
