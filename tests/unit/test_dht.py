@@ -382,10 +382,6 @@ def test_the_dht_is_on_by_default_and_no_dht_turns_it_off() -> None:
 class FakeNetwork:
     def __init__(self) -> None:
         self.connections: dict[ID, object] = {}
-        self.unblocked: list[ID] = []
-
-    def unblock_peer(self, peer: ID) -> None:
-        self.unblocked.append(peer)
 
 
 class FakeHost:

@@ -348,14 +348,10 @@ class Providers:
 
     async def _dial(self, info: Any) -> None:
         """Dial a provider at each of its addresses in turn (each within the host's
-        connect time-out); UnreachableError if none answers."""
+        connect time-out, py-libp2p's negative cache lifted); UnreachableError if
+        none answers."""
         self.dials += 1
         peer = info.peer_id.to_base58()
-        # A failed dial puts the peer in py-libp2p's 60-second "negative cache":
-        # a provider found now is worth a new try.
-        network: Any = self.host.host.get_network()
-        if hasattr(network, "unblock_peer"):
-            network.unblock_peer(info.peer_id)
         last: UnreachableError | None = None
         for addr in info.addrs:
             try:

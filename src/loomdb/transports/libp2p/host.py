@@ -312,10 +312,6 @@ class P2PHost:
 
     async def _keep(self, text: str, info: PeerInfo) -> None:
         async def dial() -> None:
-            # A failed dial (our own last redial, while the peer was away) puts it
-            # in py-libp2p's 60-second "negative cache": the back-off decides.
-            network: Any = self.host.get_network()
-            network.unblock_peer(info.peer_id)
             await self._connect(info, text)
 
         await keep_connected(
@@ -400,6 +396,11 @@ class P2PHost:
 
     async def _connect(self, info: PeerInfo, name: str) -> None:
         self.counters.dials += 1
+        # A failed dial (a redial while the peer was away, a DHT query) puts the
+        # peer in py-libp2p's 60-second "negative cache", which refuses every dial
+        # to it meanwhile: a dial the node decides on is tried.
+        network: Any = self.host.get_network()
+        network.unblock_peer(info.peer_id)
         try:
             with anyio.fail_after(self.connect_timeout):
                 if info.addrs and is_circuit(info.addrs[0]):
