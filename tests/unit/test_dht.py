@@ -279,6 +279,29 @@ async def test_a_provider_is_found_once_through_a_third_host() -> None:
         assert c_dht.counters.bootstraps == 1
 
 
+@asynccontextmanager
+async def client_host() -> AsyncIterator[tuple[P2PHost, NodeDHT]]:
+    host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], gossip=False)
+    async with host.run():
+        dht = NodeDHT(host.host, server=False)
+        async with dht.run():
+            yield host, dht
+
+
+@pytest.mark.anyio
+async def test_lookups_ask_dht_servers_only() -> None:
+    async with dht_host() as (a, _), client_host() as (b, _), dht_host() as (c, c_dht):
+        await c.connect(a.listen_addrs()[0])
+        await c.connect(b.listen_addrs()[0])
+        store = c.host.get_peerstore()
+        a_id, b_id = a.host.get_id(), b.host.get_id()
+        await until(lambda: store.get_protocols(a_id) and store.get_protocols(b_id), "identify")
+        assert c_dht.kad.may_serve(a_id) and not c_dht.kad.may_serve(b_id)
+        closest = await c_dht.kad.peer_routing.find_closest_peers_network(space_key("x"))
+        assert a_id in closest and b_id not in closest
+        assert await c_dht.provide(space_key("x"))  # to a; b is never asked
+
+
 @dataclass
 class Node:
     user: SigningKey

@@ -21,6 +21,10 @@ up who provides its collection (then its space) and dials them. What py-libp2p
   :meth:`NodeDHT.find_providers` asks the closest peers every time, merges the
   answers per Peer ID (:func:`merge_providers`), drops itself and addresses
   nobody can dial (``0.0.0.0``), and returns at most ``limit``.
+* **Clients: not asked.** When its routing table is small, py-libp2p's lookups
+  ask every connected and known peer, clients and nodes without the DHT
+  included (a stream refused, a warning each time); here a peer whose
+  protocols (from identify) lack ``/ipfs/kad/1.0.0`` is left out.
 * **Noise: quieted.** Its warnings with an empty exception text (a peer
   closing a stream, in normal runs) go to DEBUG (:class:`QuietEmptyWarnings`);
   every warning with something to say is kept.
@@ -54,7 +58,7 @@ from typing import Any, Final
 import multiaddr
 import trio
 from libp2p.abc import IHost
-from libp2p.kad_dht.common import ALPHA, BUCKET_SIZE
+from libp2p.kad_dht.common import ALPHA, BUCKET_SIZE, PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.utils import sort_peer_ids_by_distance
 from libp2p.peer.id import ID
@@ -191,11 +195,34 @@ def quiet_dht_logs() -> None:
 
 
 class _KadDHT(KadDHT):
-    """py-libp2p's DHT with a routing-table refresh that dials nobody (module doc)."""
+    """py-libp2p's DHT with a routing-table refresh that dials nobody, and lookups
+    that ask DHT servers only (module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        routing: Any = self.peer_routing  # the provider store calls it too
+        find = routing.find_closest_peers_network
+
+        async def servers_only(target_key: bytes, count: int = BUCKET_SIZE) -> list[ID]:
+            return [p for p in await find(target_key, count) if self.may_serve(p)]
+
+        routing.find_closest_peers_network = servers_only
+
+    def may_serve(self, peer: ID) -> bool:
+        """False for a peer whose protocols (identify's) lack the DHT's: a client,
+        or a node without the DHT. py-libp2p's lookups fall back to every connected
+        and known peer when the routing table is small, and would open a stream
+        to each (and warn when it is refused)."""
+        try:
+            protocols = self.host.get_peerstore().get_protocols(peer)
+        except Exception:  # not in the peerstore: nothing known against it
+            return True
+        return not protocols or str(PROTOCOL_ID) in protocols
 
     async def refresh_routing_table(self) -> None:
         me = self.local_peer_id.to_bytes()
-        peers = sorted(self.host.get_connected_peers(), key=str)[:BUCKET_SIZE]
+        connected = sorted(self.host.get_connected_peers(), key=str)
+        peers = [p for p in connected if self.may_serve(p)][:BUCKET_SIZE]
         routing: Any = self.peer_routing
         async with trio.open_nursery() as nursery:
             for peer in peers:
@@ -320,7 +347,7 @@ class NodeDHT:
         except Exception as exc:
             log.info("looking up the peers closest to a key: %s", exc)
             closest = list(self.host.get_network().connections)
-        candidates = [p for p in closest if p != self._me]
+        candidates = [p for p in closest if p != self._me and self.kad.may_serve(p)]
         asked: set[ID] = set()
         for _ in range(MAX_LOOKUP_ROUNDS):
             batch = [p for p in candidates if p not in asked][:ALPHA]
@@ -333,7 +360,11 @@ class NodeDHT:
                     nursery.start_soon(self._ask_one, peer, key, found, closer)
             if len(merge_providers(found, exclude=[self._me], limit=limit + 1)) >= limit:
                 return
-            fresh = [p for p in dict.fromkeys(closer) if p not in asked and p != self._me]
+            fresh = [
+                p
+                for p in dict.fromkeys(closer)
+                if p not in asked and p != self._me and self.kad.may_serve(p)
+            ]
             candidates = sort_peer_ids_by_distance(key, [*candidates, *fresh])
 
     async def _ask_one(self, peer: ID, key: bytes, found: list[PeerInfo], closer: list[ID]) -> None:
