@@ -300,6 +300,11 @@ async def test_lookups_ask_dht_servers_only() -> None:
         closest = await c_dht.kad.peer_routing.find_closest_peers_network(space_key("x"))
         assert a_id in closest and b_id not in closest
         assert await c_dht.provide(space_key("x"))  # to a; b is never asked
+        # a peer known only at a listen-anywhere address is not dialled; elsewhere it is
+        nowhere, somewhere = peer_id(), peer_id()
+        store.add_addrs(nowhere, [Multiaddr("/ip4/0.0.0.0/tcp/4101")], 60)
+        store.add_addrs(somewhere, [Multiaddr("/ip4/127.0.0.1/tcp/4101")], 60)
+        assert not c_dht.kad.may_serve(nowhere) and c_dht.kad.may_serve(somewhere)
 
 
 @dataclass

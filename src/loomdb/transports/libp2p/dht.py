@@ -24,7 +24,8 @@ up who provides its collection (then its space) and dials them. What py-libp2p
 * **Clients: not asked.** When its routing table is small, py-libp2p's lookups
   ask every connected and known peer, clients and nodes without the DHT
   included (a stream refused, a warning each time); here a peer whose
-  protocols (from identify) lack ``/ipfs/kad/1.0.0`` is left out.
+  protocols (from identify) lack ``/ipfs/kad/1.0.0`` is left out, and so is a
+  peer not connected whose only addresses are ``0.0.0.0`` (a dial that fails).
 * **Noise: quieted.** Its warnings with an empty exception text (a peer
   closing a stream, in normal runs) go to DEBUG (:class:`QuietEmptyWarnings`);
   every warning with something to say is kept.
@@ -209,15 +210,21 @@ class _KadDHT(KadDHT):
         routing.find_closest_peers_network = servers_only
 
     def may_serve(self, peer: ID) -> bool:
-        """False for a peer whose protocols (identify's) lack the DHT's: a client,
-        or a node without the DHT. py-libp2p's lookups fall back to every connected
-        and known peer when the routing table is small, and would open a stream
-        to each (and warn when it is refused)."""
+        """False for a peer whose protocols (identify's) lack the DHT's (a client,
+        or a node without the DHT), and for one not connected that has no address
+        anyone can dial (only ``0.0.0.0``: see :func:`usable_addrs`). py-libp2p's
+        lookups fall back to every connected and known peer when the routing
+        table is small, and would open a stream to each (and warn each time)."""
+        store = self.host.get_peerstore()
         try:
-            protocols = self.host.get_peerstore().get_protocols(peer)
+            protocols = store.get_protocols(peer)
+            addrs = store.addrs(peer)
         except Exception:  # not in the peerstore: nothing known against it
             return True
-        return not protocols or str(PROTOCOL_ID) in protocols
+        if protocols and str(PROTOCOL_ID) not in protocols:
+            return False
+        connected = peer in self.host.get_network().connections
+        return connected or bool(usable_addrs(PeerInfo(peer, addrs)))
 
     async def refresh_routing_table(self) -> None:
         me = self.local_peer_id.to_bytes()
