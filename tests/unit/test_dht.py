@@ -39,8 +39,9 @@ from loomdb.stores.server import StoreServer
 from loomdb.transports.libp2p import P2PHost
 from loomdb.transports.libp2p.dht import (
     DHT_LOGGERS,
+    HOST_LOGGER,
     NodeDHT,
-    QuietEmptyWarnings,
+    QuietDHTNoise,
     merge_providers,
     quiet_dht_logs,
     refuses_value,
@@ -208,18 +209,32 @@ def record(level: int, msg: str, *args: object) -> logging.LogRecord:
     return logging.LogRecord(DHT_LOGGERS[0], level, __file__, 1, msg, args, None)
 
 
-def test_empty_warnings_are_demoted_and_real_ones_kept() -> None:
-    quiet = QuietEmptyWarnings()
+def test_empty_and_per_peer_warnings_are_demoted_and_real_ones_kept() -> None:
+    quiet = QuietDHTNoise()
     logging.getLogger(DHT_LOGGERS[0]).setLevel(logging.NOTSET)
     empty = record(logging.WARNING, "Failed to read DHT message from stream: %s", "")
     assert not quiet.filter(empty) and empty.levelname == "DEBUG"
+    peer = record(logging.WARNING, "Error sending ADD_PROVIDER to 12D3KooWX: failed to open")
+    assert not quiet.filter(peer)
     assert quiet.filter(record(logging.WARNING, "Failed to read DHT message: %s", "reset"))
+    assert quiet.filter(record(logging.WARNING, "DHT message too large (max %s bytes)", 4))
     assert quiet.filter(record(logging.ERROR, "Error handling DHT stream: %s", ""))
     assert quiet.filter(record(logging.INFO, "Stream closed: "))
+    refused = (
+        "Failed to open stream to peer 12D3KooWX:\n  Error: protocols not supported: tried"
+        " ['/ipfs/kad/1.0.0'], timeout=10s. Last error: protocol not supported: /ipfs/kad/1.0.0,"
+        " response='na'\n  Protocols: ['/ipfs/kad/1.0.0']\n  Timeout: 30s"
+    )
+    host = logging.LogRecord(HOST_LOGGER, logging.ERROR, __file__, 1, refused, None, None)
+    assert not quiet.filter(host)
+    other = refused.replace("['/ipfs/kad/1.0.0']\n", "['/loomdb/sync/1.0.0']\n")
+    assert quiet.filter(
+        logging.LogRecord(HOST_LOGGER, logging.ERROR, __file__, 1, other, None, None)
+    )
     quiet_dht_logs()
     quiet_dht_logs()  # once per logger
-    for name in DHT_LOGGERS:
-        assert sum(isinstance(f, QuietEmptyWarnings) for f in logging.getLogger(name).filters) == 1
+    for name in (*DHT_LOGGERS, HOST_LOGGER):
+        assert sum(isinstance(f, QuietDHTNoise) for f in logging.getLogger(name).filters) == 1
 
 
 def test_the_filter_hides_an_empty_warning_from_a_handler(caplog: pytest.LogCaptureFixture) -> None:

@@ -26,9 +26,12 @@ up who provides its collection (then its space) and dials them. What py-libp2p
   included (a stream refused, a warning each time); here a peer whose
   protocols (from identify) lack ``/ipfs/kad/1.0.0`` is left out, and so is a
   peer not connected whose only addresses are ``0.0.0.0`` (a dial that fails).
-* **Noise: quieted.** Its warnings with an empty exception text (a peer
-  closing a stream, in normal runs) go to DEBUG (:class:`QuietEmptyWarnings`);
-  every warning with something to say is kept.
+* **Noise: quieted** (:class:`QuietDHTNoise`). Its warnings with an empty
+  exception text (a peer closing a stream, in normal runs), those about one
+  peer of a lookup that could not be reached or asked, and py-libp2p's
+  seven-line error when a peer turns out not to speak the DHT (a client) go
+  to DEBUG; every other warning and error is kept. What the lookups achieved
+  is counted (``p2p info``).
 
 **Mode.** A node that listens on an address of its own runs in **server** mode:
 it answers the DHT protocol (``/ipfs/kad/1.0.0``), keeps other peers' provider
@@ -80,7 +83,7 @@ QUERY_TIMEOUT: Final = 10.0  # one peer's GET_PROVIDERS answer
 MAX_LOOKUP_ROUNDS: Final = 5
 DEFAULT_FIND_LIMIT: Final = 20
 
-# The modules of py-libp2p's DHT whose warnings QuietEmptyWarnings looks at.
+# The modules of py-libp2p's DHT whose warnings QuietDHTNoise looks at.
 DHT_LOGGERS: Final = (
     "libp2p.kad_dht.kad_dht",
     "libp2p.kad_dht.provider_store",
@@ -162,31 +165,55 @@ def merge_providers(
 # --- logging --------------------------------------------------------------------------
 
 
-class QuietEmptyWarnings(logging.Filter):
-    """py-libp2p's DHT logs a warning for every stream a peer closes under it, its
-    text ending in the exception's empty ``str()`` (``"Failed to read DHT message
-    from stream: "``). Such a record goes to DEBUG (shown only when DEBUG is
-    enabled); any warning with text after its last colon, and every error, stays."""
+PEER_FAILURES: Final = (
+    "Failed to send ADD_PROVIDER to ",
+    "Error sending ADD_PROVIDER to ",
+    "Failed to open stream to ",
+    "Failed to get providers from ",
+    "Error getting providers from ",
+)
+"""How py-libp2p's DHT warnings about one unreachable or unwilling peer begin."""
+HOST_LOGGER: Final = "libp2p.host.basic_host"
+
+
+class QuietDHTNoise(logging.Filter):
+    """Sends to DEBUG (shown only when DEBUG is enabled), from py-libp2p's DHT
+    loggers, a warning whose text ends in an empty exception ``str()`` (``"Failed
+    to read DHT message from stream: "``, a peer closing a stream) or that is
+    about one peer (:data:`PEER_FAILURES`); and from its host, the error of a
+    stream refused for the DHT's protocol alone (a client-mode peer). Every
+    other record stays as it is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.WARNING:
-            return True
         try:
             message = record.getMessage()
         except Exception:  # a bad format is py-libp2p's: let logging report it
             return True
-        if not message.rstrip().endswith(":"):
+        if not self._noise(record, message):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
+    @staticmethod
+    def _noise(record: logging.LogRecord, message: str) -> bool:
+        if record.name == HOST_LOGGER:
+            return (
+                record.levelno == logging.ERROR
+                and message.startswith("Failed to open stream to peer ")
+                and f"Protocols: [{str(PROTOCOL_ID)!r}]" in message
+                and "protocol not supported" in message
+            )
+        if record.levelno != logging.WARNING:
+            return False
+        return message.rstrip().endswith(":") or message.startswith(PEER_FAILURES)
 
-_QUIET = QuietEmptyWarnings()
+
+_QUIET = QuietDHTNoise()
 
 
 def quiet_dht_logs() -> None:
-    """Put :class:`QuietEmptyWarnings` on py-libp2p's DHT loggers (once)."""
-    for name in DHT_LOGGERS:
+    """Put :class:`QuietDHTNoise` on py-libp2p's DHT loggers and its host's (once)."""
+    for name in (*DHT_LOGGERS, HOST_LOGGER):
         logger = logging.getLogger(name)
         if _QUIET not in logger.filters:
             logger.addFilter(_QUIET)
