@@ -320,6 +320,14 @@ async def test_lookups_ask_dht_servers_only() -> None:
         store.add_addrs(nowhere, [Multiaddr("/ip4/0.0.0.0/tcp/4101")], 60)
         store.add_addrs(somewhere, [Multiaddr("/ip4/127.0.0.1/tcp/4101")], 60)
         assert not c_dht.kad.may_serve(nowhere) and c_dht.kad.may_serve(somewhere)
+        # a peer disconnected on request is left alone until dialled again
+        c_dht.kad.hands_off = c.hands_off
+        assert await c.disconnect(a_id.to_base58())
+        await until(lambda: a_id not in c.host.get_network().connections, "a gone")
+        assert a_id in c.hands_off and not c_dht.kad.may_serve(a_id)
+        assert a_id not in await c_dht.kad.peer_routing.find_closest_peers_network(space_key("x"))
+        await c.connect(a.listen_addrs()[0])
+        assert a_id not in c.hands_off and c_dht.kad.may_serve(a_id)
 
 
 @dataclass

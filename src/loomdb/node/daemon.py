@@ -262,7 +262,7 @@ async def serve_node(
                 stack.callback(record_addrs(home.path, p2p.listen_addrs()))
                 dht = None
                 if options.p2p.dht:  # Kad-DHT: providers of what nodes hold
-                    dht = NodeDHT(p2p.host, server=options.p2p.dht_server)
+                    dht = NodeDHT(p2p.host, server=options.p2p.dht_server, hands_off=p2p.hands_off)
                     await stack.enter_async_context(dht.run())
                 # Gossip and head exchange (stopped before the host, like the replicators).
                 replication = await stack.enter_async_context(

@@ -149,39 +149,7 @@ class PassiveReplication:
                 error = {"code": "transport", "message": f"{type(exc).__name__}: {exc}"}
                 out.append({"peer_id": peer, "error": error})
         if self.providers is not None:  # what no connected peer had: ask the DHT
-            out += await self._sync_from_providers(space, scope, {p["peer_id"] for p in out})
-        return out
-
-    async def _sync_from_providers(
-        self, space: str, scope: SyncScope, tried: set[str]
-    ) -> list[dict[str, Any]]:
-        """Pull the documents of ``scope`` still missing here from the DHT's
-        providers of their collections."""
-        assert self.providers is not None
-        out: list[dict[str, Any]] = []
-        for collection in dict.fromkeys(c for c, _ in scope.documents):
-            docs = [d for c, d in scope.documents if c == collection]
-
-            async def missing(c: str = collection, docs: list[str] = docs) -> list[str]:
-                heads = [await self.local.heads(space, c, d) for d in docs]
-                return [d for d, h in zip(docs, heads, strict=True) if not h]
-
-            lacking = await missing()
-            if not lacking:
-                continue
-            part = SyncScope(space, documents=tuple((collection, d) for d in lacking))
-
-            async def pull(peer: str, part: SyncScope = part) -> Any:
-                return await self._pull(peer, part)
-
-            async def done(missing: Any = missing) -> bool:
-                return not await missing()
-
-            found = await self.providers.pull_from_providers(
-                space, collection, pull, skip=tried, done=done
-            )
-            tried.update(p["peer_id"] for p in found)
-            out += found
+            out += await self.providers.sync_missing(scope, self._pull, {p["peer_id"] for p in out})
         return out
 
     # --- running -----------------------------------------------------------------------

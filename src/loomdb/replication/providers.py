@@ -44,6 +44,7 @@ from libp2p.kad_dht.provider_store import PROVIDER_RECORD_REPUBLISH_INTERVAL
 from loomdb.errors import LoomError, UnreachableError
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.subscriptions import Subscriptions
+from loomdb.sync.replicate import SyncScope
 from loomdb.transports.libp2p.dht import NodeDHT
 from loomdb.transports.libp2p.host import Backoff, P2PHost
 
@@ -327,6 +328,43 @@ class Providers:
                     return out
             if len(out) >= self.max_dials:
                 break
+        return out
+
+    async def sync_missing(
+        self,
+        scope: SyncScope,
+        pull: Callable[[str, SyncScope], Awaitable[Any]],
+        tried: set[str],
+    ) -> list[dict[str, Any]]:
+        """The documents of ``scope`` (a space's) still missing from ``local``,
+        pulled from the providers of their collections (``tried``: peers asked
+        already, left out and added to); the outcomes."""
+        space = scope.space
+        assert space is not None
+        out: list[dict[str, Any]] = []
+        for collection in dict.fromkeys(c for c, _ in scope.documents):
+            docs = [d for c, d in scope.documents if c == collection]
+
+            async def missing(c: str = collection, docs: list[str] = docs) -> list[str]:
+                heads = [await self.local.heads(space, c, d) for d in docs]
+                return [d for d, h in zip(docs, heads, strict=True) if not h]
+
+            lacking = await missing()
+            if not lacking:
+                continue
+            part = SyncScope(space, documents=tuple((collection, d) for d in lacking))
+
+            async def pull_part(peer: str, part: SyncScope = part) -> Any:
+                return await pull(peer, part)
+
+            async def done(missing: Any = missing) -> bool:
+                return not await missing()
+
+            found = await self.pull_from_providers(
+                space, collection, pull_part, skip=tried, done=done
+            )
+            tried.update(p["peer_id"] for p in found)
+            out += found
         return out
 
     async def _pull_one(self, info: Any, pull: Pull) -> dict[str, Any]:

@@ -21,11 +21,15 @@ up who provides its collection (then its space) and dials them. What py-libp2p
   :meth:`NodeDHT.find_providers` asks the closest peers every time, merges the
   answers per Peer ID (:func:`merge_providers`), drops itself and addresses
   nobody can dial (``0.0.0.0``), and returns at most ``limit``.
-* **Clients: not asked.** When its routing table is small, py-libp2p's lookups
-  ask every connected and known peer, clients and nodes without the DHT
-  included (a stream refused, a warning each time); here a peer whose
-  protocols (from identify) lack ``/ipfs/kad/1.0.0`` is left out, and so is a
-  peer not connected whose only addresses are ``0.0.0.0`` (a dial that fails).
+* **Lookups: bounded, servers only.** When its routing table is small,
+  py-libp2p's lookup of the closest peers asks every connected and known peer
+  of its peerstore, dialling each: clients and nodes without the DHT (a stream
+  refused, a warning each time), peers known only at ``0.0.0.0``, and peers the
+  node was told to disconnect (reconnected behind the user's back).
+  :meth:`_KadDHT.find_closest` replaces it (the provider store uses it too):
+  the routing table and the connected peers, ``ALPHA`` asked at a time, at
+  most :data:`MAX_LOOKUP_ROUNDS` rounds, and only peers that
+  :meth:`_KadDHT.may_serve`.
 * **Noise: quieted** (:class:`QuietDHTNoise`). Its warnings with an empty
   exception text (a peer closing a stream, in normal runs), those about one
   peer of a lookup that could not be reached or asked, and py-libp2p's
@@ -54,7 +58,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -81,6 +85,7 @@ LOOKUP_TIMEOUT: Final = 30.0
 """A provider lookup ends after this many seconds, with what it found."""
 QUERY_TIMEOUT: Final = 10.0  # one peer's GET_PROVIDERS answer
 MAX_LOOKUP_ROUNDS: Final = 5
+MIN_TABLE: Final = 5  # below this many peers in the table, the connected ones are asked too
 DEFAULT_FIND_LIMIT: Final = 20
 
 # The modules of py-libp2p's DHT whose warnings QuietDHTNoise looks at.
@@ -226,20 +231,61 @@ class _KadDHT(KadDHT):
     """py-libp2p's DHT with a routing-table refresh that dials nobody, and lookups
     that ask DHT servers only (module doc)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hands_off: Collection[ID] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.hands_off = hands_off
         routing: Any = self.peer_routing  # the provider store calls it too
-        find = routing.find_closest_peers_network
+        routing.find_closest_peers_network = self.find_closest
 
-        async def servers_only(target_key: bytes, count: int = BUCKET_SIZE) -> list[ID]:
-            return [p for p in await find(target_key, count) if self.may_serve(p)]
+    async def find_closest(self, target_key: bytes, count: int = BUCKET_SIZE) -> list[ID]:
+        """The peers closest to ``target_key``: from the routing table (and the
+        connected peers while it is small), asking the closest ``ALPHA`` at a time
+        for closer ones, at most :data:`MAX_LOOKUP_ROUNDS` rounds; only peers that
+        :meth:`may_serve` are asked or returned. (py-libp2p's own lookup also asks
+        every peer of its peerstore, clients and peers disconnected on request
+        included, dialling each.)"""
+        me = self.local_peer_id
+        start = self.routing_table.find_local_closest_peers(target_key, count)
+        if len(start) < MIN_TABLE:
+            start += sorted(self.host.get_connected_peers(), key=str)
+        closest = sort_peer_ids_by_distance(
+            target_key, [p for p in dict.fromkeys(start) if p != me and self.may_serve(p)]
+        )[:count]
+        asked: set[ID] = set()
+        routing: Any = self.peer_routing
+        for _ in range(MAX_LOOKUP_ROUNDS):
+            batch = [p for p in closest if p not in asked][:ALPHA]
+            if not batch:
+                break
+            asked.update(batch)
+            heard: list[ID] = []
 
-        routing.find_closest_peers_network = servers_only
+            async def ask(peer: ID, heard: list[ID] = heard) -> None:
+                with trio.move_on_after(QUERY_TIMEOUT):
+                    try:
+                        # one FIND_NODE round trip (private in 0.8.1, pinned)
+                        heard.extend(await routing._query_peer_for_closest(peer, target_key))
+                    except Exception as exc:
+                        log.debug("asking %s for the closest peers: %s", peer, exc)
+
+            async with trio.open_nursery() as nursery:
+                for peer in batch:
+                    nursery.start_soon(ask, peer)
+            fresh = [
+                p
+                for p in dict.fromkeys(heard)
+                if p not in closest and p != me and self.may_serve(p)
+            ]
+            if not fresh:
+                break
+            closest = sort_peer_ids_by_distance(target_key, closest + fresh)[:count]
+        return closest
 
     def may_serve(self, peer: ID) -> bool:
         """False for a peer whose protocols (identify's) lack the DHT's (a client,
         or a node without the DHT), and for one not connected that has no address
-        anyone can dial (only ``0.0.0.0``: see :func:`usable_addrs`). py-libp2p's
+        anyone can dial (only ``0.0.0.0``: see :func:`usable_addrs`) or that the
+        node was told to disconnect (``hands_off``, until it is dialled again). py-libp2p's
         lookups fall back to every connected and known peer when the routing
         table is small, and would open a stream to each (and warn each time)."""
         store = self.host.get_peerstore()
@@ -250,8 +296,9 @@ class _KadDHT(KadDHT):
             return True
         if protocols and str(PROTOCOL_ID) not in protocols:
             return False
-        connected = peer in self.host.get_network().connections
-        return connected or bool(usable_addrs(PeerInfo(peer, addrs)))
+        if peer in self.host.get_network().connections:
+            return True
+        return peer not in self.hands_off and bool(usable_addrs(PeerInfo(peer, addrs)))
 
     async def refresh_routing_table(self) -> None:
         me = self.local_peer_id.to_bytes()
@@ -285,9 +332,11 @@ class DHTCounters:
 
 class NodeDHT:
     """Kad-DHT on ``host`` (see the module doc). ``server``: answer the DHT protocol
-    and keep others' records (else client mode)."""
+    and keep others' records (else client mode). ``hands_off``: peers not to dial
+    (:attr:`P2PHost.hands_off <loomdb.transports.libp2p.host.P2PHost.hands_off>`:
+    disconnected on request)."""
 
-    def __init__(self, host: IHost, *, server: bool = True) -> None:
+    def __init__(self, host: IHost, *, server: bool = True, hands_off: Collection[ID] = ()) -> None:
         quiet_dht_logs()
         self.host = host
         self.mode = DHTMode.SERVER if server else DHTMode.CLIENT
@@ -297,6 +346,7 @@ class NodeDHT:
             validator=value_validator(),
             validator_changed=True,  # no pk/ipns fallbacks added
             strict_validation=True,  # else KadDHT turns the validator's off
+            hands_off=hands_off,
         )
         self.counters = DHTCounters()
         self._me = host.get_id()
