@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from loomdb.cli.main import _json_ready, build_parser
+from loomdb.cli.main import _json_ready, build_parser, start_p2p_settings
 from loomdb.errors import AddressInUseError, ValidationError
 from loomdb.node.addrs import ADDRS_FILE, record_addrs, running_addrs
 from loomdb.node.daemon import READY
-from loomdb.node.p2p import P2P_READY, P2PSettings, p2p_settings
+from loomdb.node.p2p import P2P_READY, P2PSettings
 from loomdb.transports.libp2p import DEFAULT_P2P_ADDR
 
 PEER = "12D3KooWCugzopk9fYBy1pvYVi94Qr2y9PL4CjSpYZUaXir3YWb7"
@@ -25,8 +25,10 @@ ADDR = f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}"
 
 def test_start_listens_on_the_default_unless_told_otherwise() -> None:
     def settings(*argv: str) -> P2PSettings | None:
-        args = build_parser().parse_args(["start", *argv])
-        return p2p_settings(args.p2p_addr, args.no_p2p, args.peers)
+        settings: P2PSettings | None = start_p2p_settings(
+            build_parser().parse_args(["start", *argv])
+        )
+        return settings
 
     assert settings() == P2PSettings((DEFAULT_P2P_ADDR,))
     assert settings("--p2p-addr", "/ip4/127.0.0.1/tcp/0", "--p2p-addr", "/ip6/::1/tcp/0") == (
@@ -34,6 +36,13 @@ def test_start_listens_on_the_default_unless_told_otherwise() -> None:
     )
     assert settings("--peers", ADDR, ADDR) == P2PSettings((DEFAULT_P2P_ADDR,), (ADDR, ADDR))
     assert settings("--no-p2p") is None
+    # the discovery switches land in their own fields
+    only_mdns = settings("--mdns")
+    assert only_mdns is not None and (only_mdns.mdns, only_mdns.dht) == (True, True)
+    no_dht = settings("--no-dht")
+    assert no_dht is not None and (no_dht.mdns, no_dht.dht) == (False, False)
+    both = settings("--mdns", "--no-dht")
+    assert both is not None and (both.mdns, both.dht) == (True, False)
     with pytest.raises(ValidationError):
         settings("--no-p2p", "--p2p-addr", "/ip4/127.0.0.1/tcp/0")
 

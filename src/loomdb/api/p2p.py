@@ -244,7 +244,8 @@ def _subscription_endpoints(p2p: str) -> tuple[P2PEndpoint, ...]:
             "POST",
             "/documents/sync",
             p2p_documents_sync,
-            "Pull the named documents from every connected peer, once",
+            "Pull the named documents from every connected peer, once; what none of them"
+            " has, from providers found on the DHT",
             body=DOCUMENTS,
             errors=(422,),
         ),
@@ -355,6 +356,8 @@ def _serve(methods: Mapping[str, P2PEndpoint]) -> Callable[[Request], Awaitable[
                 result["replication"] = replication.info()
             mdns = getattr(request.app.state, "mdns", None)
             result["mdns"] = {"enabled": False} if mdns is None else mdns.info()
+            providers = getattr(request.app.state, "dht", None)  # None: --no-dht
+            result["dht"] = None if providers is None else providers.dht.info(providers.info)
         return JSONResponse(result, status_code=endpoint.status)
 
     return serve

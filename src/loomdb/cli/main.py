@@ -148,15 +148,27 @@ def start_nat_settings(args: argparse.Namespace) -> Any:
     )
 
 
+def start_p2p_settings(args: argparse.Namespace) -> Any:
+    """``start``'s libp2p options as the node's P2P settings (None: ``--no-p2p``)."""
+    from loomdb.node.p2p import p2p_settings, with_mdns
+
+    p2p = p2p_settings(
+        args.p2p_addr,
+        args.no_p2p,
+        args.peers,
+        args.anti_entropy_seconds,
+        start_nat_settings(args),
+        dht=not args.no_dht,
+    )
+    return with_mdns(p2p, args.mdns)
+
+
 def cmd_start(args: argparse.Namespace) -> None:
     from loomdb.node.daemon import parse_address, run_daemon  # trio, Hypercorn, Loro
-    from loomdb.node.p2p import p2p_settings, with_mdns
     from loomdb.transports.tls import CERT_FILE, KEY_FILE, TlsFiles, self_signed_cert
 
     host, port = parse_address(args.api)
-    nat = start_nat_settings(args)
-    p2p = p2p_settings(args.p2p_addr, args.no_p2p, args.peers, args.anti_entropy_seconds, nat)
-    p2p = with_mdns(p2p, args.mdns)
+    p2p = start_p2p_settings(args)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValidationError("give both --tls-cert and --tls-key")
     if args.self_signed_tls and args.tls_cert:
@@ -325,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default /ip4/0.0.0.0/tcp/9171)",
     )
     p.add_argument("--no-p2p", action="store_true", help="run no libp2p host")
+    p.add_argument(
+        "--no-dht",
+        action="store_true",
+        help="run no Kad-DHT: provide nothing, look for no providers",
+    )
     p.add_argument(
         "--peers",
         metavar="MULTIADDR",

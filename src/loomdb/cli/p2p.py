@@ -36,6 +36,7 @@ def show_info(info: dict[str, Any]) -> None:
             **_replicator_states(info),
             **_replication_rows(info),
             **_mdns_row(info),
+            **_dht_rows(info),
         }
     )
 
@@ -49,6 +50,19 @@ def _mdns_row(info: dict[str, Any]) -> dict[str, str]:
     connected = sum(1 for p in mdns["peers"] if p["connected"])
     where = ", ".join(mdns["interfaces"])
     return {"mdns": f"on ({where}): {mdns['discovered']} discovered, {connected} connected"}
+
+
+def _dht_rows(info: dict[str, Any]) -> dict[str, str]:
+    dht = info.get("dht")
+    if dht is None:
+        return {"dht": "off"} if "dht" in info else {}
+    return {
+        "dht": f"{dht['mode']}, {dht['routing_table']} peers in its routing table",
+        "dht_provided": f"{dht['keys_provided']} of {dht['keys']} keys "
+        f"({dht['keys_pending']} pending, {dht['keys_skipped']} skipped)",
+        "dht_lookups": f"{dht['lookups']} ({dht['lookup_failures']} found nobody), "
+        f"{dht['provider_dials']} providers dialled ({dht['provider_dial_failures']} failed)",
+    }
 
 
 def _replicator_states(info: dict[str, Any]) -> dict[str, str]:
@@ -169,7 +183,8 @@ def show_document_sync(answer: dict[str, Any]) -> None:
     for peer in answer["peers"]:
         error = peer.get("error")
         done = f"{error['code']}: {error['message']}" if error else f"{peer['pulled']} pulled"
-        print(f"{peer['peer_id']}  {done}")
+        via = "  (found on the DHT)" if peer.get("via") == "dht" else ""
+        print(f"{peer['peer_id']}  {done}{via}")
 
 
 def _names_body(args: argparse.Namespace, key: str) -> dict[str, Any]:
@@ -219,7 +234,8 @@ def add_subscription_commands(sub: Any, command: Command) -> None:
         p = command(docs, name, cmd, f"{text} documents (one bad name: none changed)")
         p.add_argument("names", metavar="COLLECTION/DOC", nargs="+")
     command(docs, "getall", cmd_document_getall, "the documents followed")
-    p = command(docs, "sync", cmd_document_sync, "pull documents from every connected peer, once")
+    help_ = "pull documents from every connected peer, once (what none has: from DHT providers)"
+    p = command(docs, "sync", cmd_document_sync, help_)
     p.add_argument("names", metavar="COLLECTION/DOC", nargs="+")
 
 

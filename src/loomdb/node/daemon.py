@@ -64,6 +64,7 @@ from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
 from loomdb.transports.base import DEFAULT_MAX_FRAME, FrameHandler
 from loomdb.transports.libp2p import P2PHost, parse_peer_addr
+from loomdb.transports.libp2p.dht import NodeDHT
 from loomdb.transports.libp2p.mdns import MdnsDiscovery, host_hooks
 from loomdb.transports.tls import TlsFiles, Verify
 from loomdb.trust.admin import NodeTrust
@@ -264,6 +265,10 @@ async def serve_node(
                 if options.p2p.mdns:  # stopped before the host
                     mdns = MdnsDiscovery(host_hooks(p2p), options.p2p.listen)
                     await stack.enter_async_context(mdns.run())
+                dht = None
+                if options.p2p.dht:  # Kad-DHT: providers of what nodes hold
+                    dht = NodeDHT(p2p.host, server=options.p2p.dht_server, hands_off=p2p.hands_off)
+                    await stack.enter_async_context(dht.run())
                 # Gossip and head exchange (stopped before the host, like the replicators).
                 replication = await stack.enter_async_context(
                     passive_replication(
@@ -274,6 +279,7 @@ async def serve_node(
                         check=guarded.check,
                         settings=options.p2p,
                         default_space=options.space,
+                        dht=dht,
                     )
                 )
                 # Stopped before the host (the stack unwinds in reverse), cursors saved.
@@ -322,6 +328,7 @@ async def serve_node(
             api.state.replicators = replicators
             api.state.replication = replication
             api.state.mdns = mdns
+            api.state.dht = None if replication is None else replication.providers
             policy = GuardPolicy(
                 allowed_hosts(bound_host, options.allow_hosts), admin_token(home.path)
             )

@@ -26,6 +26,7 @@ from loomdb.errors import ValidationError
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.heads import DEFAULT_INTERVAL
 from loomdb.replication.passive import PassiveReplication
+from loomdb.replication.providers import Providers
 from loomdb.replication.subscriptions import FILE as SUBSCRIPTIONS_FILE
 from loomdb.replication.subscriptions import Subscriptions
 from loomdb.stores.remote import RemoteStore
@@ -36,6 +37,7 @@ from loomdb.transports.libp2p import (
     parse_listen_addr,
     parse_peer_addr,
 )
+from loomdb.transports.libp2p.dht import NodeDHT
 from loomdb.transports.libp2p.mdns_records import choose_interfaces, local_interfaces
 from loomdb.transports.libp2p.nat import DEFAULT_PUNCH_TIMEOUT, NatSettings, RelayServiceLimits
 
@@ -48,13 +50,20 @@ class P2PSettings:
     """``listen``: multiaddrs to listen on; ``peers``: bootstrap peers to keep connected;
     ``anti_entropy``: seconds between head exchanges with each peer; ``nat``: relay
     service, relays to reserve on, hole punching; ``mdns``: find and connect to peers
-    on the LAN (:mod:`loomdb.transports.libp2p.mdns`)."""
+    on the LAN (:mod:`loomdb.transports.libp2p.mdns`); ``dht``: run the Kad-DHT
+    (:mod:`~loomdb.transports.libp2p.dht`; ``--no-dht`` turns it off)."""
 
     listen: tuple[str, ...]
     peers: tuple[str, ...] = ()
     anti_entropy: float = DEFAULT_INTERVAL
     nat: NatSettings = field(default_factory=NatSettings)
     mdns: bool = False
+    dht: bool = True
+
+    @property
+    def dht_server(self) -> bool:
+        """DHT server mode, unless behind a NAT (reserving on relays): see dht.py."""
+        return not self.nat.relays
 
     def check(self) -> None:
         """Before anything is opened: bad addresses are ``ValidationError``, a busy
@@ -105,6 +114,8 @@ def p2p_settings(
     peers: Sequence[str],
     anti_entropy: float | None = None,
     nat: NatSettings | None = None,
+    *,
+    dht: bool = True,
 ) -> P2PSettings | None:
     """``loomdb start``'s options as settings (None: no libp2p)."""
     if no_p2p:
@@ -115,7 +126,11 @@ def p2p_settings(
         return None
     interval = DEFAULT_INTERVAL if anti_entropy is None else anti_entropy
     return P2PSettings(
-        tuple(addrs or (DEFAULT_P2P_ADDR,)), tuple(peers), interval, nat or NatSettings()
+        tuple(addrs or (DEFAULT_P2P_ADDR,)),
+        tuple(peers),
+        interval,
+        nat or NatSettings(),
+        dht=dht,
     )
 
 
@@ -161,10 +176,13 @@ async def passive_replication(
     check: Callable[[Entry], None],
     settings: P2PSettings,
     default_space: str,
+    dht: NodeDHT | None = None,
 ) -> AsyncIterator[PassiveReplication]:
     """Gossip and head exchange on ``p2p`` (running) until the block ends, with the
-    subscriptions saved in ``home``."""
+    subscriptions saved in ``home``; with ``dht`` (running), what the node holds is
+    provided on it, and history no peer at hand has is looked for there."""
     subscriptions = Subscriptions(home / SUBSCRIPTIONS_FILE)
+    providers = None if dht is None else Providers(dht, p2p, local, feed, subscriptions)
     replication = PassiveReplication(
         p2p,
         local,
@@ -173,9 +191,12 @@ async def passive_replication(
         check,
         anti_entropy=settings.anti_entropy,
         default_space=default_space,
+        providers=providers,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(replication.run)
+        if providers is not None:
+            nursery.start_soon(providers.run)
         try:
             yield replication
         finally:

@@ -51,6 +51,7 @@ from loomdb.replication.fetches import FetchQueue
 from loomdb.replication.gossip import Delays, GossipCounters, PublishWindow, decide
 from loomdb.replication.heads import DEFAULT_INTERVAL, POLL_SECONDS, HeadSchedule
 from loomdb.replication.message import pack
+from loomdb.replication.providers import Providers
 from loomdb.replication.subscriptions import Subscriptions, parse_document_name
 from loomdb.replication.topics import topics_of
 from loomdb.stores.base import PutStatus
@@ -87,6 +88,7 @@ class PassiveReplication:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = trio.sleep,
         wall: Clock | None = None,
+        providers: Providers | None = None,
     ) -> None:
         """``clock`` and ``sleep`` pace head exchange; ``wall`` (the system clock by
         default) dates arrivals, for :class:`Delays`."""
@@ -110,11 +112,14 @@ class PassiveReplication:
         # One item per received message: its entries, publisher and topic.
         self._inbox_send, self._inbox = trio.open_memory_channel[_Inbound](math.inf)
         self._inbox_entries = 0  # entries waiting in the inbox, at most INBOX_SIZE
+        self.providers = providers  # the DHT's, for history no peer at hand has
 
     # --- what the API calls -------------------------------------------------------------
 
     def subscriptions_changed(self) -> None:
         self._topics_changed.set()
+        if self.providers is not None:
+            self.providers.changed()
 
     def info(self) -> dict[str, Any]:
         subs = self.subscriptions
@@ -154,6 +159,8 @@ class PassiveReplication:
                 log.exception("pulling %s from %s", documents, peer)
                 error = {"code": "transport", "message": f"{type(exc).__name__}: {exc}"}
                 out.append({"peer_id": peer, "error": error})
+        if self.providers is not None:  # what no connected peer had: ask the DHT
+            out += await self.providers.sync_missing(scope, self._pull, {p["peer_id"] for p in out})
         return out
 
     # --- running -----------------------------------------------------------------------
@@ -394,15 +401,34 @@ class PassiveReplication:
                 try:
                     with trio.fail_after(FETCH_TIMEOUT):
                         await self._pull(peer, scope)
-                    self.counters["fetched"] += 1
-                    return
+                    # With the DHT to fall back on, a peer that lacked the history
+                    # is not the end of the fetch.
+                    if self.providers is None or await self._has_history(item[0]):
+                        self.counters["fetched"] += 1
+                        return
                 except (LoomError, trio.TooSlowError) as exc:
                     log.info("fetching %s/%s from %s: %s", collection, document, peer, exc)
                 except Exception:  # a background task never takes the node down
                     log.exception("fetching %s/%s from %s", collection, document, peer)
+            if self.providers is not None:  # no peer at hand had it: ask the DHT
+
+                async def done() -> bool:
+                    return await self._has_history(item[0])
+
+                found = await self.providers.pull_from_providers(
+                    space, collection, lambda peer: self._pull(peer, scope), skip=peers, done=done
+                )
+                if any("error" not in p for p in found) and await done():
+                    self.counters["fetched"] += 1
+                    return
             self.counters["fetch_failed"] += 1
         finally:
             slots.release()
+
+    async def _has_history(self, document: tuple[str, str, str]) -> bool:
+        """Whether the document is here with the parents of its heads."""
+        heads = await self.local.heads(*document)
+        return bool(heads) and not await self.local.missing_parents(heads)
 
     # --- head exchange ---------------------------------------------------------------
 

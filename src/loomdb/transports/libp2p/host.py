@@ -272,6 +272,8 @@ class P2PHost:
         self._sleep = sleep
         self.counters = P2PCounters()
         self._channels: dict[str, Libp2pChannel] = {}  # peer_channel's, by Peer ID
+        # Peers disconnected on request, until dialled again: the DHT leaves them be.
+        self.hands_off: set[ID] = set()
         key_pair = create_new_key_pair(node_key.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         sec_opt = {NOISE_PROTOCOL_ID: noise}  # Noise only: see the module doc
@@ -418,6 +420,12 @@ class P2PHost:
 
     async def _connect(self, info: PeerInfo, name: str) -> None:
         self.counters.dials += 1
+        self.hands_off.discard(info.peer_id)
+        # A failed dial (a redial while the peer was away, a DHT query) puts the
+        # peer in py-libp2p's 60-second "negative cache", which refuses every dial
+        # to it meanwhile: a dial the node decides on is tried.
+        network: Any = self.host.get_network()
+        network.unblock_peer(info.peer_id)
         try:
             with anyio.fail_after(self.connect_timeout):
                 if info.addrs and is_circuit(info.addrs[0]):
@@ -441,6 +449,7 @@ class P2PHost:
         peer_id = peer_id_arg(peer)
         if peer_id not in self.host.get_network().connections:
             return False
+        self.hands_off.add(peer_id)
         try:
             await self.host.disconnect(peer_id)
         except STREAM_ERRORS as exc:
