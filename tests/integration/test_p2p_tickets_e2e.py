@@ -6,13 +6,9 @@ line and a usage exit, never a traceback."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,13 +16,13 @@ from loomdb.cli.qr import qr_code, qr_modules, read_back
 from loomdb.identity.keys import SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key
 from loomdb.node.ticket import TICKET_PREFIX, Ticket
-from tests.integration.nodes import CLIENT_TIMEOUT, Node, Nodes, client_sync, node_env, nodes
-from tests.integration.test_trust_e2e import card_of, refused
+from tests.integration.nodes import Node, Nodes, client_sync, nodes
+from tests.integration.test_p2p_e2e import peer_ids, read_all, write
+from tests.integration.test_trust_e2e import card_of, cli, cli_json, refused
 from tests.unit.test_p2p_ticket import scan
 
 pytestmark = pytest.mark.integration
 
-SPACE_HEADER = "X-Loomdb-Space"
 WAIT = 30.0  # a reservation on the relay, on 2 busy cores
 DEAD = "/ip4/127.0.0.1/tcp/1"  # nothing listens on port 1
 
@@ -37,31 +33,6 @@ def cluster() -> Iterator[Nodes]:
         yield group
 
 
-def cli(node: Node, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``loomdb client ARGS --url NODE``, ``stdin`` piped in; never a traceback."""
-    done = subprocess.run(
-        [sys.executable, "-m", "loomdb", "client", *args, "--url", node.url],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=CLIENT_TIMEOUT,
-        env=node_env(),
-        check=False,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def cli_json(node: Node, *args: str) -> Any:
-    done = cli(node, *args, "--json")
-    assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
-    return json.loads(done.stdout)
-
-
-def peer_ids(node: Node) -> list[str]:
-    return [p["peer_id"] for p in cli_json(node, "p2p", "peers")["peers"]]
-
-
 def ticket_of(node: Node, *args: str) -> tuple[str, list[str]]:
     """``client p2p ticket ARGS`` on ``node``: the ticket (its last line) and every line."""
     done = cli(node, "p2p", "ticket", *args)
@@ -69,27 +40,6 @@ def ticket_of(node: Node, *args: str) -> tuple[str, list[str]]:
     lines = done.stdout.rstrip("\n").split("\n")
     assert lines[-1].startswith(TICKET_PREFIX), lines
     return lines[-1], lines
-
-
-def write(node: Node, space: str, collection: str, doc_id: str, value: dict[str, Any]) -> None:
-    with node.http() as http:
-        r = http.post(
-            f"/collections/{collection}/docs",
-            json={"id": doc_id, "value": value},
-            headers={SPACE_HEADER: space},
-        )
-        assert r.status_code == 201, r.text
-
-
-def read_all(node: Node, space: str, collection: str) -> dict[str, Any]:
-    with node.http() as http:
-        r = http.get(
-            f"/collections/{collection}/docs", params={"limit": 100}, headers={SPACE_HEADER: space}
-        )
-        if r.status_code == 404:
-            return {}
-        assert r.status_code == 200, r.text
-        return {d["id"]: d["value"] for d in r.json()["documents"]}
 
 
 def test_a_ticket_printed_by_one_node_connects_the_other(cluster: Nodes, tmp_path: Path) -> None:
