@@ -27,7 +27,7 @@ from loomdb.errors import (
 from loomdb.stores import MemoryStore, SQLiteStore
 from loomdb.stores.base import ContentAddressedStore, SetKey
 from loomdb.stores.caching import CachingStore
-from loomdb.stores.remote import RemoteStore
+from loomdb.stores.remote import RemoteStore, near
 from loomdb.stores.server import StoreServer
 from loomdb.sync import wire
 from loomdb.sync.replicate import (
@@ -338,6 +338,46 @@ async def test_frames_are_bounded_and_compressed_when_it_pays() -> None:
     bomb = bytes([wire.ZLIB]) + __import__("zlib").compress(bytes(10_000_000))
     with pytest.raises(FrameTooLargeError):
         wire.unpack(bomb, max_frame=1_000_000)
+
+
+async def test_a_client_may_ask_for_uncompressed_replies(make_entry: EntryFactory) -> None:
+    server = StoreServer(MemoryStore())
+    ids = {"cids": [bytes(36)] * 200}  # compressible, and not a valid CID: an error reply
+    plain = wire.encode_request("has", ids, compress=False)
+    assert plain[0] == wire.RAW and wire.decode_request(plain).compress_reply is False
+    assert wire.decode_request(wire.encode_request("has", ids)).compress_reply is True
+    with pytest.raises(ProtocolError, match="'z'"):
+        wire.decode_request(wire.pack({"v": 1, "op": "count", "a": {}, "z": 1}))
+    # A big, compressible reply: compressed unless the request said "z": false (a
+    # server that predates the key ignores it: the reply is valid either way).
+    store = MemoryStore()
+    entries = make_entry.chain(50)
+    await store.put_entries(entries)
+    server = StoreServer(store)
+    args = {"cids": [e.cid.binary for e in entries]}
+    packed = await server.handle(wire.encode_request("get", args))
+    raw = await server.handle(wire.encode_request("get", args, compress=False))
+    assert packed[0] == wire.ZLIB and raw[0] == wire.RAW
+    assert wire.decode_reply(packed) == wire.decode_reply(raw) == [e.raw for e in entries]
+
+
+@pytest.mark.parametrize(
+    ("url", "is_near"),
+    [
+        ("http://127.0.0.1:9170", True),
+        ("ws://localhost:9170", True),
+        ("http://[::1]:9170", True),
+        ("http://192.168.1.20:9170", True),
+        ("http://10.0.0.5", True),
+        ("http://[fe80::1]:9170", True),
+        ("https://93.184.216.34", False),
+        ("https://sync.example.org", False),
+    ],
+)
+def test_loopback_and_lan_nodes_are_near(url: str, is_near: bool) -> None:
+    assert near(url) is is_near
+    assert RemoteStore.connect(url).compress is not is_near
+    assert RemoteStore.connect(url, compress=True).compress is True
 
 
 async def test_remote_put_reports_each_result(make_entry: EntryFactory) -> None:

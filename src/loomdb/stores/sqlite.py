@@ -381,8 +381,15 @@ class SQLiteStore:
         wanted = check_cids(cids)
 
         def run() -> list[bytes | None]:
-            found = self._raw_by_cid(wanted)
-            return [found.get(c) for c in wanted]
+            # Keyed by the CIDs' bytes: no CID object made per row read.
+            found: dict[bytes, bytes] = {}
+            for part in _chunks([c.binary for c in wanted]):
+                found.update(
+                    self._r.execute(
+                        f"SELECT cid, raw FROM entries WHERE cid IN ({_marks(len(part))})", part
+                    )
+                )
+            return [found.get(c.binary) for c in wanted]
 
         return await self._read(run)
 
