@@ -21,7 +21,9 @@ The steps:
 2. **Transfer** what differs in batches of ``batch_size`` entries, in the order
    reconciliation found them (by timestamp; each batch sorted parents first).
    Fetching, verifying and storing are pipelined: while one batch is stored,
-   the next is fetched and its signatures are checked on a worker thread.
+   the next is verified and the one after it fetched. A batch's signatures are
+   checked on every core (:func:`loomdb.entries.verify.decode_many`: libsodium
+   releases the GIL while it verifies).
 3. **Report**: counts, rejections (each with its reason), rounds and bytes.
 
 Invariants:
@@ -52,9 +54,9 @@ import anyio.to_thread
 
 from loomdb.documents.model import KeyWait
 from loomdb.entries.cid import CID, PREFIX
-from loomdb.entries.entry import Entry, decode_entry
+from loomdb.entries.entry import Entry
+from loomdb.entries.verify import decode_many
 from loomdb.errors import (
-    EntryError,
     ForbiddenError,
     LoomError,
     ProtocolError,
@@ -277,20 +279,19 @@ async def reconcile(
 def _verify(
     wanted: Sequence[CID], raws: Sequence[bytes | None]
 ) -> tuple[list[Entry], list[Rejection], int]:
-    """Check every fetched entry (CID and signature); runs on a worker thread."""
+    """Check every fetched entry (CID and signature); runs on a worker thread, and
+    shares the batch with the verify pool's (one per core)."""
+    asked = [(cid, raw) for cid, raw in zip(wanted, raws, strict=True) if raw is not None]
+    checked = decode_many([raw for _, raw in asked], [cid for cid, _ in asked])
     good: list[Entry] = []
     bad: list[Rejection] = []
-    missing = 0
-    for cid, raw in zip(wanted, raws, strict=True):
-        if raw is None:
-            missing += 1
-            continue
-        try:
-            good.append(decode_entry(raw, expected_cid=cid))
-        except EntryError as exc:
-            bad.append(Rejection(cid, f"{exc.code}: {exc.message}", "local"))
+    for (cid, _), result in zip(asked, checked, strict=True):
+        if isinstance(result, Entry):
+            good.append(result)
+        else:
+            bad.append(Rejection(cid, f"{result.code}: {result.message}", "local"))
     good.sort(key=lambda e: e.height)  # parents before children within the batch
-    return good, bad, missing
+    return good, bad, len(wanted) - len(asked)
 
 
 async def transfer(
@@ -304,7 +305,7 @@ async def transfer(
     progress: Progress | None = None,
 ) -> None:
     """Copy ``cids`` from ``source`` to ``target`` in batches, in three stages that
-    overlap: fetch batch k+2, verify batch k+1 (on a worker thread), store batch k."""
+    overlap: fetch batch k+2, verify batch k+1 (on worker threads), store batch k."""
     batches = [cids[i : i + batch_size] for i in range(0, len(cids), batch_size)]
     fetched_in, fetched_out = anyio.create_memory_object_stream[
         tuple[Sequence[CID], list[bytes | None]]
@@ -320,7 +321,7 @@ async def transfer(
     async def produce() -> None:
         async with send:
             if direction == "pull":
-                # Untrusted bytes: verify here, on a worker thread, so the target
+                # Untrusted bytes: verify here, on worker threads, so the target
                 # stores them without verifying again (and the loop stays free).
                 async with fetched_out:
                     async for batch, raws in fetched_out:
