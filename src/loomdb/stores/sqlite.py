@@ -491,6 +491,26 @@ class SQLiteStore:
             lambda: int(self._r.execute("SELECT count(*) FROM entries").fetchone()[0])
         )
 
+    # --- sync cursors ---------------------------------------------------------
+
+    async def get_cursor(self, name: str) -> int | None:
+        """A receipt-log position noted by :meth:`set_cursor` (sync: how far this
+        store has pulled another store's log), or None."""
+
+        def run() -> int | None:
+            row = self._r.execute("SELECT value FROM meta WHERE key = ?", ("cursor " + name,))
+            found = row.fetchone()
+            return None if found is None else int(found[0])
+
+        return await self._read(run)
+
+    async def set_cursor(self, name: str, seq: int) -> None:
+        def run() -> None:
+            key = "cursor " + name
+            self._w.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(seq)))
+
+        await self._write(run)
+
     # --- sync -----------------------------------------------------------------
 
     async def with_range_index(self, set_key: SetKey, fn: Callable[[RangeIndex], T]) -> T:
