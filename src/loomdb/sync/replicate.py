@@ -54,7 +54,7 @@ import anyio
 import anyio.to_thread
 
 from loomdb.documents.model import KeyWait
-from loomdb.entries.cid import CID, PREFIX
+from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry
 from loomdb.entries.verify import decode_many
 from loomdb.errors import (
@@ -225,7 +225,7 @@ def one_error() -> Iterator[None]:
 
 
 def cid_of_id(item_id: bytes) -> CID:
-    return CID(PREFIX + item_id)
+    return CID.from_digest(item_id)
 
 
 async def reconcile(
