@@ -26,6 +26,10 @@ The steps:
    releases the GIL while it verifies).
 3. **Report**: counts, rejections (each with its reason), rounds and bytes.
 
+A pull into a store that keeps cursors (``get_cursor``/``set_cursor``) of one open
+space skips steps 1 and 2 when it can: the remote's receipt log, scanned from
+where the last complete pull of that scope left it (:func:`pull_appended`).
+
 Invariants:
 
 - Nothing is lost on interruption: each batch lands atomically (a store's
