@@ -148,6 +148,14 @@ async def test_database_target_applies_documents(tmp_path: Path) -> None:
         assert report.pulled >= 2
         got = await reader.collection("notes").get("n1")
         assert got.value["title"] == "hello, world"
+        # The next pull scans what the writer appended (no reconciliation), and the
+        # reader's documents follow it as well.
+        await notes.update("n1", {"title": "third"})
+        await notes.create({"title": "new"}, id="n2")
+        again = await pull_changes_from(reader, writer, writer.space)
+        assert again.rounds == 0 and again.pulled == 2
+        assert (await reader.collection("notes").get("n1")).value["title"] == "third"
+        assert (await reader.collection("notes").get("n2")).value["title"] == "new"
     finally:
         await writer.aclose()
         await reader.aclose()

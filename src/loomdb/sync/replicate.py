@@ -182,6 +182,10 @@ class DatabaseStore:
         await self.db.catch_up()
         return await self.store.reconcile(requests)
 
+    async def catch_up(self) -> None:
+        """What :meth:`reconcile` does first, for a pull that does not reconcile."""
+        await self.db.catch_up()
+
     async def waiting_for_key(self, scope: SyncScope) -> KeyWait:
         if scope.space not in (None, self.db.space):
             return KeyWait(0, ())
@@ -541,6 +545,9 @@ async def pull_appended(
     last, head = cursor.last, cursor.head
     if last is None or not 0 <= head.seq - last <= CURSOR_MAX:
         return False
+    catch_up = getattr(local, "catch_up", None)  # a database: apply what is stored first
+    if catch_up is not None:
+        await catch_up()
     state.phase = "transfer"
     if progress is not None:
         progress(state)
