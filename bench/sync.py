@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,9 +114,11 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
     "stage_select_us": ("stage: SELECT raw by CID (no decode)", "µs", True),
     "stage_get_us": ("stage: SQLiteStore.get_entries, as the node's get", "µs", True),
     "stage_reply_us": ("stage: encode a 1000-entry get reply (CBOR+zlib)", "µs", True),
+    "stage_reply_raw_us": ("stage: encode it uncompressed, as on loopback", "µs", True),
     "stage_unpack_us": ("stage: decode that reply (zlib+CBOR)", "µs", True),
     "stage_verify_us": ("stage: decode_entry with signature", "µs", True),
     "stage_sodium_us": ("stage: libsodium crypto_sign_open alone", "µs", True),
+    "stage_sodium2_us": ("stage: libsodium crypto_sign_open, 2 threads (wall)", "µs", True),
     "stage_put_us": ("stage: put_entries(verified), fresh store", "µs", True),
     "wire_recon_ms": ("reconcile N vs N-100 over the node (real entries)", "ms", True),
     "wire_recon_rounds": ("reconcile over the node: rounds", "rounds", True),
@@ -335,7 +338,7 @@ def running_node(home: Path, store: Path, profile_to: Path | None = None) -> Ite
 LOCAL_RECONCILE = "local reconcile steps (its fingerprint tree, worker thread)"
 REMOTE_RECONCILE = "remote reconcile steps (round trips)"
 FETCH = "fetch: waiting on get replies (round trips)"
-VERIFY = "verify: decode_entry with signature (worker thread)"
+VERIFY = "verify: decode_entry with signature (worker threads, summed)"
 STORE = "store: local put_entries (SQLite worker thread)"
 
 
@@ -512,6 +515,10 @@ async def stages(cached: Cached, tmp: Path, out: Values, count: int) -> None:
     frames = [wire.encode_reply(raws[i : i + 1000]) for i in range(0, count, 1000)]
     out.add("stage_reply_us", n, (time.perf_counter() - t) * 1e6 / count)
     t = clock()
+    for i in range(0, count, 1000):
+        wire.encode_reply(raws[i : i + 1000], compress=False)
+    out.add("stage_reply_raw_us", n, (time.perf_counter() - t) * 1e6 / count)
+    t = clock()
     for frame in frames:
         wire.decode_reply(frame)
     out.add("stage_unpack_us", n, (time.perf_counter() - t) * 1e6 / count)
@@ -526,6 +533,18 @@ async def stages(cached: Cached, tmp: Path, out: Values, count: int) -> None:
     for smsg, e in signed:
         nacl.bindings.crypto_sign_open(smsg, e.author)
     out.add("stage_sodium_us", n, (time.perf_counter() - t) * 1e6 / count)
+
+    def verify_part(part: Sequence[tuple[bytes, Entry]]) -> None:
+        for smsg, e in part:
+            nacl.bindings.crypto_sign_open(smsg, e.author)
+
+    half = len(signed) // 2
+    other = threading.Thread(target=verify_part, args=(signed[half:],))
+    t = clock()
+    other.start()
+    verify_part(signed[:half])
+    other.join()
+    out.add("stage_sodium2_us", n, (time.perf_counter() - t) * 1e6 / count)
     fresh = SQLiteStore(tmp / "stages" / "fresh.db")
     try:
         t = clock()

@@ -50,3 +50,14 @@ def test_hlc_adopts_remote_values_within_the_drift_bound() -> None:
     assert hlc.now() == pack_hlc(10_500, 8)
     hlc.observe(pack_hlc(99_999_999, 0))  # a peer far in the future is not followed
     assert unpack_hlc(hlc.now())[0] == 10_500
+
+
+def test_cid_from_digest_is_the_cid_of_that_digest() -> None:
+    data = b"an entry"
+    cid = CID.of(data)
+    assert CID.from_digest(cid.digest) == cid
+    assert hash(CID.from_digest(cid.digest)) == hash(cid)
+    assert str(CID.from_digest(cid.digest)) == str(cid)
+    for bad in (b"", cid.digest[:-1], cid.binary, bytearray(cid.digest)):
+        with pytest.raises(ValidationError, match="32 bytes"):
+            CID.from_digest(bad)  # type: ignore[arg-type]

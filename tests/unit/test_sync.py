@@ -6,6 +6,7 @@ sockets and real node processes is tested in tests/integration/test_sync_e2e.py.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +28,9 @@ from loomdb.errors import (
 from loomdb.stores import MemoryStore, SQLiteStore
 from loomdb.stores.base import ContentAddressedStore, SetKey
 from loomdb.stores.caching import CachingStore
-from loomdb.stores.remote import RemoteStore
+from loomdb.stores.remote import RemoteStore, near
 from loomdb.stores.server import StoreServer
-from loomdb.sync import wire
+from loomdb.sync import replicate, wire
 from loomdb.sync.replicate import (
     SyncProgress,
     SyncScope,
@@ -147,6 +148,14 @@ async def test_database_target_applies_documents(tmp_path: Path) -> None:
         assert report.pulled >= 2
         got = await reader.collection("notes").get("n1")
         assert got.value["title"] == "hello, world"
+        # The next pull scans what the writer appended (no reconciliation), and the
+        # reader's documents follow it as well.
+        await notes.update("n1", {"title": "third"})
+        await notes.create({"title": "new"}, id="n2")
+        again = await pull_changes_from(reader, writer, writer.space)
+        assert again.rounds == 0 and again.pulled == 2
+        assert (await reader.collection("notes").get("n1")).value["title"] == "third"
+        assert (await reader.collection("notes").get("n2")).value["title"] == "new"
     finally:
         await writer.aclose()
         await reader.aclose()
@@ -340,6 +349,46 @@ async def test_frames_are_bounded_and_compressed_when_it_pays() -> None:
         wire.unpack(bomb, max_frame=1_000_000)
 
 
+async def test_a_client_may_ask_for_uncompressed_replies(make_entry: EntryFactory) -> None:
+    server = StoreServer(MemoryStore())
+    ids = {"cids": [bytes(36)] * 200}  # compressible, and not a valid CID: an error reply
+    plain = wire.encode_request("has", ids, compress=False)
+    assert plain[0] == wire.RAW and wire.decode_request(plain).compress_reply is False
+    assert wire.decode_request(wire.encode_request("has", ids)).compress_reply is True
+    with pytest.raises(ProtocolError, match="'z'"):
+        wire.decode_request(wire.pack({"v": 1, "op": "count", "a": {}, "z": 1}))
+    # A big, compressible reply: compressed unless the request said "z": false (a
+    # server that predates the key ignores it: the reply is valid either way).
+    store = MemoryStore()
+    entries = make_entry.chain(50)
+    await store.put_entries(entries)
+    server = StoreServer(store)
+    args = {"cids": [e.cid.binary for e in entries]}
+    packed = await server.handle(wire.encode_request("get", args))
+    raw = await server.handle(wire.encode_request("get", args, compress=False))
+    assert packed[0] == wire.ZLIB and raw[0] == wire.RAW
+    assert wire.decode_reply(packed) == wire.decode_reply(raw) == [e.raw for e in entries]
+
+
+@pytest.mark.parametrize(
+    ("url", "is_near"),
+    [
+        ("http://127.0.0.1:9170", True),
+        ("ws://localhost:9170", True),
+        ("http://[::1]:9170", True),
+        ("http://192.168.1.20:9170", True),
+        ("http://10.0.0.5", True),
+        ("http://[fe80::1]:9170", True),
+        ("https://93.184.216.34", False),
+        ("https://sync.example.org", False),
+    ],
+)
+def test_loopback_and_lan_nodes_are_near(url: str, is_near: bool) -> None:
+    assert near(url) is is_near
+    assert RemoteStore.connect(url).compress is not is_near
+    assert RemoteStore.connect(url, compress=True).compress is True
+
+
 async def test_remote_put_reports_each_result(make_entry: EntryFactory) -> None:
     net = MemoryNetwork()
     serve(net, "s", MemoryStore())
@@ -386,3 +435,86 @@ async def test_an_empty_side_learns_a_large_set_in_few_rounds() -> None:
     have, need = await reconcile(empty, full, [SetKey("s")], state)  # type: ignore[arg-type]
     assert have == [] and len(need) == len(items)
     assert state.rounds <= 8
+
+
+# --- pulling what a remote appended, from a cursor ------------------------------------
+
+
+async def test_a_second_pull_scans_what_the_remote_appended(
+    make_entry: EntryFactory, tmp_path: Path
+) -> None:
+    net = MemoryNetwork(seed=2)
+    server_store = MemoryStore()
+    await server_store.put_entries(docs(make_entry, 3, 4))
+    server = serve(net, "server", server_store)
+    local = SQLiteStore(tmp_path / "local.db")
+    try:
+        first = await pull_changes_from(local, remote(net, "server"), "space-1")
+        assert first.pulled == 12 and first.rounds >= 1
+        new = make_entry.chain(5, document="new")
+        await server_store.put_entries([*new, *make_entry.chain(3, space="space-2")])
+        server.requests.clear()
+        seen: list[str] = []
+        again = await pull_changes_from(
+            local, remote(net, "server"), "space-1", progress=lambda s: seen.append(s.phase)
+        )
+        assert (again.pulled, again.to_pull, again.rounds, again.rejected) == (5, 5, 0, [])
+        assert set(server.requests) == {"head", "scan"}  # no reconciliation
+        assert seen[0] == "transfer" and seen[-1] == "done"
+        assert await local.has_entries([e.cid for e in new]) == [True] * 5
+        assert await local.count() == 17  # space-2 was not pulled
+        # Nothing new: one head and one empty scan, still no reconciliation.
+        server.requests.clear()
+        idle = await pull_changes_from(local, remote(net, "server"), "space-1")
+        assert idle.pulled == 0 and set(server.requests) <= {"head", "scan"}
+        # Another scope has its own cursor: it reconciles first.
+        other = await pull_changes_from(
+            local, remote(net, "server"), SyncScope("space-1", collections=("notes",))
+        )
+        assert other.rounds >= 1
+    finally:
+        await local.aclose()
+    # The cursor is kept in the store: a reopened store still scans.
+    reopened = SQLiteStore(tmp_path / "local.db")
+    try:
+        await server_store.put_entries([make_entry(b"later", document="later")])
+        server.requests.clear()
+        later = await pull_changes_from(reopened, remote(net, "server"), "space-1")
+        assert later.pulled == 1 and "reconcile" not in server.requests
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_cursor_falls_back_to_reconciling(
+    make_entry: EntryFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, a = MemoryStore(), MemoryStore()
+    await a.put_entries(docs(make_entry, 2, 2))
+    assert (await pull_changes_from(local, a, "space-1")).rounds >= 1
+    # Many entries appended: reconciling moves fewer than a scan of all of them.
+    monkeypatch.setattr(replicate, "CURSOR_MAX", 3)
+    await a.put_entries(docs(make_entry, 2, 2, collection="more"))
+    many = await pull_changes_from(local, a, "space-1")
+    assert many.pulled == 4 and many.rounds >= 1
+    # Another store (another epoch): its log is not the one the cursor is in.
+    b = MemoryStore()
+    await b.put_entries([make_entry(b"b")])
+    other = await pull_changes_from(local, b, "space-1")
+    assert other.pulled == 1 and other.rounds >= 1
+
+
+async def test_a_bad_entry_appended_is_reported_and_pulled_again(
+    make_entry: EntryFactory,
+) -> None:
+    local, a = MemoryStore(), MemoryStore()
+    await a.put_entries([make_entry(b"first")])
+    await pull_changes_from(local, a, "space-1")
+    good, bad = make_entry(b"good", document="g"), make_entry(b"bad", document="b")
+    damaged = bad.raw[:-1] + bytes((bad.raw[-1] ^ 1,))
+    forged = dataclasses.replace(bad, raw=damaged, verified=False)
+    a._log += [good, forged]  # a remote whose log holds a damaged entry
+    report = await pull_changes_from(local, a, "space-1")
+    assert report.pulled == 1 and [r.cid for r in report.rejected] == [CID.of(damaged)]
+    assert report.rejected[0].reason.startswith("entry.")
+    again = await pull_changes_from(local, a, "space-1")  # the cursor did not move past it
+    assert len(again.rejected) == 1 and again.pulled == 0

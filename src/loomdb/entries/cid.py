@@ -46,6 +46,19 @@ class CID:
         return cid
 
     @classmethod
+    def from_digest(cls, digest: bytes) -> CID:
+        """The CID whose SHA-256 digest is ``digest`` (32 bytes), as reconciliation
+        names entries: no copy, no prefix to check (~3x faster than ``CID(PREFIX +
+        digest)``, which a pull of 100k entries runs 100k times)."""
+        if type(digest) is not bytes or len(digest) != DIGEST_SIZE:
+            raise ValidationError("a CID digest is 32 bytes")
+        cid = object.__new__(cls)
+        cid._bytes = PREFIX + digest
+        cid._hash = hash(cid._bytes)
+        cid._text = None
+        return cid
+
+    @classmethod
     def parse(cls, text: str) -> CID:
         """Parse the base32 text form (``bafyrei…``)."""
         if not isinstance(text, str) or not text.startswith("b") or len(text) != 59:

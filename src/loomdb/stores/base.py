@@ -25,7 +25,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from loomdb.entries.cid import CID
-from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryMeta, EntryPolicy, decode_entry
+from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryMeta, EntryPolicy
+from loomdb.entries.verify import decode_many
 from loomdb.errors import (
     CidMismatchError,
     EntryError,
@@ -229,16 +230,24 @@ def prepare_batch(
             )
 
     already = held([cid for _, cid, _, _ in staged])
+    # The bytes not held, each CID once, checked up front on every core at once.
+    todo: dict[CID, bytes] = {}
+    for _, cid, raw, built in staged:
+        if built is None and raw is not None and cid not in already:
+            todo.setdefault(cid, raw)
+    checked = dict(zip(todo, decode_many(list(todo.values()), policy=policy), strict=True))
     new: list[tuple[int, Entry]] = []
     seen: set[CID] = set()
-    for i, cid, raw, built in staged:
+    for i, cid, _, built in staged:
         if cid in already or cid in seen:
             results[i] = PutResult(cid, PutStatus.DUPLICATE)
             continue
         try:
             if built is None:
-                assert raw is not None
-                entry = decode_entry(raw, policy=policy)
+                result = checked[cid]
+                if isinstance(result, EntryError):
+                    raise result
+                entry = result
             else:
                 check_policy(built, policy)
                 entry = built

@@ -36,6 +36,7 @@ class MemoryStore:
         self.policy = policy
         self._epoch = epoch or os.urandom(8).hex()
         self._log: list[Entry] = []  # receipt order; seq = index + 1
+        self._cursors: dict[str, int] = {}  # sync: how far other stores' logs were pulled
         self._seq: dict[CID, int] = {}
         self._docs: dict[DocKey, list[CID]] = {}
         self._heads: dict[DocKey, set[CID]] = {}
@@ -152,6 +153,15 @@ class MemoryStore:
     async def count(self) -> int:
         self._check_open()
         return len(self._log)
+
+    async def get_cursor(self, name: str) -> int | None:
+        """See :meth:`SQLiteStore.get_cursor`."""
+        self._check_open()
+        return self._cursors.get(name)
+
+    async def set_cursor(self, name: str, seq: int) -> None:
+        self._check_open()
+        self._cursors[name] = seq
 
     async def aclose(self) -> None:
         self._closed = True

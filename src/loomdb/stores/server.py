@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final
 
+from loomdb.entries import codec
 from loomdb.entries.cid import CID
 from loomdb.entries.entry import EntryMeta, decode_entry
 from loomdb.errors import EntryError, ForbiddenError, LoomError, ProtocolError
@@ -104,7 +105,8 @@ class StoreServer:
         try:
             request = wire.decode_request(frame, self.max_frame)
             self.requests[request.op] += 1
-            return wire.encode_reply(await self._ops[request.op](request.args, access))
+            result = await self._ops[request.op](request.args, access)
+            return wire.encode_reply(result, compress=request.compress_reply)
         except LoomError as exc:
             return wire.encode_error(exc)
         except Exception:
@@ -155,17 +157,22 @@ class StoreServer:
         return [put_result_to_wire(r) for r in results if r is not None]
 
     async def _get(self, args: dict[str, Any], access: Access | None) -> object:
-        cids = await self._visible(self._cids(args), access)
+        cids = self._cids(args)
         budget = self._budget(args)
         out: list[bytes | None] = []
         used = 0
+        allowed: dict[tuple[str, str], bool] = {}
         # Fetch in slices so an over-budget reply does not read the whole request.
         step = 256
         for start in range(0, len(cids), step):
             part = cids[start : start + step]
-            raws = await fetch_raw(self.store, [c for c in part if c is not None])
-            found = iter(raws)
-            for raw in (None if c is None else next(found) for c in part):
+            raws = await fetch_raw(self.store, part)
+            if access is not None:
+                # What the principal may not pull is answered as missing; where an
+                # entry goes is read from its bytes (our store verified them), ~4 µs,
+                # not from a metadata query (~20 µs per entry).
+                raws = [_if_pullable(raw, access, allowed) for raw in raws]
+            for raw in raws:
                 size = 8 if raw is None else len(raw) + 8
                 if out and used + size > budget:
                     return out  # a prefix: the client asks again for the rest
@@ -267,6 +274,26 @@ def _if_visible(meta: EntryMeta | None, access: Access | None) -> EntryMeta | No
     if meta is None or access is None or access.can_pull(meta.space, meta.collection):
         return meta
     return None
+
+
+def _if_pullable(
+    raw: bytes | None, access: Access, allowed: dict[tuple[str, str], bool]
+) -> bytes | None:
+    """``raw`` if the principal may pull the entry, else None (as if missing);
+    ``allowed`` remembers the answer per (space, collection) within a request."""
+    if raw is None:
+        return None
+    try:
+        fields = codec.decode_fields(raw)
+        where = (fields["space"], fields["coll"])
+    except LoomError:
+        return None  # not an entry (a damaged store): nothing to send
+    if type(where[0]) is not str or type(where[1]) is not str:
+        return None
+    may = allowed.get(where)
+    if may is None:
+        may = allowed[where] = access.can_pull(*where)
+    return raw if may else None
 
 
 def _need_pull(access: Access | None, space: str, collection: str | None) -> None:

@@ -402,8 +402,15 @@ class SQLiteStore:
         wanted = check_cids(cids)
 
         def run() -> list[bytes | None]:
-            found = self._raw_by_cid(wanted)
-            return [found.get(c) for c in wanted]
+            # Keyed by the CIDs' bytes: no CID object made per row read.
+            found: dict[bytes, bytes] = {}
+            for part in _chunks([c.binary for c in wanted]):
+                found.update(
+                    self._r.execute(
+                        f"SELECT cid, raw FROM entries WHERE cid IN ({_marks(len(part))})", part
+                    )
+                )
+            return [found.get(c.binary) for c in wanted]
 
         return await self._read(run)
 
@@ -504,6 +511,26 @@ class SQLiteStore:
         return await self._read(
             lambda: int(self._r.execute("SELECT count(*) FROM entries").fetchone()[0])
         )
+
+    # --- sync cursors ---------------------------------------------------------
+
+    async def get_cursor(self, name: str) -> int | None:
+        """A receipt-log position noted by :meth:`set_cursor` (sync: how far this
+        store has pulled another store's log), or None."""
+
+        def run() -> int | None:
+            row = self._r.execute("SELECT value FROM meta WHERE key = ?", ("cursor " + name,))
+            found = row.fetchone()
+            return None if found is None else int(found[0])
+
+        return await self._read(run)
+
+    async def set_cursor(self, name: str, seq: int) -> None:
+        def run() -> None:
+            key = "cursor " + name
+            self._w.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(seq)))
+
+        await self._write(run)
 
     # --- sync -----------------------------------------------------------------
 

@@ -21,8 +21,14 @@ The steps:
 2. **Transfer** what differs in batches of ``batch_size`` entries, in the order
    reconciliation found them (by timestamp; each batch sorted parents first).
    Fetching, verifying and storing are pipelined: while one batch is stored,
-   the next is fetched and its signatures are checked on a worker thread.
+   the next is verified and the one after it fetched. A batch's signatures are
+   checked on every core (:func:`loomdb.entries.verify.decode_many`: libsodium
+   releases the GIL while it verifies).
 3. **Report**: counts, rejections (each with its reason), rounds and bytes.
+
+A pull into a store that keeps cursors (``get_cursor``/``set_cursor``) of one open
+space skips steps 1 and 2 when it can: the remote's receipt log, scanned from
+where the last complete pull of that scope left it (:func:`pull_appended`).
 
 Invariants:
 
@@ -41,6 +47,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,16 +58,16 @@ import anyio
 import anyio.to_thread
 
 from loomdb.documents.model import KeyWait
-from loomdb.entries.cid import CID, PREFIX
-from loomdb.entries.entry import Entry, decode_entry
+from loomdb.entries.cid import CID
+from loomdb.entries.entry import Entry
+from loomdb.entries.verify import decode_many
 from loomdb.errors import (
-    EntryError,
     ForbiddenError,
     LoomError,
     ProtocolError,
     ValidationError,
 )
-from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, fetch_raw
+from loomdb.stores.base import ContentAddressedStore, PutStatus, SetKey, StoreHead, fetch_raw
 from loomdb.sync.reconcile import ReconcileReply, ReconcileRequest
 from loomdb.trust.directory import PULLERS
 from loomdb.trust.spaces import ALL, DIRECTORY_COLLECTION, is_managed
@@ -69,6 +76,9 @@ if TYPE_CHECKING:
     from loomdb.documents.database import Database
 
 DEFAULT_BATCH: Final = 1000
+CURSOR_MAX: Final = 5000
+"""Entries appended to a remote's log (all spaces) up to which a pull scans them
+from its cursor; beyond, it reconciles (see :func:`pull_appended`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +182,10 @@ class DatabaseStore:
         await self.db.catch_up()
         return await self.store.reconcile(requests)
 
+    async def catch_up(self) -> None:
+        """What :meth:`reconcile` does first, for a pull that does not reconcile."""
+        await self.db.catch_up()
+
     async def waiting_for_key(self, scope: SyncScope) -> KeyWait:
         if scope.space not in (None, self.db.space):
             return KeyWait(0, ())
@@ -219,7 +233,7 @@ def one_error() -> Iterator[None]:
 
 
 def cid_of_id(item_id: bytes) -> CID:
-    return CID(PREFIX + item_id)
+    return CID.from_digest(item_id)
 
 
 async def reconcile(
@@ -277,20 +291,19 @@ async def reconcile(
 def _verify(
     wanted: Sequence[CID], raws: Sequence[bytes | None]
 ) -> tuple[list[Entry], list[Rejection], int]:
-    """Check every fetched entry (CID and signature); runs on a worker thread."""
+    """Check every fetched entry (CID and signature); runs on a worker thread, and
+    shares the batch with the verify pool's (one per core)."""
+    asked = [(cid, raw) for cid, raw in zip(wanted, raws, strict=True) if raw is not None]
+    checked = decode_many([raw for _, raw in asked], [cid for cid, _ in asked])
     good: list[Entry] = []
     bad: list[Rejection] = []
-    missing = 0
-    for cid, raw in zip(wanted, raws, strict=True):
-        if raw is None:
-            missing += 1
-            continue
-        try:
-            good.append(decode_entry(raw, expected_cid=cid))
-        except EntryError as exc:
-            bad.append(Rejection(cid, f"{exc.code}: {exc.message}", "local"))
+    for (cid, _), result in zip(asked, checked, strict=True):
+        if isinstance(result, Entry):
+            good.append(result)
+        else:
+            bad.append(Rejection(cid, f"{result.code}: {result.message}", "local"))
     good.sort(key=lambda e: e.height)  # parents before children within the batch
-    return good, bad, missing
+    return good, bad, len(wanted) - len(asked)
 
 
 async def transfer(
@@ -304,7 +317,7 @@ async def transfer(
     progress: Progress | None = None,
 ) -> None:
     """Copy ``cids`` from ``source`` to ``target`` in batches, in three stages that
-    overlap: fetch batch k+2, verify batch k+1 (on a worker thread), store batch k."""
+    overlap: fetch batch k+2, verify batch k+1 (on worker threads), store batch k."""
     batches = [cids[i : i + batch_size] for i in range(0, len(cids), batch_size)]
     fetched_in, fetched_out = anyio.create_memory_object_stream[
         tuple[Sequence[CID], list[bytes | None]]
@@ -320,7 +333,7 @@ async def transfer(
     async def produce() -> None:
         async with send:
             if direction == "pull":
-                # Untrusted bytes: verify here, on a worker thread, so the target
+                # Untrusted bytes: verify here, on worker threads, so the target
                 # stores them without verifying again (and the loop stays free).
                 async with fetched_out:
                     async for batch, raws in fetched_out:
@@ -429,6 +442,12 @@ async def _run(
         raise ValidationError("batch_size must be a positive integer")
     local, remote = as_store(local_target), as_store(remote_target)
     state = SyncProgress()
+    chosen = scope if isinstance(scope, SyncScope) else SyncScope(scope)
+    cursor = await _cursor(local, remote, chosen) if pull and not push else None
+    if cursor is not None and await pull_appended(
+        local, remote, chosen, cursor, state, batch_size=batch_size, progress=progress
+    ):
+        return await _finish(local, chosen, state, progress)
     sets = await _scope_sets(scope, local, remote)
     have, need = await reconcile(local, remote, sets, state, progress)
     state.to_pull = len(need) if pull else 0
@@ -444,14 +463,124 @@ async def _run(
         await transfer(
             local, remote, have, state, direction="push", batch_size=batch_size, progress=progress
         )
+    if cursor is not None and not state.rejected and not state.missing:
+        # Everything the remote held in scope when the pull began is here now.
+        await cursor.save(cursor.head.seq)
+    return await _finish(local, chosen, state, progress)
+
+
+async def _finish(
+    local: ContentAddressedStore, scope: SyncScope, state: SyncProgress, progress: Progress | None
+) -> SyncReport:
     waiting = getattr(local, "waiting_for_key", None)  # a database, or a node's databases
     if waiting is not None:
-        found = await waiting(scope if isinstance(scope, SyncScope) else SyncScope(scope))
+        found = await waiting(scope)
         state.waiting_for_key, state.keys_wanted = found.entries, list(found.keys)
     state.phase = "done"
     if progress is not None:
         progress(state)
     return state
+
+
+# --- pulling what the remote appended since the last pull ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PullCursor:
+    """Where a local store's last complete pull of a scope left the remote's receipt
+    log: the remote's head now, and the position reached before (None: none yet)."""
+
+    local: Any
+    name: str
+    head: StoreHead
+    last: int | None
+
+    async def save(self, seq: int) -> None:
+        await self.local.set_cursor(self.name, seq)
+
+
+async def _cursor(
+    local: ContentAddressedStore, remote: ContentAddressedStore, scope: SyncScope
+) -> PullCursor | None:
+    """The pull cursor of ``scope`` on ``remote``, when ``local`` keeps cursors and the
+    scope is one open space (a managed space's entries need its directory first and
+    the remote's access rules: those pulls always reconcile)."""
+    if getattr(local, "get_cursor", None) is None or scope.space is None:
+        return None
+    if is_managed(scope.space):
+        return None
+    head = await remote.store_head()
+    # Per remote store (its epoch: a new store, or a wiped one, starts over) and scope.
+    what = [scope.space, list(scope.collections), [list(d) for d in scope.documents]]
+    name = f"pull {head.epoch} {json.dumps(what, separators=(',', ':'))}"
+    last = await local.get_cursor(name)  # type: ignore[attr-defined]
+    return PullCursor(local, name, head, last)
+
+
+def _in_scope(entry: Entry, scope: SyncScope) -> bool:
+    if entry.space != scope.space:
+        return False
+    if not scope.collections and not scope.documents:
+        return True
+    return entry.collection in scope.collections or (
+        (entry.collection, entry.document) in scope.documents
+    )
+
+
+async def pull_appended(
+    local: ContentAddressedStore,
+    remote: ContentAddressedStore,
+    scope: SyncScope,
+    cursor: PullCursor,
+    state: SyncProgress,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> bool:
+    """Pull what the remote appended to its receipt log since ``cursor``: its ``scan``
+    from there, no reconciliation (one round trip for a few new entries). False
+    when the cursor cannot serve: none yet, more than ``CURSOR_MAX`` entries appended
+    (in any space: reconciling moves fewer), or a page that does not decode (what
+    was stored before it stays; the caller reconciles)."""
+    last, head = cursor.last, cursor.head
+    if last is None or not 0 <= head.seq - last <= CURSOR_MAX:
+        return False
+    catch_up = getattr(local, "catch_up", None)  # a database: apply what is stored first
+    if catch_up is not None:
+        await catch_up()
+    state.phase = "transfer"
+    if progress is not None:
+        progress(state)
+    seq = last
+    while seq < head.seq:
+        try:
+            page = await remote.scan(seq, min(batch_size, head.seq - seq))
+        except ProtocolError:
+            return False  # a damaged entry fails a whole page: reconciling reports it alone
+        if not page:
+            break
+        seq = page[-1].seq
+        entries = sorted((r.entry for r in page if _in_scope(r.entry, scope)), key=_height)
+        state.to_pull += len(entries)
+        # Not verified yet (a scan reads them unchecked): the store verifies each.
+        with anyio.CancelScope(shield=True):
+            results = await local.put_entries(entries) if entries else []
+        for result in results:
+            if result.status is PutStatus.ACCEPTED:
+                state.pulled += 1
+            elif result.status is PutStatus.DUPLICATE:
+                state.duplicates += 1
+            else:
+                state.rejected.append(Rejection(result.cid, result.reason or "", "local"))
+        if progress is not None:
+            progress(state)
+    if not state.rejected:
+        await cursor.save(seq)
+    return True
+
+
+def _height(entry: Entry) -> int:
+    return entry.height
 
 
 async def pull_changes_from(

@@ -7,7 +7,7 @@ A frame is one flag byte and a CBOR body::
 
     frame   = flags(1 byte) body
     flags   = 0x00: body is CBOR; 0x01: body is zlib-compressed CBOR
-    request = {"v": version, "op": name, "a": {arguments}}
+    request = {"v": version, "op": name, "a": {arguments}, "z"?: false}
     reply   = {"v": version, "ok": result}
             | {"v": version, "err": {"code": str, "message": str, "supported": [int]}}
 
@@ -16,6 +16,11 @@ handshake: a server that does not speak the version answers with a
 ``sync.version`` error naming the versions it does (``supported``), and the
 client raises :class:`ProtocolVersionError`. ``hello`` is still there for a
 client that wants to know the server's limits and features before it starts.
+
+``"z": false`` in a request asks for its reply uncompressed (on loopback and LANs
+zlib costs more CPU than the bytes it saves: ~12 µs per entry on the serving
+node). It needs no negotiation: a reply may always be sent uncompressed, and a
+server that predates the key ignores it and compresses as before.
 
 Invariants:
 
@@ -83,6 +88,7 @@ class Request:
     version: int
     op: str
     args: dict[str, Any]
+    compress_reply: bool = True  # False when the client sent "z": false
 
 
 # --- frames ---------------------------------------------------------------------
@@ -119,8 +125,19 @@ def unpack(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Any:
         raise ProtocolError(f"frame is not valid CBOR: {exc}") from None
 
 
-def encode_request(op: str, args: Mapping[str, Any], version: int = PROTOCOL_VERSION) -> bytes:
-    return pack({"v": version, "op": op, "a": dict(args)})
+def encode_request(
+    op: str,
+    args: Mapping[str, Any],
+    version: int = PROTOCOL_VERSION,
+    *,
+    compress: bool = True,
+) -> bytes:
+    """A request frame; ``compress=False`` sends it uncompressed and asks for an
+    uncompressed reply (``"z": false``)."""
+    body: dict[str, Any] = {"v": version, "op": op, "a": dict(args)}
+    if not compress:
+        body["z"] = False
+    return pack(body, compress=compress)
 
 
 def decode_request(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Request:
@@ -139,11 +156,14 @@ def decode_request(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Request:
         raise ProtocolError(f"unknown operation {op!r}")
     if not isinstance(args, dict):
         raise ProtocolError("request arguments are a map")
-    return Request(version, op, args)
+    compress = body.get("z", True)
+    if type(compress) is not bool:
+        raise ProtocolError("'z' in a request is a boolean")
+    return Request(version, op, args, compress)
 
 
-def encode_reply(result: object) -> bytes:
-    return pack({"v": PROTOCOL_VERSION, "ok": result})
+def encode_reply(result: object, *, compress: bool = True) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "ok": result}, compress=compress)
 
 
 def encode_error(error: LoomError) -> bytes:
