@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +118,18 @@ def start_three(
     )
     cluster.wait_ready()
 
-    def b_circuit() -> str | None:
-        [r] = ns_cli(t, t.b, b, "p2p", "info")["nat"]["relays"]
+    def reserved(ns: str, node: Node) -> str | None:
+        [r] = ns_cli(t, ns, node, "p2p", "info")["nat"]["relays"]
         return r["addr"] if r["state"] == "reserved" else None
 
-    try:
-        circuit = poll(b_circuit, WAIT, "B's reservation on R")
-    except AssertionError:
-        nat = ns_cli(t, t.b, b, "p2p", "info")["nat"]
-        raise AssertionError(f"B reserved nothing on R: {nat}\n{b.stderr()[-2000:]}") from None
+    for name, ns, node in (("A", t.a, a), ("B", t.b, b)):  # both: each may be dialled via R
+        try:
+            circuit = poll(partial(reserved, ns, node), WAIT, f"{name}'s reservation on R")
+        except AssertionError:
+            nat = ns_cli(t, ns, node, "p2p", "info")["nat"]
+            raise AssertionError(
+                f"{name} reserved nothing on R: {nat}\n{node.stderr()[-2000:]}"
+            ) from None
     assert circuit.startswith(f"{relay_addr}/p2p-circuit/p2p/12D3KooW")
     listed = ns_cli(t, t.b, b, "p2p", "info")["listen"]
     assert circuit in listed  # advertised

@@ -191,3 +191,24 @@ def test_a_circuit_ending_leaves_another_circuit_to_the_same_peer_alone() -> Non
                     await second.aclose()
 
     run(main)
+
+
+def test_a_relay_read_before_identify_is_asked_again() -> None:
+    """py-libp2p's relay discovery caches the protocols it reads from the peerstore;
+    read before identify finished, the relay looked like no relay for good. The next
+    reservation attempt asks again and reserves."""
+
+    async def main() -> None:
+        async with trio_hosts(RelayServiceLimits(), punch=False) as (relay, _a, b, _circuit):
+            assert b.nat is not None
+            [record] = b.nat.reservations
+            relay_id = record.relay.peer_id
+            b.nat.discovery._discovered_relays.pop(relay_id)
+            b.nat.discovery._protocol_cache[relay_id] = set()  # what an early read leaves
+            with trio.fail_after(WAIT):
+                seconds = await b.nat._reserve(record)
+            assert seconds > 0
+            assert relay_id in b.nat.discovery.get_relays()
+            assert relay.info()["nat"]["relay_service"]["reservations"] == 1
+
+    run(main)

@@ -492,6 +492,11 @@ class NatTraversal:
                 await self.host.connect(r.relay)
             except Exception as exc:
                 raise UnreachableError(f"cannot reach relay {r.addr}: {exc}") from None
+        if relay_id not in self.discovery.get_relays():
+            # py-libp2p caches the protocols it read from the peerstore, for good: read
+            # before identify had filled them in, an empty set kept this relay "not a
+            # relay" at every later attempt (seen under load in the NAT tests).
+            self.discovery._protocol_cache.pop(relay_id, None)
         await self.discovery.discover_relays()
         if relay_id not in self.discovery.get_relays():
             raise UnreachableError(
