@@ -275,6 +275,8 @@ def test_s3_a_blind_relay_carries_documents_it_cannot_read(
     assert r.stop() == 0
     assert_blind(r, marker)  # and once it closed its store
     assert "GET /api/v0/sync" in r.stderr()  # -v: it did log, its access log included
+    assert a.stop() == 0
+    assert "POST /api/v0" not in a.stderr()  # no -v: no access log (nor its cost)
     # The search would have found the marker where it is in plaintext: C's views.
     assert marker_hits(c.home, marker)
 

@@ -93,6 +93,38 @@ async def test_the_peer_channel_is_one_stream_shared_by_its_borrowers(
     assert b.counters.server.streams == 1 and b.counters.server.frames == 2
 
 
+async def test_a_peer_channel_that_may_not_dial_does_not_dial_back_a_peer_that_went(
+    two_hosts: tuple[P2PHost, P2PHost],
+) -> None:
+    """Work done for connected peers (head exchange) borrows with ``dial=False``: once
+    the peer went, its requests are refused and nothing dials it; a borrower that may
+    dial (a replicator, a sync) brings the connection back."""
+    a, b = two_hosts
+
+    async def echo(frame: bytes) -> bytes:
+        return frame
+
+    b.serve_sync(lambda peer: echo)
+    await a.connect(b.listen_addrs()[0])
+    quiet = a.peer_channel(b.peer_id, dial=False)
+    assert await quiet.request(b"x", timeout=WAIT) == b"x"
+    assert await b.disconnect(a.peer_id)  # b sends a away; a was told nothing
+    with trio.fail_after(WAIT):
+        while a.peers():
+            await trio.sleep(0.01)
+    with pytest.raises(UnreachableError, match="not connected"):
+        await quiet.request(b"y", timeout=WAIT)
+    assert a.peers() == [] and a.counters.dials == 1
+    loud = a.peer_channel(b.peer_id)
+    try:
+        reply = await loud.request(b"z", timeout=WAIT)
+    except TransportError:  # the stream the disconnect reset: the next request reopens
+        reply = await loud.request(b"z", timeout=WAIT)
+    assert reply == b"z"
+    assert [p["peer_id"] for p in a.peers()] == [b.peer_id]
+    assert await quiet.request(b"w", timeout=WAIT) == b"w"  # connected again: served
+
+
 async def test_a_plaintext_dialer_is_refused(two_hosts: tuple[P2PHost, P2PHost]) -> None:
     _, b = two_hosts
     key_pair = create_new_key_pair(b"\x09" * 32)

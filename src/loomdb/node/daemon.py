@@ -300,7 +300,10 @@ async def serve_node(
             config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns the socket from here
             config.graceful_timeout = GRACE_SECONDS
             config.errorlog = logging.getLogger("loomdb.http")
-            config.accesslog = logging.getLogger("loomdb.http.access")
+            access = logging.getLogger("loomdb.http.access")
+            # Hypercorn builds each request's log line (~1 ms under load) whenever it has
+            # a logger, shown or not: give it one only when the line would be shown (-v).
+            config.accesslog = access if access.isEnabledFor(logging.INFO) else None
             # Hypercorn refuses (close 1009) a WebSocket message over this before
             # the app sees it, so it never buffers more than a frame.
             config.websocket_max_message_size = options.max_frame

@@ -150,7 +150,7 @@ class PassiveReplication:
         for peer in self._connected():
             try:
                 with trio.fail_after(EXCHANGE_TIMEOUT):
-                    report = await self._pull(peer, scope)
+                    report = await self._pull(peer, scope, dial=False)
                 out.append({"peer_id": peer, "pulled": report.pulled, "rounds": report.rounds})
             except (LoomError, trio.TooSlowError) as exc:
                 message = getattr(exc, "message", "timed out")
@@ -177,8 +177,10 @@ class PassiveReplication:
     def _connected(self) -> list[str]:
         return sorted(p.to_base58() for p in self.host.host.get_network().connections)
 
-    async def _pull(self, peer: str, scope: SyncScope) -> Any:
-        remote = RemoteStore(self.host.peer_channel(peer), retries=1)
+    async def _pull(self, peer: str, scope: SyncScope, *, dial: bool = True) -> Any:
+        """Pull ``scope`` from ``peer``; ``dial=False`` for work done with connected
+        peers: a peer that went meanwhile is not dialled back."""
+        remote = RemoteStore(self.host.peer_channel(peer, dial=dial), retries=1)
         async with remote:
             return await pull_changes_from(self.local, remote, scope)
 
@@ -446,7 +448,7 @@ class PassiveReplication:
                 self.heads["runs"] += 1
                 try:
                     with trio.fail_after(EXCHANGE_TIMEOUT):
-                        report = await self._pull(peer, scope)
+                        report = await self._pull(peer, scope, dial=False)
                     self.heads["rounds"] += report.rounds
                     self.heads["pulled"] += report.pulled
                 except (LoomError, trio.TooSlowError) as exc:

@@ -215,8 +215,13 @@ class Borrowed:
     """A :class:`RequestChannel` over a shared one: its ``aclose`` ends only this
     borrower's use."""
 
-    def __init__(self, channel: RequestChannel) -> None:
+    def __init__(
+        self, channel: RequestChannel, connected: Callable[[], bool] | None = None
+    ) -> None:
+        """``connected``: when given, a request is refused (``UnreachableError``) while it
+        says False, so this borrower never makes the shared channel dial."""
         self._channel = channel
+        self._connected = connected
         self._closed = False
 
     @property
@@ -226,6 +231,8 @@ class Borrowed:
     async def request(self, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
         if self._closed:
             raise TransportError("this channel is closed")
+        if self._connected is not None and not self._connected():
+            raise UnreachableError("the peer is not connected (and this channel does not dial)")
         return await self._channel.request(frame, timeout=timeout)
 
     async def aclose(self) -> None:
@@ -522,16 +529,21 @@ class P2PHost:
             connect_timeout=self.connect_timeout if connect_timeout is None else connect_timeout,
         )
 
-    def peer_channel(self, target: str) -> RequestChannel:
+    def peer_channel(self, target: str, *, dial: bool = True) -> RequestChannel:
         """The host's one channel to ``target``'s peer, shared: every caller's requests
         go over the same long-lived stream, one at a time (a stream that died is
-        reopened by the next request). Closing what this returns leaves the shared
-        channel open; the host closes it when it stops."""
+        reopened by the next request, dialling the peer if need be). With ``dial=False``
+        this caller's requests are refused while the peer is not connected: the work
+        done for connected peers (head exchange) never dials back a peer that just went
+        or was told to go. Closing what this returns leaves the shared channel open;
+        the host closes it when it stops."""
         peer = str(parse_peer_addr(target).peer_id) if target.startswith("/") else target
-        peer_id_arg(peer)
+        peer_id = peer_id_arg(peer)
         shared = self._channels.get(peer)
         if shared is None:
             shared = self._channels[peer] = self.channel(target)
         elif target.startswith("/"):
             shared.target = target  # dial the address given last, when it must dial
-        return Borrowed(shared)
+        if dial:
+            return Borrowed(shared)
+        return Borrowed(shared, lambda: peer_id in self.host.get_network().connections)
