@@ -31,7 +31,6 @@ connect time-out) and pulled from, until ``done``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -44,6 +43,7 @@ from libp2p.kad_dht.provider_store import PROVIDER_RECORD_REPUBLISH_INTERVAL
 from loomdb.errors import LoomError, UnreachableError
 from loomdb.replication.feed import EntryFeed
 from loomdb.replication.subscriptions import Subscriptions
+from loomdb.replication.topics import name_digest
 from loomdb.sync.replicate import SyncScope
 from loomdb.transports.libp2p.dht import NodeDHT
 from loomdb.transports.libp2p.host import Backoff, P2PHost
@@ -69,13 +69,7 @@ POLL_SECONDS: Final = 1.0  # the provide loop looks at the peers and the clock t
 
 
 def _digest(kind: bytes, *parts: str) -> bytes:
-    h = hashlib.blake2b(digest_size=32, key=DOMAIN)
-    h.update(kind)
-    for part in parts:
-        data = part.encode()
-        h.update(len(data).to_bytes(4, "big"))
-        h.update(data)
-    return MULTIHASH_BLAKE2B_256 + h.digest()
+    return MULTIHASH_BLAKE2B_256 + name_digest(DOMAIN, kind, *parts)
 
 
 def space_key(space: str) -> bytes:

@@ -24,14 +24,21 @@ DOMAIN: Final = b"loomdb/gossip-topic/v1"
 PREFIX: Final = "/loomdb/gossip/1/"
 
 
-def _digest(kind: bytes, *parts: str) -> str:
-    h = hashlib.blake2b(digest_size=32, key=DOMAIN)
+def name_digest(domain: bytes, kind: bytes, *parts: str) -> bytes:
+    """BLAKE2b-256 keyed by ``domain`` over ``kind`` and the length-prefixed ``parts``:
+    names hashed so that no two tuples collide and only those who know the names can
+    compute it (gossip topics here, DHT provider keys in :mod:`~loomdb.replication.providers`)."""
+    h = hashlib.blake2b(digest_size=32, key=domain)
     h.update(kind)
     for part in parts:
         data = part.encode()
         h.update(len(data).to_bytes(4, "big"))
         h.update(data)
-    return PREFIX + base64.b32encode(h.digest()).decode().rstrip("=").lower()
+    return h.digest()
+
+
+def _digest(kind: bytes, *parts: str) -> str:
+    return PREFIX + base64.b32encode(name_digest(DOMAIN, kind, *parts)).decode().rstrip("=").lower()
 
 
 @functools.lru_cache(maxsize=4096)  # asked for every entry published
