@@ -107,6 +107,19 @@ async function onGossip(message) {
   const out = { event: "gossip", topic: message.topic, from: message.from?.toString() ?? null };
   try {
     const body = cborg.decode(message.data); // plain CBOR, no tags
+    if (body.v === 2) {
+      // A batch (entries stored together): {"v": 2, "b": [entry bytes, ...]}, 2 to 500.
+      if (!Array.isArray(body.b) || body.b.length < 2 || !body.b.every((r) => r instanceof Uint8Array)) {
+        throw new Error("a version-2 message holds a batch of entries' bytes");
+      }
+      for (const raw of body.b) {
+        const one = { ...out, type: "entry", batch: body.b.length, size: raw.length };
+        Object.assign(one, await checkEntry(raw, null));
+        gossip.push(one);
+        print(one);
+      }
+      return;
+    }
     if (body.v !== 1) throw new Error(`message version ${body.v}`);
     if (body.e instanceof Uint8Array) {
       Object.assign(out, { type: "entry", size: body.e.length }, await checkEntry(body.e, null));
