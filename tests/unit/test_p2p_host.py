@@ -125,6 +125,19 @@ async def test_a_peer_channel_that_may_not_dial_does_not_dial_back_a_peer_that_w
     assert await quiet.request(b"w", timeout=WAIT) == b"w"  # connected again: served
 
 
+async def test_peers_lists_a_connected_peer_whose_addresses_are_not_known(
+    two_hosts: tuple[P2PHost, P2PHost],
+) -> None:
+    """A connected peer with no addresses in the peerstore (mDNS clears them before a
+    dial; expired ones raise too) is listed with none, not an internal error."""
+    a, b = two_hosts
+    await a.connect(b.listen_addrs()[0])
+    store = a.host.get_peerstore()
+    store.peer_data_map.pop(next(iter(a.host.get_network().connections)))
+    [peer] = a.peers()
+    assert peer["peer_id"] == b.peer_id and peer["addrs"] == []
+
+
 async def test_a_plaintext_dialer_is_refused(two_hosts: tuple[P2PHost, P2PHost]) -> None:
     _, b = two_hosts
     key_pair = create_new_key_pair(b"\x09" * 32)

@@ -366,7 +366,10 @@ class P2PHost:
         network = self.host.get_network()
         out = []
         for peer, conns in sorted(network.connections.items(), key=lambda kv: str(kv[0])):
-            addrs = sorted({str(a) for a in self.host.get_peerstore().addrs(peer)})
+            try:
+                addrs = sorted({str(a) for a in self.host.get_peerstore().addrs(peer)})
+            except PeerStoreError:  # connected, its addresses not (yet, or no longer) known
+                addrs = []
             out.append(
                 {
                     "peer_id": peer.to_base58(),
