@@ -522,6 +522,13 @@ def gossip_rep(
             f"gossip_{tag}_writer_cpu_ms": cpu[0] * 1000 / n,
             f"gossip_{tag}_sub_cpu_ms": statistics.mean(cpu[1:]) * 1000 / n,
         }
+    except BaseException:
+        for node in started:  # a node that died says why
+            if node.proc.poll() is not None:
+                tail = node.log_path.read_text(errors="replace")[-3000:]
+                shutil.copy(node.log_path, Path(tempfile.gettempdir()) / node.log_path.name)
+                print(f"bench: {node.log_path.name} exited {node.proc.returncode}:\n{tail}")
+        raise
     finally:
         for node in started:
             node.stop()
