@@ -65,6 +65,7 @@ from loomdb.transports.base import (
     describe,
 )
 from loomdb.transports.libp2p.channel import DEFAULT_CONNECT_TIMEOUT, Libp2pChannel
+from loomdb.transports.libp2p.hardening import HANDLER_ERRORS, harden
 from loomdb.transports.libp2p.nat import NatSettings, NatTraversal, is_circuit, parse_circuit_addr
 from loomdb.transports.libp2p.pubsub import NodePubsub, drops, make_pubsub, run_pubsub
 from loomdb.transports.libp2p.server import ServerCounters, serve_sync_stream
@@ -267,6 +268,7 @@ class P2PHost:
         ``self.pubsub`` while the host runs). ``nat``: relay service, reservations
         and hole punching (:mod:`~loomdb.transports.libp2p.nat`; relayed dials work
         without it too)."""
+        harden()  # py-libp2p's stream faults that stop a node: see hardening.py
         self.peer_id: Final = peer_id_from_public_key(node_key.public_key)
         self._listen = [parse_listen_addr(a) for a in listen]
         if not self._listen:
@@ -399,6 +401,7 @@ class P2PHost:
                 "bytes_in": server.bytes_in,
                 "bytes_out": server.bytes_out,
                 "refused": dict(server.refused),
+                "handler_errors": dict(HANDLER_ERRORS),
             },
             "pubsub": self.pubsub_info(),
             "nat": self.nat.info(),
