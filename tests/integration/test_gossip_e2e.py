@@ -24,6 +24,7 @@ import anyio
 import cbor2
 import pytest
 import trio
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from loomdb.entries.entry import build_entry
@@ -343,6 +344,32 @@ def test_bad_gossip_is_dropped_and_counted_with_the_node_up(
     with a.http() as http:
         assert http.get("/node").status_code == 200
     assert json.loads(cli(a, "p2p", "info", "--json").stdout)["replication"]["gossip"] == counters
+
+
+def test_a_gossipsub_rpc_that_does_not_parse_costs_its_stream_not_the_node(
+    cluster: Nodes, tmp_path: Path, key: NamedKey
+) -> None:
+    """py-libp2p's gossipsub reader raised on such an RPC and that stopped the node."""
+    [a] = start(cluster, tmp_path, key, "a")
+    follow(a, "collection", "notes")
+
+    async def garbage() -> None:
+        host = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
+        async with host.run():
+            assert host.pubsub is not None
+            a_id = ID.from_base58(await host.connect(p2p_addr(a)))
+            protocols = [TProtocol(str(p)) for p in host.pubsub.protocols]
+            with trio.fail_after(WAIT):
+                for _ in range(3):
+                    stream = await host.host.new_stream(a_id, protocols)
+                    await stream.write(b"\x05\xff\xff\xff\xff\xff")  # 5 bytes, not protobuf
+                    await trio.sleep(0.2)
+
+    anyio.run(garbage, backend="trio")
+    info = json.loads(cli(a, "p2p", "info", "--json").stdout)
+    assert sum(info["counters"]["handler_errors"].values()) >= 3
+    write(a, "main", "notes", "after", {"up": True})  # and the node still works
+    assert doc(a, "notes", "after")["value"] == {"up": True}
 
 
 # --- batches and origin --------------------------------------------------------------------
