@@ -44,11 +44,11 @@ from typing import Any, Final, Protocol
 
 import base58
 import cbor2
-import ifaddr
 import multiaddr
 
 from loomdb.errors import ForbiddenError, TransportError, UnreachableError, ValidationError
 from loomdb.identity.peer_id import PEER_ID_SIZE, public_key_from_peer_id
+from loomdb.transports.announce import interface_ips, rank
 from loomdb.trust.admin import INVITE_PREFIX, decode_invitation
 
 TICKET_PREFIX: Final = "loomdb-ticket1:"
@@ -238,27 +238,6 @@ def _check_shape(addr: multiaddr.Multiaddr, text: str) -> None:
 # --- what a ticket offers ------------------------------------------------------------------
 
 
-def interface_ips() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """This machine's IP addresses (every interface's), link-local ones left out (an IPv6
-    one needs a zone id, which loomdb's multiaddrs do not carry; 169.254/16 is not routed)."""
-    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                address = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if not address.is_link_local and address not in found:
-                found.append(address)
-    return found
-
-
-def _rank(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    """Public first, then private (a LAN's), loopback last."""
-    return 2 if ip.is_loopback else 0 if ip.is_global else 1
-
-
 def dialable_addrs(
     listen: Iterable[str],
     interfaces: Callable[[], Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]] = (
@@ -267,7 +246,8 @@ def dialable_addrs(
 ) -> list[str]:
     """What a host listens on (``…/p2p/<id>``, relayed ones too), as a ticket offers
     it: each unspecified address replaced by the machine's own of its family, in
-    :func:`_rank`'s order; duplicates dropped; at most :data:`MAX_ADDRS`."""
+    :func:`~loomdb.transports.announce.rank`'s order; duplicates dropped; at most
+    :data:`MAX_ADDRS`."""
     out: list[str] = []
     ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None
     for addr in listen:
@@ -275,7 +255,7 @@ def dialable_addrs(
         host, _, tail = rest.partition("/")
         if family in ("ip4", "ip6") and host in _UNSPECIFIED:
             if ips is None:
-                ips = sorted(interfaces(), key=_rank)
+                ips = sorted(interfaces(), key=rank)
             version = 4 if family == "ip4" else 6
             out += [f"/{family}/{ip.compressed}/{tail}" for ip in ips if ip.version == version]
         else:

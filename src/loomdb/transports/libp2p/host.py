@@ -57,6 +57,7 @@ from libp2p.transport.tcp.tcp import TCP
 from loomdb.errors import AddressInUseError, TransportError, UnreachableError, ValidationError
 from loomdb.identity.keys import SigningKey
 from loomdb.identity.peer_id import peer_id_from_public_key, public_key_from_peer_id
+from loomdb.transports.announce import addrs_factory
 from loomdb.transports.base import (
     DEFAULT_MAX_FRAME,
     DEFAULT_TIMEOUT,
@@ -303,6 +304,8 @@ class P2PHost:
             # No dialling of peers on its own (its default aims at 50 connections):
             # the node dials what it is told to, and its bootstrap peers.
             connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
+            # 0.0.0.0 / :: advertised as the interfaces' addresses (identify, the DHT)
+            addrs_factory=addrs_factory(),
         )
         assert self.host.get_id().to_base58() == self.peer_id
         self._gossip = make_pubsub(self.host) if gossip else None
