@@ -61,11 +61,14 @@ def peer_of(node: Node) -> str:
     return p2p_addr(node).rsplit("/", 1)[1]
 
 
+@pytest.mark.parametrize("a_listens", ["127.0.0.1", "0.0.0.0"])
 def test_a_node_finds_history_through_the_dht(
-    cluster: Nodes, tmp_path: Path, key: NamedKey
+    cluster: Nodes, tmp_path: Path, key: NamedKey, a_listens: str
 ) -> None:
+    """On ``0.0.0.0`` (the default), A's provider records carry its interfaces' addresses."""
     b = start(cluster, tmp_path / "b", key)  # a plain node: holds nothing of "notes"
-    a = start(cluster, tmp_path / "a", key, "--peers", p2p_addr(b))
+    listen = ("--p2p-addr", f"/ip4/{a_listens}/tcp/0")
+    a = start(cluster, tmp_path / "a", key, *listen, "--peers", p2p_addr(b))
     write(a, "main", "notes", "n1", {"title": "found through the DHT"})
     # A provides its space and its collection (to B, the one DHT server it knows).
     poll(lambda: dht(a)["keys_provided"] >= 2, "A's keys provided", WAIT, lambda: dht(a))
