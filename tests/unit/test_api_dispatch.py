@@ -8,6 +8,7 @@ compare status, headers and body.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from loomdb.api import create_app
+from loomdb.api import create_app, validation
 from loomdb.api.dispatch import API
 from loomdb.api.errors import EXCEPTION_HANDLERS
 from loomdb.documents import Database
@@ -172,3 +173,28 @@ async def test_a_later_route_still_gets_a_path_a_direct_route_holds_for_another_
         assert (await client.get("/a/1")).json() == {"path": {"x": "1"}}
         assert (await client.post("/a/1")).json() == {"other": True}
         assert (await client.put("/a/1")).status_code == 405
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": [1, 2.5, "x"]}',
+        '{"a": "é"}'.encode("utf-16"),
+        '{"a": "é"}'.encode("utf-32-le"),
+        b"\xef\xbb\xbf{}",
+        b"NaN",
+        b'{"a": -Infinity}',
+        b'{"a": "\xff"}',
+        b"[1,]",
+        b'"\\ud800"',
+    ],
+)
+def test_the_body_is_decoded_as_json_loads_would(body: bytes) -> None:
+    def outcome(decode: Any) -> tuple[str, Any]:
+        try:
+            return "ok", decode(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return type(exc).__name__, str(exc)
+
+    expected = outcome(lambda b: json.loads(b, parse_constant=validation._refuse_constant))
+    assert outcome(validation._loads) == expected

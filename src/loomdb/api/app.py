@@ -90,7 +90,8 @@ def _serve(
 ) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
         endpoint = methods["GET" if request.method == "HEAD" else request.method]
-        query = parse_query(request.query_params.multi_items(), endpoint.query)
+        params = request.query_params.multi_items() if request.scope.get("query_string") else ()
+        query = parse_query(params, endpoint.query)
         body = None
         if endpoint.body is not None:
             body = await read_json(request, max_body_bytes)
