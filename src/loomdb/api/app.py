@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from loomdb.api.dispatch import API
 from loomdb.api.errors import EXCEPTION_HANDLERS
 from loomdb.api.routes import ENDPOINTS, PREFIX, Call, Endpoint, relay_node_info
 from loomdb.api.sync import fixed, sync_routes
@@ -53,6 +54,7 @@ def create_app(
 
     Without ``db`` (a relay), only ``GET /api/v0/node`` and the sync routes."""
     routes: list[BaseRoute]
+    direct: list[Route] = []  # the table's routes, served without Starlette's stack
     if db is None:
         routes = [Route(f"{PREFIX}/node", _relay_node, methods=["GET"], name="node")]
     else:
@@ -60,7 +62,7 @@ def create_app(
         for endpoint in ENDPOINTS:
             by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
         # One route per path, so a wrong method gets a 405 naming every allowed one.
-        routes = [
+        direct = [
             Route(
                 path,
                 _serve(db, methods, max_body_bytes, databases),
@@ -69,12 +71,13 @@ def create_app(
             )
             for path, methods in by_path.items()
         ]
+        routes = list(direct)
     if sync_handler is not None:
         sync_handler_for = fixed(sync_handler)
     if sync_handler_for is not None:
         routes += sync_routes(sync_handler_for, max_frame, auth)
     routes += extra_routes
-    app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
+    app = API(direct=direct, routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.state.db = db
     return app
 
@@ -87,7 +90,8 @@ def _serve(
 ) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
         endpoint = methods["GET" if request.method == "HEAD" else request.method]
-        query = parse_query(request.query_params.multi_items(), endpoint.query)
+        params = request.query_params.multi_items() if request.scope.get("query_string") else ()
+        query = parse_query(params, endpoint.query)
         body = None
         if endpoint.body is not None:
             body = await read_json(request, max_body_bytes)

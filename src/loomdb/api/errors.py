@@ -132,7 +132,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def on_client_disconnect(request: Request, exc: Exception) -> Response:
     """The client went away while its body was being read (Starlette's
-    ``ClientDisconnect``, from ``request.stream()``): nothing failed here, so one
+    ``ClientDisconnect``, raised while the body is read): nothing failed here, so one
     line, no traceback. The answer goes nowhere."""
     log.info(
         "%s %s: the client went away before its body was read", request.method, request.url.path
