@@ -235,7 +235,14 @@ def prepare_batch(
     for _, cid, raw, built in staged:
         if built is None and raw is not None and cid not in already:
             todo.setdefault(cid, raw)
-    checked = dict(zip(todo, decode_many(list(todo.values()), policy=policy), strict=True))
+    # Every CID here is CID.of of its bytes, computed above: not hashed again.
+    checked = dict(
+        zip(
+            todo,
+            decode_many(list(todo.values()), list(todo), policy=policy, hashed=True),
+            strict=True,
+        )
+    )
     new: list[tuple[int, Entry]] = []
     seen: set[CID] = set()
     for i, cid, _, built in staged:

@@ -328,7 +328,8 @@ class SQLiteStore:
         Set-at-a-time: a few ``executemany`` calls per batch rather than several
         statements per entry (3x faster). Heads rule: an entry is a head unless
         an entry of its document names it as a parent; naming a parent removes
-        it from the heads.
+        it from the heads. A parent that is itself in the batch is settled here,
+        without asking SQLite: it has no heads row to remove yet, and it is named.
         """
         w = self._w
         rows = []
@@ -338,13 +339,18 @@ class SQLiteStore:
         for e in entries:
             doc = docs[(e.space, e.collection, e.document)]
             cid = e.cid.binary
-            parents = _BLOB(b"".join(p.binary for p in e.parents))
-            ts = e.created_at - _TS_OFFSET
+            ps = e.parents
+            if len(ps) == 1:  # the usual case: no join, one ref
+                parent = ps[0].binary
+                parents = _BLOB(parent)
+                refs.append((parent, doc))
+            else:
+                parents = _BLOB(b"".join(p.binary for p in ps))
+                refs.extend((p.binary, doc) for p in ps)
             rows.append(
-                (_BLOB(cid), doc, e.kind, e.height, _BLOB(e.author), ts, e.key_id, parents,
-                 _BLOB(e.raw))
+                (_BLOB(cid), doc, e.kind, e.height, _BLOB(e.author), e.created_at - _TS_OFFSET,
+                 e.key_id, parents, _BLOB(e.raw))
             )  # fmt: skip
-            refs.extend((p.binary, doc) for p in e.parents)
             placed.append((cid, doc))
         insert = (
             "INSERT INTO entries(cid, doc, kind, height, author, created_at, key_id, parents, raw)"
@@ -356,11 +362,18 @@ class SQLiteStore:
             w.executemany(insert, rows)
             # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
             first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
+        here = {cid for cid, _ in placed}
+        named = {ref for ref in refs if ref[0] in here}  # named by an entry of this batch
         if refs:
-            w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", refs)
-            w.executemany("DELETE FROM heads WHERE cid=? AND doc=?", refs)
-        named: set[tuple[bytes, int]] = set()
-        for part in _chunks([_BLOB(cid) for cid, _ in placed]):
+            blobs = [(_BLOB(p), doc) for p, doc in refs]
+            w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", blobs)
+            w.executemany(
+                "DELETE FROM heads WHERE cid=? AND doc=?",
+                [b for b, (p, _) in zip(blobs, refs, strict=True) if p not in here],
+            )
+        # Named by an entry stored before (one that arrived before its parent)?
+        ask = [_BLOB(cid) for cid, doc in placed if (cid, doc) not in named]
+        for part in _chunks(ask):
             named.update(
                 w.execute(
                     f"SELECT parent, doc FROM parent_refs WHERE parent IN ({_marks(len(part))})",
