@@ -233,7 +233,7 @@ def prepare_batch(
     # The bytes not held, each CID once, checked up front on every core at once.
     todo: dict[CID, bytes] = {}
     for _, cid, raw, built in staged:
-        if built is None and raw is not None and cid not in already:
+        if built is None and raw is not None and not (already and cid in already):
             todo.setdefault(cid, raw)
     # Every CID here is CID.of of its bytes, computed above: not hashed again.
     checked = dict(
@@ -246,7 +246,7 @@ def prepare_batch(
     new: list[tuple[int, Entry]] = []
     seen: set[CID] = set()
     for i, cid, _, built in staged:
-        if cid in already or cid in seen:
+        if (already and cid in already) or cid in seen:  # (a CID's hash is a Python call)
             results[i] = PutResult(cid, PutStatus.DUPLICATE)
             continue
         try:
