@@ -172,7 +172,7 @@ def signed_message(raw: bytes, signature: bytes) -> bytes:
     """``signature`` followed by the signed bytes of canonical entry bytes ``raw``, as
     libsodium's ``crypto_sign_open`` takes them: the map of 12 is the map of 13 with
     its first byte changed and the signature field cut off, so no re-encode."""
-    return b"".join((signature, _MAP12_BYTE, memoryview(raw)[1 : len(raw) - _SIG_TAIL_SIZE]))
+    return signature + _MAP12_BYTE + raw[1 : len(raw) - _SIG_TAIL_SIZE]  # (faster than a join)
 
 
 def header_of(raw: bytes, payload_size: int) -> bytes:
