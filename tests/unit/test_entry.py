@@ -230,6 +230,14 @@ def test_height_must_match_having_parents(make_entry: EntryFactory) -> None:
     fields["h"] = 2  # no parents
     with pytest.raises(MalformedEntryError, match="height"):
         decode_entry(sign_fields(fields, make_entry.author))
+    for parents in ([fake_cid(1)], sorted([fake_cid(1), fake_cid(2)])):
+        fields = fields_of(make_entry())
+        fields["par"] = [codec.link(c.binary) for c in parents]
+        fields["h"] = 1  # parents, yet the height of a root
+        with pytest.raises(MalformedEntryError, match="height"):
+            decode_entry(sign_fields(fields, make_entry.author))
+        fields["h"] = 2
+        assert decode_entry(sign_fields(fields, make_entry.author)).parents == tuple(parents)
 
 
 def test_public_entry_with_nonce_and_encrypted_entry_without(make_entry: EntryFactory) -> None:

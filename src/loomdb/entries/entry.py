@@ -23,6 +23,7 @@ from itertools import pairwise
 from typing import Any, Final, Protocol
 
 import nacl.exceptions
+from cbor2 import CBORTag
 from cryptography.exceptions import InvalidTag
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
@@ -364,6 +365,17 @@ def decode_hashed(
         if h != 1:
             raise MalformedEntryError("height is 1 exactly for an entry without parents")
         parents: tuple[CID, ...] = ()
+    elif (  # one parent, the usual case: the link's checks inline (codec.link_bytes)
+        len(par) == 1
+        and type(link := par[0]) is CBORTag
+        and link.tag == codec.CID_TAG
+        and type(value := link.value) is bytes
+        and len(value) == codec.LINK_SIZE
+        and value.startswith(codec.LINK_PREFIX)
+    ):
+        if h == 1:
+            raise MalformedEntryError("height is 1 exactly for an entry without parents")
+        parents = (CID.unchecked(value[1:]),)
     else:
         parent_bytes = [codec.link_bytes(x) for x in par]
         if len(parent_bytes) > 1 and any(a >= b for a, b in pairwise(parent_bytes)):
