@@ -11,6 +11,7 @@ from loomdb.entries.entry import (
     Kind,
     build_entry,
     decode_entry,
+    decode_hashed,
 )
 from loomdb.errors import (
     CidMismatchError,
@@ -26,6 +27,7 @@ from loomdb.errors import (
     UnsupportedVersionError,
     ValidationError,
 )
+from loomdb.identity.keys import SigningKey
 from tests.support import EntryFactory, fake_cid, fields_of, named_key, sign_fields, signing_key
 
 
@@ -228,6 +230,14 @@ def test_height_must_match_having_parents(make_entry: EntryFactory) -> None:
     fields["h"] = 2  # no parents
     with pytest.raises(MalformedEntryError, match="height"):
         decode_entry(sign_fields(fields, make_entry.author))
+    for parents in ([fake_cid(1)], sorted([fake_cid(1), fake_cid(2)])):
+        fields = fields_of(make_entry())
+        fields["par"] = [codec.link(c.binary) for c in parents]
+        fields["h"] = 1  # parents, yet the height of a root
+        with pytest.raises(MalformedEntryError, match="height"):
+            decode_entry(sign_fields(fields, make_entry.author))
+        fields["h"] = 2
+        assert decode_entry(sign_fields(fields, make_entry.author)).parents == tuple(parents)
 
 
 def test_public_entry_with_nonce_and_encrypted_entry_without(make_entry: EntryFactory) -> None:
@@ -286,3 +296,89 @@ def test_bad_arguments_to_build_are_validation_errors(make_entry: EntryFactory) 
 
 def test_kinds_are_the_documented_ones() -> None:
     assert {k.value for k in Kind} == {"create", "change", "delete", "schema"}
+
+
+# --- the canonical-form check: the one encoding of the values, signed or not ----
+
+
+def _encode(fields: dict[str, object], **raw_values: bytes) -> bytes:
+    """The map of 13 field by field; ``raw_values`` gives some values' bytes as they are."""
+    parts = [b"\xad"]
+    for name, value in fields.items():
+        parts += [cbor2.dumps(name), raw_values.get(name) or cbor2.dumps(value)]
+    return b"".join(parts)
+
+
+def _resign(raw: bytes, author: SigningKey) -> bytes:
+    """``raw`` with a valid signature of its own signed bytes: what a writer that
+    encodes otherwise (or on purpose) would send. Only the form check can refuse it."""
+    signed = b"\xac" + raw[1 : len(raw) - 76]
+    return raw[:-64] + author.sign(signed)
+
+
+def test_the_test_encoder_gives_the_entry_back(make_entry: EntryFactory) -> None:
+    entry = make_entry()
+    assert _resign(_encode(fields_of(entry)), make_entry.author) == entry.raw
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "wide height",
+        "wide text head",
+        "indefinite payload",
+        "indefinite parents",
+        "bignum created-at",
+        "self-describe tag",
+        "shared value",
+    ],
+)
+def test_another_encoding_of_the_same_values_is_refused_even_when_signed(
+    make_entry: EntryFactory, variant: str
+) -> None:
+    """CIDs are not malleable: an author who signs a second encoding of an entry's
+    values (which decodes to the very same fields) still gets it refused."""
+    parent = make_entry(document="same")
+    entry = make_entry(b"payload", document="same", parents=[parent])
+    fields = fields_of(entry)
+    fields["coll"] = "same"  # equal to the document: a shared-value reference could name it
+    doc_text = cbor2.dumps("same")
+    payload = fields["payload"]
+    link = cbor2.dumps(fields["par"][0])
+    raw_values = {
+        "wide height": {"h": b"\x18" + bytes((fields["h"],))},
+        "wide text head": {"doc": b"\x78\x04same"},
+        "indefinite payload": {"payload": b"\x5f" + cbor2.dumps(payload) + b"\xff"},
+        "indefinite parents": {"par": b"\x9f" + link + b"\xff"},
+        "bignum created-at": {
+            "ts": b"\xc2" + cbor2.dumps(fields["ts"].to_bytes(8, "big").lstrip(b"\x00"))
+        },
+        "self-describe tag": {"space": b"\xd9\xd9\xf7" + cbor2.dumps(fields["space"])},
+        "shared value": {"doc": b"\xd8\x1c" + doc_text, "coll": b"\xd8\x1d\x00"},
+    }[variant]
+    raw = _resign(_encode(fields, **raw_values), make_entry.author)
+    canonical = _resign(_encode(fields), make_entry.author)
+    assert raw != canonical
+    values, canonical_values = cbor2.loads(raw), cbor2.loads(canonical)
+    assert values.pop("signature") != canonical_values.pop("signature")
+    assert values == canonical_values  # the same values, each signature valid for its bytes
+    assert decode_entry(canonical).collection == "same"  # and those values are valid
+    with pytest.raises(MalformedEntryError, match="canonical"):
+        decode_entry(raw)
+
+
+def test_fields_out_of_order_are_refused_even_when_signed(make_entry: EntryFactory) -> None:
+    fields = fields_of(make_entry())
+    swapped = {"v": fields["v"], "h": fields["h"]} | fields
+    raw = _resign(_encode(swapped), make_entry.author)
+    assert list(cbor2.loads(raw))[:2] == ["v", "h"]
+    with pytest.raises(MalformedEntryError, match="order"):
+        decode_entry(raw)
+
+
+def test_decode_hashed_is_decode_entry_without_the_hash(make_entry: EntryFactory) -> None:
+    entry = make_entry()
+    assert decode_hashed(entry.raw, entry.cid) == entry
+    for bad in (b"\xad", _resign(_encode(fields_of(entry), h=b"\x18\x01"), make_entry.author)):
+        with pytest.raises(MalformedEntryError):
+            decode_hashed(bad, CID.of(bad))

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from loomdb.entries import verify
+from loomdb.entries.cid import CID
 from loomdb.entries.entry import Entry, decode_entry
 from loomdb.entries.verify import MIN_SLICE, decode_many
 from loomdb.errors import CidMismatchError, EntryError, SignatureError
@@ -65,3 +66,23 @@ def test_decode_many_uses_more_than_one_thread(
 def test_decode_many_wants_one_cid_per_entry(make_entry: EntryFactory) -> None:
     with pytest.raises(ValueError, match="one expected CID per entry"):
         decode_many([make_entry().raw], [])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_many_of_hashed_bytes_gives_the_same_results(
+    make_entry: EntryFactory, threads: int
+) -> None:
+    """A store's path: CIDs it computed itself are not hashed again; every other
+    check still runs and a bad entry gets its own error, the rest their entries."""
+    entries = [make_entry(f"h{i}".encode()) for i in range(MIN_SLICE * 3)]
+    raws = [e.raw for e in entries]
+    raws[5] = _flip(raws[5], len(raws[5]) - 1)  # bad signature
+    raws[9] = raws[9][:-1]  # truncated
+    cids = [CID.of(r) for r in raws]
+    got = decode_many(raws, cids, threads=threads, hashed=True)
+    assert isinstance(got[5], SignatureError) and isinstance(got[9], EntryError)
+    good = [g for k, g in enumerate(got) if k not in (5, 9)]
+    assert good == [e for k, e in enumerate(entries) if k not in (5, 9)]
+    assert all(isinstance(g, Entry) and g.verified for g in good)
+    with pytest.raises(ValueError, match="hashed"):
+        decode_many(raws, None, hashed=True)

@@ -11,6 +11,7 @@ from loomdb.entries.entry import (
     ParentRef,
     build_entry,
     decode_entry,
+    decode_hashed,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "ParentRef",
     "build_entry",
     "decode_entry",
+    "decode_hashed",
 ]

@@ -59,6 +59,16 @@ class CID:
         return cid
 
     @classmethod
+    def unchecked(cls, binary: bytes) -> CID:
+        """The CID of ``binary``, which the caller has checked is 36 bytes starting with
+        PREFIX (the decoder's parent links are): no copy, no check."""
+        cid = object.__new__(cls)
+        cid._bytes = binary
+        cid._hash = hash(binary)
+        cid._text = None
+        return cid
+
+    @classmethod
     def parse(cls, text: str) -> CID:
         """Parse the base32 text form (``bafyrei…``)."""
         if not isinstance(text, str) or not text.startswith("b") or len(text) != 59:

@@ -26,7 +26,7 @@ needs are then prefixes of one encoding, and each entry is CBOR-encoded once:
 * **entry bytes** = the map of 13; its SHA-256 is the entry's CID.
 
 They differ from each other only in the map's first byte and the tail.
-Decoding re-encodes the header and requires the result to equal the bytes
+Decoding re-encodes the decoded map and requires the result to equal the bytes
 received, so any non-canonical form (key order, integer width, duplicate key,
 indefinite length, extra tags) is refused.
 """
@@ -64,6 +64,9 @@ _SIGNATURE_KEY: Final = cbor2.dumps("signature")
 _SIG_HEADER: Final = b"\x58\x40"  # byte string of 64
 SIGNATURE_SIZE: Final = 64
 _SIG_TAIL_SIZE: Final = len(_SIGNATURE_KEY) + len(_SIG_HEADER) + SIGNATURE_SIZE
+_MAP12_BYTE: Final = bytes((_MAP12,))
+LINK_PREFIX: Final = b"\x00" + PREFIX  # a link's bytes: identity multibase, then the CID
+LINK_SIZE: Final = 1 + CID_SIZE
 
 
 def bytes_header(length: int) -> bytes:
@@ -151,6 +154,25 @@ def check_canonical(raw: bytes, fields: dict[str, Any]) -> tuple[bytes, bytes]:
     if entry_bytes(signed, fields["signature"]) != raw:
         raise MalformedEntryError("entry is not in canonical DAG-CBOR form")
     return header, signed
+
+
+def is_canonical(raw: bytes, fields: dict[str, Any]) -> bool:
+    """Whether ``raw`` is the canonical encoding of ``fields`` (as :func:`decode_fields`
+    returned them, every type checked): one encode of the whole map and one compare.
+
+    The same test as :func:`check_canonical` without building the header and signed
+    bytes: cbor2 encodes a dict in its insertion order (checked to be ALL_FIELDS, the
+    canonical order) with the shortest heads, which is exactly what the header,
+    ``payload`` and ``signature`` glued together give.
+    """
+    return bool(cbor2.dumps(fields) == raw)
+
+
+def signed_message(raw: bytes, signature: bytes) -> bytes:
+    """``signature`` followed by the signed bytes of canonical entry bytes ``raw``, as
+    libsodium's ``crypto_sign_open`` takes them: the map of 12 is the map of 13 with
+    its first byte changed and the signature field cut off, so no re-encode."""
+    return signature + _MAP12_BYTE + raw[1 : len(raw) - _SIG_TAIL_SIZE]  # (faster than a join)
 
 
 def header_of(raw: bytes, payload_size: int) -> bytes:

@@ -22,7 +22,11 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Final, Protocol
 
+import nacl.exceptions
+from cbor2 import CBORTag
 from cryptography.exceptions import InvalidTag
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from loomdb.entries import codec
 from loomdb.entries.cid import CID
@@ -34,6 +38,7 @@ from loomdb.errors import (
     LoomError,
     MalformedEntryError,
     MissingKeyError,
+    SignatureError,
     TooManyParentsError,
     UnknownKindError,
     UnsupportedVersionError,
@@ -45,7 +50,6 @@ from loomdb.identity.keys import (
     RandomSource,
     SigningKey,
     is_key_id,
-    verify_signature,
 )
 
 FORMAT_VERSION: Final = 1
@@ -314,19 +318,114 @@ def decode_entry(
     cid = CID.of(raw)
     if expected_cid is not None and cid != expected_cid:
         raise CidMismatchError(f"entry bytes hash to {cid}, not {expected_cid}")
-    f = codec.decode_fields(raw)
-    bad = MalformedEntryError
+    return decode_hashed(raw, cid, policy=policy, check_signature=check_signature)
 
+
+def decode_hashed(
+    raw: bytes,
+    cid: CID,
+    *,
+    policy: EntryPolicy = DEFAULT_POLICY,
+    check_signature: bool = True,
+) -> Entry:
+    """:func:`decode_entry` of bytes whose CID the caller computed itself, in this
+    process, as ``CID.of(raw)`` (a store does, to find duplicates): every check but
+    the hash, which is not done twice. A CID that a peer named is no such CID: pass
+    it to :func:`decode_entry` as ``expected_cid``."""
+    if type(raw) is not bytes:
+        raise MalformedEntryError("entry must be bytes")
+    if len(raw) > policy.max_entry_bytes:
+        raise EntryTooLargeError(
+            f"entry is {len(raw)} bytes; the limit is {policy.max_entry_bytes}"
+        )
+    f = codec.decode_fields(raw)  # 13 fields in ALL_FIELDS order, or raised
+    h, v, ts, doc, kid, par, auth, coll, kind, nonce, space, payload, sig = f.values()
+    m = policy.max_name_chars
+    if not (  # the usual case in one expression; _explain names what is wrong
+        v == FORMAT_VERSION and type(v) is int
+        and type(h) is int and 0 <= h <= MAX_UINT64
+        and type(ts) is int and 0 <= ts <= MAX_UINT64
+        and type(doc) is str and 0 < len(doc) <= m and doc.isprintable()
+        and type(coll) is str and 0 < len(coll) <= m and coll.isprintable()
+        and type(space) is str and 0 < len(space) <= m and space.isprintable()
+        and type(kind) is str and 0 < len(kind) <= m and kind.isprintable()
+        and (
+            (kid is None and nonce is None)
+            or (type(kid) is str and is_key_id(kid)
+                and type(nonce) is bytes and len(nonce) == NONCE_SIZE)
+        )
+        and type(auth) is bytes and len(auth) == ED25519_PUBLIC_KEY_SIZE
+        and type(payload) is bytes
+        and type(sig) is bytes and len(sig) == codec.SIGNATURE_SIZE
+        and type(par) is list and len(par) <= policy.max_parents
+        and kind in policy.kinds
+    ):  # fmt: skip
+        _explain(f, policy)
+    if not par:
+        if h != 1:
+            raise MalformedEntryError("height is 1 exactly for an entry without parents")
+        parents: tuple[CID, ...] = ()
+    elif (  # one parent, the usual case: the link's checks inline (codec.link_bytes)
+        len(par) == 1
+        and type(link := par[0]) is CBORTag
+        and link.tag == codec.CID_TAG
+        and type(value := link.value) is bytes
+        and len(value) == codec.LINK_SIZE
+        and value.startswith(codec.LINK_PREFIX)
+    ):
+        if h == 1:
+            raise MalformedEntryError("height is 1 exactly for an entry without parents")
+        parents = (CID.unchecked(value[1:]),)
+    else:
+        parent_bytes = [codec.link_bytes(x) for x in par]
+        if len(parent_bytes) > 1 and any(a >= b for a, b in pairwise(parent_bytes)):
+            raise MalformedEntryError("parents must be sorted by CID bytes and distinct")
+        if h == 1:
+            raise MalformedEntryError("height is 1 exactly for an entry without parents")
+        parents = tuple(map(CID.unchecked, parent_bytes))
+    # Every type is known now, so the map's one canonical encoding is known: it must
+    # be the bytes received (no other encoding of the same values gets a CID).
+    if not codec.is_canonical(raw, f):
+        raise MalformedEntryError("entry is not in canonical DAG-CBOR form")
+    if check_signature:
+        try:
+            crypto_sign_open(codec.signed_message(raw, sig), auth)
+        except (BadSignatureError, nacl.exceptions.ValueError) as exc:
+            raise SignatureError("signature does not verify under the author's key") from exc
+    return Entry(
+        cid,
+        raw,
+        v,
+        kind,
+        space,
+        coll,
+        doc,
+        parents,
+        h,
+        auth,
+        ts,
+        kid,
+        nonce,
+        payload,
+        sig,
+        check_signature,
+    )
+
+
+def _explain(f: dict[str, Any], policy: EntryPolicy) -> None:
+    """Raise the error for the first field check that ``f`` fails, in a fixed order
+    (the slow path of :func:`decode_hashed`'s one-expression check)."""
+    bad = MalformedEntryError
     version = _uint("v", f["v"], bad)
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError(
             f"entry format version {version}; this node reads version {FORMAT_VERSION}"
         )
     height = _uint("h", f["h"], bad)
-    created_at = _uint("ts", f["ts"], bad)
-    document = _check_name("document", f["doc"], policy, bad)
-    collection = _check_name("collection", f["coll"], policy, bad)
-    space = _check_name("space", f["space"], policy, bad)
+    _uint("ts", f["ts"], bad)
+    _check_name("document", f["doc"], policy, bad)
+    _check_name("collection", f["coll"], policy, bad)
+    _check_name("space", f["space"], policy, bad)
     kind = _check_name("kind", f["kind"], policy, bad)
     key_id = _check_key_id(f["kid"], bad)
     author = f["auth"]
@@ -338,8 +437,7 @@ def decode_entry(
             raise bad("a public entry (no key id) has no nonce")
     elif type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
         raise bad("an encrypted entry has a 12-byte nonce")
-    payload = f["payload"]
-    if type(payload) is not bytes:
+    if type(f["payload"]) is not bytes:
         raise bad("payload must be a byte string")
     signature = f["signature"]
     if type(signature) is not bytes or len(signature) != codec.SIGNATURE_SIZE:
@@ -356,25 +454,3 @@ def decode_entry(
         raise bad("height is 1 exactly for an entry without parents")
     if kind not in policy.kinds:
         raise UnknownKindError(f"unknown entry kind {kind!r}")
-
-    _header, signed = codec.check_canonical(raw, f)
-    if check_signature:
-        verify_signature(author, signed, signature)
-    return Entry(
-        cid,
-        raw,
-        version,
-        kind,
-        space,
-        collection,
-        document,
-        tuple(CID(b) for b in parent_bytes),
-        height,
-        author,
-        created_at,
-        key_id,
-        nonce,
-        payload,
-        signature,
-        check_signature,
-    )

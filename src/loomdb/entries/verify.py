@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from loomdb.entries.cid import CID
-from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryPolicy, decode_entry
+from loomdb.entries.entry import DEFAULT_POLICY, Entry, EntryPolicy, decode_entry, decode_hashed
 from loomdb.errors import EntryError
 
 THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -45,11 +45,17 @@ def _executor() -> ThreadPoolExecutor:
         return _pool[0]
 
 
-def _check(raws: Sequence[bytes], cids: Sequence[CID | None], policy: EntryPolicy) -> list[Checked]:
+def _check(
+    raws: Sequence[bytes], cids: Sequence[CID | None], policy: EntryPolicy, hashed: bool
+) -> list[Checked]:
     out: list[Checked] = []
     for raw, cid in zip(raws, cids, strict=True):
         try:
-            out.append(decode_entry(raw, expected_cid=cid, policy=policy))
+            if hashed:
+                assert cid is not None
+                out.append(decode_hashed(raw, cid, policy=policy))
+            else:
+                out.append(decode_entry(raw, expected_cid=cid, policy=policy))
         except EntryError as exc:
             out.append(exc)
     return out
@@ -61,21 +67,30 @@ def decode_many(
     *,
     policy: EntryPolicy = DEFAULT_POLICY,
     threads: int | None = None,
+    hashed: bool = False,
 ) -> list[Checked]:
     """``decode_entry`` (signature included) of every item of ``raws``, in order:
     the entry, or the :class:`EntryError` that refused it. ``expected``: the CID
-    each was asked for (None: any). Runs on ``threads`` threads, this one among them."""
+    each was asked for (None: any). ``hashed``: each of ``expected`` is
+    ``CID.of`` of its bytes, computed by the caller in this process (a store's
+    duplicate check), so it is not computed again (see ``decode_hashed``).
+    Runs on ``threads`` threads, this one among them."""
     cids: Sequence[CID | None] = [None] * len(raws) if expected is None else expected
     if len(cids) != len(raws):
         raise ValueError("decode_many: one expected CID per entry")
+    if hashed and any(c is None for c in cids):
+        raise ValueError("decode_many: hashed=True needs every entry's CID")
     parts = max(1, min(THREADS if threads is None else threads, len(raws) // MIN_SLICE))
     if parts == 1:
-        return _check(raws, cids, policy)
+        return _check(raws, cids, policy, hashed)
     size = -(-len(raws) // parts)
     cuts = range(0, len(raws), size)
     pool = _executor()
-    later = [pool.submit(_check, raws[i : i + size], cids[i : i + size], policy) for i in cuts[1:]]
-    out = _check(raws[:size], cids[:size], policy)  # this thread takes the first slice
+    later = [
+        pool.submit(_check, raws[i : i + size], cids[i : i + size], policy, hashed)
+        for i in cuts[1:]
+    ]
+    out = _check(raws[:size], cids[:size], policy, hashed)  # this thread takes the first slice
     for future in later:
         out += future.result()
     return out

@@ -233,13 +233,20 @@ def prepare_batch(
     # The bytes not held, each CID once, checked up front on every core at once.
     todo: dict[CID, bytes] = {}
     for _, cid, raw, built in staged:
-        if built is None and raw is not None and cid not in already:
+        if built is None and raw is not None and not (already and cid in already):
             todo.setdefault(cid, raw)
-    checked = dict(zip(todo, decode_many(list(todo.values()), policy=policy), strict=True))
+    # Every CID here is CID.of of its bytes, computed above: not hashed again.
+    checked = dict(
+        zip(
+            todo,
+            decode_many(list(todo.values()), list(todo), policy=policy, hashed=True),
+            strict=True,
+        )
+    )
     new: list[tuple[int, Entry]] = []
     seen: set[CID] = set()
     for i, cid, _, built in staged:
-        if cid in already or cid in seen:
+        if (already and cid in already) or cid in seen:  # (a CID's hash is a Python call)
             results[i] = PutResult(cid, PutStatus.DUPLICATE)
             continue
         try:
@@ -274,9 +281,9 @@ def check_policy(entry: Entry, policy: EntryPolicy) -> None:
 def finish_results(batch: PreparedBatch, first_seq: int) -> list[PutResult]:
     """Fill in the results of the entries the store wrote, numbered from ``first_seq``
     in the order they were inserted."""
-    out = batch.results
-    for k, (i, entry) in enumerate(batch.new):
-        out[i] = PutResult(entry.cid, PutStatus.ACCEPTED, seq=first_seq + k)
+    out, accepted = batch.results, PutStatus.ACCEPTED
+    for k, (i, entry) in enumerate(batch.new, first_seq):
+        out[i] = PutResult(entry.cid, accepted, None, k)  # (positional: half the time)
     return [r for r in out if r is not None]
 
 

@@ -328,39 +328,67 @@ class SQLiteStore:
         Set-at-a-time: a few ``executemany`` calls per batch rather than several
         statements per entry (3x faster). Heads rule: an entry is a head unless
         an entry of its document names it as a parent; naming a parent removes
-        it from the heads.
+        it from the heads. A parent that is itself in the batch is settled here,
+        without asking SQLite: it has no heads row to remove yet, and it is named.
         """
         w = self._w
-        rows = []
-        refs: list[tuple[bytes, int]] = []
-        placed: list[tuple[bytes, int]] = []
         docs = self._doc_ids_of((e.space, e.collection, e.document) for e in entries)
-        for e in entries:
-            doc = docs[(e.space, e.collection, e.document)]
-            cid = e.cid.binary
-            parents = _BLOB(b"".join(p.binary for p in e.parents))
-            ts = e.created_at - _TS_OFFSET
-            rows.append(
-                (_BLOB(cid), doc, e.kind, e.height, _BLOB(e.author), ts, e.key_id, parents,
-                 _BLOB(e.raw))
-            )  # fmt: skip
-            refs.extend((p.binary, doc) for p in e.parents)
-            placed.append((cid, doc))
+        # Parallel lists of bytes and ints, and rows made as SQLite takes them: few
+        # objects that outlive the batch for the garbage collector to walk.
+        cids: list[bytes] = []
+        cid_docs: list[int] = []
+        ref_parents: list[bytes] = []
+        ref_docs: list[int] = []
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for e in entries:
+                doc = docs[(e.space, e.collection, e.document)]
+                cid = e.cid.binary
+                cids.append(cid)
+                cid_docs.append(doc)
+                ps = e.parents
+                if len(ps) == 1:  # the usual case: no join
+                    parent = ps[0].binary
+                    ref_parents.append(parent)
+                    ref_docs.append(doc)
+                    parents = _BLOB(parent)
+                else:
+                    for p in ps:
+                        ref_parents.append(p.binary)
+                        ref_docs.append(doc)
+                    parents = _BLOB(b"".join(p.binary for p in ps))
+                yield (_BLOB(cid), doc, e.kind, e.height, _BLOB(e.author),
+                       e.created_at - _TS_OFFSET, e.key_id, parents, _BLOB(e.raw))  # fmt: skip
+
         insert = (
             "INSERT INTO entries(cid, doc, kind, height, author, created_at, key_id, parents, raw)"
             " VALUES (?,?,?,?,?,?,?,?,?)"
         )
-        if len(rows) == 1:  # (a local write's entry: its seq without another statement)
-            first = w.execute(insert, rows[0]).lastrowid or 0
+        if len(entries) == 1:  # (a local write's entry: its seq without another statement)
+            first = w.execute(insert, next(rows())).lastrowid or 0
         else:
-            w.executemany(insert, rows)
+            w.executemany(insert, rows())
             # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
-            first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(rows) + 1
-        if refs:
-            w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", refs)
-            w.executemany("DELETE FROM heads WHERE cid=? AND doc=?", refs)
-        named: set[tuple[bytes, int]] = set()
-        for part in _chunks([_BLOB(cid) for cid, _ in placed]):
+            first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(entries) + 1
+        here = set(cids)
+        # (parent, doc) pairs named by an entry of this batch
+        named = {ref for ref in zip(ref_parents, ref_docs, strict=True) if ref[0] in here}
+        if ref_parents:
+            w.executemany(
+                "INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)",
+                zip(map(_BLOB, ref_parents), ref_docs, strict=True),
+            )
+            w.executemany(
+                "DELETE FROM heads WHERE cid=? AND doc=?",
+                (
+                    (_BLOB(p), d)
+                    for p, d in zip(ref_parents, ref_docs, strict=True)
+                    if p not in here
+                ),
+            )
+        # Named by an entry stored before (one that arrived before its parent)?
+        ask = [_BLOB(c) for c, d in zip(cids, cid_docs, strict=True) if (c, d) not in named]
+        for part in _chunks(ask):
             named.update(
                 w.execute(
                     f"SELECT parent, doc FROM parent_refs WHERE parent IN ({_marks(len(part))})",
@@ -369,7 +397,7 @@ class SQLiteStore:
             )
         w.executemany(
             "INSERT INTO heads(cid, doc) VALUES (?,?)",
-            [(_BLOB(cid), doc) for cid, doc in placed if (cid, doc) not in named],
+            ((_BLOB(c), d) for c, d in zip(cids, cid_docs, strict=True) if (c, d) not in named),
         )
         return first
 
