@@ -454,3 +454,5 @@ def _explain(f: dict[str, Any], policy: EntryPolicy) -> None:
         raise bad("height is 1 exactly for an entry without parents")
     if kind not in policy.kinds:
         raise UnknownKindError(f"unknown entry kind {kind!r}")
+    # The fast check failed, so something above must have: never fall through to accept.
+    raise MalformedEntryError("entry fields fail their checks")
