@@ -5,9 +5,9 @@ machine does not move, unlike the wall times of ``bench/documents.py``).
     python bench/documents_instructions.py [--docs 3000] [--passes 3] [--ops 1000]
 
 A home of --docs documents is made once (``create_many``, then --passes
-``update_many`` passes, so every document has several entries and a snapshot).
+``update_many`` passes, so every document has 1 + --passes entries).
 Then each figure runs twice under ``valgrind --tool=callgrind`` on a fresh copy
-of that home, with --ops and with 2 × --ops operations; the figure is the
+of that home, with --ops and with twice --ops operations; the figure is the
 difference of the two runs' instruction counts (every thread) divided by --ops,
 so opening, closing and imports cancel out:
 
@@ -55,7 +55,9 @@ async def make_home(home: Path, docs: int, passes: int) -> None:
                 {"n": i, "group": i % 100, "name": f"item {i:07d}", "score": rng.random() * 1000}
                 for i in range(start, min(docs, start + BATCH))
             ]
-            await coll.create_many(values, ids=[f"doc-{i:06d}" for i in range(start, start + len(values))])
+            await coll.create_many(
+                values, ids=[f"doc-{i:06d}" for i in range(start, start + len(values))]
+            )
         for _ in range(passes):
             for start in range(0, docs, BATCH):
                 await coll.update_many(
