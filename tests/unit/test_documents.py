@@ -453,3 +453,18 @@ def test_blocking_facade(tmp_path: Path) -> None:
             notes.get("missing")
     with loomdb.connect(tmp_path / "home") as db:  # reopened: still there
         assert db.collection("notes").get("n1").value["n"] == 3
+
+
+def test_writer_peer_is_the_hash_of_the_length_prefixed_parts() -> None:
+    """The derivation is part of the protocol: pinned to its definition, part by part."""
+    import hashlib
+
+    from loomdb.documents.crdt import writer_peer
+
+    parts = (b"\x01" * 32, "main", "items", "d\u00e9", b"\x02" * 16)
+    h = hashlib.blake2b(digest_size=8, person=b"loomdb-peer-v1")
+    for part in (p if isinstance(p, bytes) else p.encode() for p in parts):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    want = int.from_bytes(h.digest(), "big") >> 1
+    assert writer_peer(*parts) == want  # type: ignore[arg-type]

@@ -124,6 +124,13 @@ def views_file(home: Path, space: str) -> Path:
 DOC_KINDS: Final = frozenset(k.value for k in Kind)
 MAX_ANCESTRY_WALK: Final = 100_000
 INLINE_PUT_MAX: Final = 64  # entries a local write stores on the event loop's thread
+# A document of at most this many applied entries keeps their deltas in the views
+# and opens by importing them (no store read, no decryption); a longer one is
+# snapshotted when it leaves the live cache. Callgrind, a document of four fields:
+# importing its first delta into a new LoroDoc costs ~80k instructions and each
+# next one ~50k, a snapshot import ~155k plus ~135k to export it again at every
+# eviction: the deltas are cheaper up to about five entries.
+REPLAY_MAX: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,7 @@ class _Live:
     salt: bytes | None = None
     peer: int | None = None
     saved: tuple[CID, ...] | None = None  # the heads of its snapshot in the views
+    entries: int = 0  # applied entries (at least; REPLAY_MAX + 1 when opened from a snapshot)
 
 
 @dataclass(slots=True)
@@ -503,12 +511,37 @@ class Database:
             return out
         with self._views.lock:
             plans = self._views.applied_states(list(replay))
-        cids = [s.cid for rows in plans.values() for s in rows]
-        entries = await self.store.get_entries(cids) if cids else []
-        by_cid = dict(zip(cids, entries, strict=True))
-        for doc_id, rows in plans.items():
-            out[doc_id] = self._build_live(replay[doc_id], rows, [by_cid[s.cid] for s in rows])
+        # The deltas the views keep (a document's first entries) need no store read.
+        damaged: dict[int, list[StateRow]] = {}
+        for doc_id, deltas in (await self._deltas(plans, kept=True)).items():
+            try:
+                out[doc_id] = self._build_live(replay[doc_id], plans[doc_id], deltas)
+            except ChangeRefusedError:  # a kept delta is damaged (views.db is derived)
+                damaged[doc_id] = plans[doc_id]
+        for doc_id, deltas in (await self._deltas(damaged, kept=False)).items():
+            out[doc_id] = self._build_live(replay[doc_id], plans[doc_id], deltas)
         return out
+
+    async def _deltas(
+        self, plans: Mapping[int, Sequence[StateRow]], *, kept: bool
+    ) -> dict[int, list[bytes]]:
+        """The deltas of documents' applied entries: with ``kept``, those the views
+        keep, and the others from the store (one read for them all)."""
+        cids = [s.cid for rows in plans.values() for s in rows if not kept or s.delta is None]
+        entries = await self.store.get_entries(cids) if cids else []
+        read = dict(zip(cids, entries, strict=True))
+        return {
+            doc_id: [
+                s.delta if kept and s.delta is not None else self._delta_of(s, read[s.cid])
+                for s in rows
+            ]
+            for doc_id, rows in plans.items()
+        }
+
+    def _delta_of(self, state: StateRow, entry: Entry | None) -> bytes:
+        if entry is None:
+            raise StoreCorruptError(f"entry {state.cid} is applied but not in the store")
+        return crdt.decode_payload(self._decrypt(entry))[1]
 
     @staticmethod
     def _from_snapshot(row: DocRow, snap: Snapshot) -> _Live | None:
@@ -519,16 +552,14 @@ class Database:
             return None  # a damaged snapshot (views.db is derived): replay the entries
         heads = [_Ref(c, h) for c, h in zip(snap.heads, snap.heights, strict=True)]
         return _Live(row.id, row.coll, row.name == SCHEMA_DOC, doc, heads, row.deleted,
-                     row.value or {}, row.created_at, row.updated_at, saved=snap.heads)  # fmt: skip
+                     row.value or {}, row.created_at, row.updated_at, saved=snap.heads,
+                     entries=REPLAY_MAX + 1)  # fmt: skip
 
-    def _build_live(
-        self, row: DocRow, rows: Sequence[StateRow], entries: Sequence[Entry | None]
-    ) -> _Live:
+    def _build_live(self, row: DocRow, rows: Sequence[StateRow], deltas: Sequence[bytes]) -> _Live:
+        """A document replayed from its applied entries' deltas (``rows``, parents
+        first; each one was checked when it was applied)."""
         doc = crdt.new_doc()
-        for s, entry in zip(rows, entries, strict=True):
-            if entry is None:
-                raise StoreCorruptError(f"entry {s.cid} is applied but not in the store")
-            _, delta = crdt.decode_payload(self._decrypt(entry))
+        for delta in deltas:
             if delta:
                 crdt.import_delta(doc, delta)
         by_cid = {s.cid: s for s in rows}
@@ -543,6 +574,7 @@ class Database:
             row.value or {},
             row.created_at,
             row.updated_at,
+            entries=len(rows),
         )
 
     def _evict(self) -> None:
@@ -561,11 +593,9 @@ class Database:
     @staticmethod
     def _unsaved(live: _Live) -> bool:
         """Whether ``live`` is worth a new snapshot: it changed since its last one, and
-        it has more than its first entries (a document of height 1 replays as cheaply
-        as a snapshot imports; bulk creates and rebuilds export none)."""
-        return any(h.height > 1 for h in live.heads) and live.saved != tuple(
-            h.cid for h in live.heads
-        )
+        it has more entries than the views keep the deltas of (:data:`REPLAY_MAX`: a
+        shorter one opens from them more cheaply than from a snapshot)."""
+        return live.entries > REPLAY_MAX and live.saved != tuple(h.cid for h in live.heads)
 
     @staticmethod
     def _snapshot(live: _Live) -> Snapshot:
@@ -615,7 +645,7 @@ class Database:
         check: Callable[[_Change, _Live], None] | None,
         pinned: dict[int, _Live],
     ) -> list[_Live]:
-        made: list[tuple[Entry, _Live, int | None, int, int, bool]] = []
+        made: list[tuple[Entry, _Live, int | None, int, int, bool, bytes | None]] = []
         lives = []
         opened = await self._preload(
             [(c.collection, c.document) for c in changes], pinned, reserve=True
@@ -668,7 +698,9 @@ class Database:
             )
             live.heads = [_Ref(entry.cid, entry.height)]
             live.deleted = deleted
-            made.append((entry, live, peer if end > start else None, start, end, deleted))
+            live.entries += 1
+            kept = delta if live.entries <= REPLAY_MAX else None
+            made.append((entry, live, peer if end > start else None, start, end, deleted, kept))
             lives.append(live)
 
         new = [m[0] for m in made]
@@ -694,9 +726,9 @@ class Database:
             StateRow(
                 entry.cid, live.doc_id, APPLIED, entry.kind, entry.height, entry.parents,
                 entry.created_at, peer, start if peer is not None else None,
-                end if peer is not None else None, deleted, None,
+                end if peer is not None else None, deleted, None, None, kept,
             )
-            for entry, live, peer, start, end, deleted in made
+            for entry, live, peer, start, end, deleted, kept in made
         )  # fmt: skip
         with self._views.tx():
             self._views.put_states(states, reasons=False)
@@ -853,6 +885,7 @@ class Database:
                         entry.cid, doc_id, state, entry.kind, entry.height, entry.parents,
                         entry.created_at, ops.get("peer"), ops.get("start"), ops.get("end"),
                         ops.get("deleted", False), reason, ops.get("wants_key"),
+                        ops.get("delta"),
                     )
                 )  # fmt: skip
                 if state == PENDING and missing:
@@ -866,7 +899,7 @@ class Database:
             record(PENDING, f"waits for parent {missing[0]}")
             return None
         try:
-            peer, start, end, deleted = await self._apply(entry, doc_id, parents, pinned)
+            peer, start, end, deleted, kept = await self._apply(entry, doc_id, parents, pinned)
         except MissingKeyError as exc:
             record(PENDING, exc.message, wants_key=entry.key_id)
             return None
@@ -890,7 +923,7 @@ class Database:
             record(REFUSED, exc.message)
             await self._refuse_waiters(entry.cid)
             return REFUSED
-        record(APPLIED, None, peer=peer, start=start, end=end, deleted=deleted)
+        record(APPLIED, None, peer=peer, start=start, end=end, deleted=deleted, delta=kept)
         return APPLIED
 
     async def _refuse_waiters(self, cid: CID) -> None:
@@ -916,7 +949,9 @@ class Database:
         doc_id: int,
         parents: Mapping[CID, StateRow],
         pinned: dict[int, _Live],
-    ) -> tuple[int | None, int, int, bool]:
+    ) -> tuple[int | None, int, int, bool, bytes | None]:
+        """Apply a causally ready entry to its document; returns its op range, its
+        deleted flag and its delta when the views keep it (:data:`REPLAY_MAX`)."""
         if entry.kind not in DOC_KINDS:
             raise ChangeRefusedError(f"kind {entry.kind!r} is not a document change")
         if (entry.kind == Kind.SCHEMA) != (entry.document == SCHEMA_DOC):
@@ -955,7 +990,9 @@ class Database:
         live.updated_at = max(live.updated_at, entry.created_at)
         live.created_at = min(live.created_at or entry.created_at, entry.created_at)
         self._hlc.observe(entry.created_at)
-        return (peer if delta else None), start, end, deleted
+        live.entries += 1
+        kept = delta if live.entries <= REPLAY_MAX else None
+        return (peer if delta else None), start, end, deleted, kept
 
     def _check_dep(
         self, doc_id: int, peer: int, counter: int, parents: Mapping[CID, StateRow]

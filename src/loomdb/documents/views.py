@@ -7,8 +7,10 @@ it is rebuilt from the entries. It holds
   reads and queries never run the CRDT;
 * ``states``: what the document layer did with each entry (applied, pending,
   refused), with the Loro op range an applied entry holds, so a delta's
-  dependencies can be traced to the entries that hold them, and the key a
-  pending entry waits for (``wants_key``: none held under its id reads it);
+  dependencies can be traced to the entries that hold them, the key a
+  pending entry waits for (``wants_key``: none held under its id reads it) and,
+  for the first entries of a document, their Loro delta (``delta``: a document of
+  a few entries opens by importing them, with no store read and no snapshot);
 * ``waits``: pending entries by the parent they wait for;
 * ``snapshots``: Loro snapshots of documents, each with the heads it was taken
   at, so a document that is not open loads with one import, not a replay of
@@ -35,7 +37,7 @@ from loomdb.entries.cid import CID
 from loomdb.errors import QueryError, StoreCorruptError
 from loomdb.stores.checkpoints import Checkpointer
 
-SCHEMA_VERSION: Final = 3  # bump when the layout changes: the file is rebuilt
+SCHEMA_VERSION: Final = 4  # bump when the layout changes: the file is rebuilt
 APPLIED: Final = 0
 PENDING: Final = 1
 REFUSED: Final = 2
@@ -56,7 +58,7 @@ CREATE TABLE IF NOT EXISTS states(
     cid BLOB PRIMARY KEY, doc INTEGER NOT NULL, state INTEGER NOT NULL, kind TEXT NOT NULL,
     height INTEGER NOT NULL, parents BLOB NOT NULL, created_at INTEGER NOT NULL,
     peer INTEGER, op_start INTEGER, op_end INTEGER, deleted INTEGER NOT NULL DEFAULT 0,
-    reason TEXT, wants_key TEXT) WITHOUT ROWID;
+    reason TEXT, wants_key TEXT, delta BLOB) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS states_keys ON states(wants_key) WHERE wants_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS states_doc ON states(doc, height);
 CREATE INDEX IF NOT EXISTS states_ops ON states(doc, peer, op_start) WHERE peer IS NOT NULL;
@@ -84,6 +86,7 @@ class StateRow:
     deleted: bool
     reason: str | None
     wants_key: str | None = None  # pending: the key id no held material reads
+    delta: bytes | None = None  # applied: its Loro delta, when kept (see Views.applied_states)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ def _state(row: tuple[Any, ...]) -> StateRow:
     return StateRow(
         CID(row[0]), row[1], row[2], row[3], row[4], _unpack(row[5]), row[6],
         row[7], row[8], row[9], bool(row[10]), row[11], row[12],
+        row[13] if len(row) > 13 else None,
     )  # fmt: skip
 
 
@@ -526,13 +530,15 @@ class Views:
 
     def applied_states(self, docs: Sequence[int]) -> dict[int, list[StateRow]]:
         """The applied entries of documents ``docs``, each document's by height and CID
-        (one statement per 500 documents, not one per document)."""
+        (one statement per 500 documents, not one per document), with their kept
+        deltas (:attr:`StateRow.delta`; None where none was kept)."""
         out: dict[int, list[StateRow]] = {d: [] for d in docs}
         for i in range(0, len(docs), 500):
             chunk = docs[i : i + 500]
             rows = self._db.execute(
-                f"SELECT {_STATE_COLS} FROM states WHERE doc IN ({','.join('?' * len(chunk))})"
-                " AND state = ? ORDER BY doc, height, cid",
+                f"SELECT {_STATE_COLS}, delta FROM states"
+                f" WHERE doc IN ({','.join('?' * len(chunk))}) AND state = ?"
+                " ORDER BY doc, height, cid",
                 (*chunk, APPLIED),
             ).fetchall()
             for r in rows:
@@ -541,10 +547,11 @@ class Views:
 
     def put_state(self, s: StateRow) -> None:
         self._db.execute(
-            f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO states({_STATE_COLS}, delta)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 s.cid.binary, s.doc, s.state, s.kind, s.height, _pack(s.parents), s.created_at,
-                s.peer, s.op_start, s.op_end, int(s.deleted), s.reason, s.wants_key,
+                s.peer, s.op_start, s.op_end, int(s.deleted), s.reason, s.wants_key, s.delta,
             ),
         )  # fmt: skip
 
@@ -554,11 +561,12 @@ class Views:
         reason or a wanted key: they go as NULLs in the statement (see :data:`_BLOB`)."""
         if reasons:
             self._db.executemany(
-                f"INSERT OR REPLACE INTO states({_STATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO states({_STATE_COLS}, delta)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     (_BLOB(s.cid.binary), s.doc, s.state, s.kind, s.height,
                      _BLOB(_pack(s.parents)), s.created_at, s.peer, s.op_start, s.op_end,
-                     int(s.deleted), s.reason, s.wants_key)
+                     int(s.deleted), s.reason, s.wants_key, s.delta)
                     for s in rows
                 ),
             )  # fmt: skip
@@ -570,11 +578,11 @@ class Views:
                     raise ValueError("put_states(reasons=False) given a row with a reason")
                 yield (_BLOB(s.cid.binary), s.doc, s.state, s.kind, s.height,
                        _BLOB(_pack(s.parents)), s.created_at, s.peer, s.op_start, s.op_end,
-                       int(s.deleted))  # fmt: skip
+                       int(s.deleted), s.delta)  # fmt: skip
 
         self._db.executemany(
-            f"INSERT OR REPLACE INTO states({_STATE_COLS})"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+            f"INSERT OR REPLACE INTO states({_STATE_COLS}, delta)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,NULL,?)",
             plain(),
         )
 
