@@ -2,6 +2,7 @@
 """The gossip path alone, in one process: CPU per message, py-libp2p's way and ours.
 
     python bench/gossip_path.py [--updates 300] [--rate 100] [--reps 2] [--batch 2000]
+                                [--profile FILE] [--only tuned]
 
 Two real libp2p hosts on 127.0.0.1 (TCP, Noise, Yamux, gossipsub), each with a
 guarded memory store, its receipt-log feed and ``PassiveReplication`` — the
@@ -23,11 +24,16 @@ same running hosts, so both see the same machine load:
 ``--batch N`` (0: skip): N entries in one put (an import), the time until B has
 them all, the CPU and the messages it took — published as this version does
 (batches) and one message per entry (as before it).
+
+``--profile FILE``: the ``tuned`` rounds run under cProfile (process CPU time), the
+stats written to FILE (``python -m pstats FILE``). ``--only tuned`` skips the
+``py-libp2p`` rounds (for instruction counts under callgrind).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import statistics
@@ -67,6 +73,7 @@ DEFAULT_OUT = ROOT / "results" / "gossip_path.json"
 KEY = NamedKey.generate("bench@1")
 WAIT = 120.0
 COLLECTION = "bench"
+SETTINGS = ("py-libp2p", "tuned")
 
 
 class Side:
@@ -190,12 +197,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await until(joined)
         await until(lambda: b.replication.heads["exchanges"] >= 1)
         await trio.sleep(1.5)  # a heartbeat: the mesh is formed
+        profile = cProfile.Profile(time.process_time) if args.profile else None
         for rep in range(args.reps):
-            for setting in ("py-libp2p", "tuned"):
+            for setting in SETTINGS if args.only is None else (args.only,):
                 configure(setting)
+                if profile is not None and setting == "tuned":
+                    profile.enable()
                 measured = await one_round(user, a, b, args.updates, args.rate, f"r{rep}-{setting}")
+                if profile is not None:
+                    profile.disable()
                 out["rounds"].append({"setting": setting, **measured})
                 print(f"  {setting:<10} {json.dumps(measured)}", flush=True)
+        if profile is not None:
+            profile.dump_stats(args.profile)
+            print(f"profile of the tuned rounds: {args.profile}")
         configure("tuned")
         if args.batch:
             for packing in ("one message per entry", "batches"):
@@ -213,14 +228,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--profile", type=Path, help="cProfile the tuned rounds into FILE")
+    parser.add_argument("--only", choices=SETTINGS, help="run rounds of this setting only")
     args = parser.parse_args()
     if args.updates < 1 or args.reps < 1 or args.rate <= 0 or args.batch < 0:
         parser.error("--updates and --reps at least 1, --rate above 0, --batch at least 0")
     load = os.getloadavg()
     result = trio.run(run, args)
     summary = {}
-    for setting in ("py-libp2p", "tuned"):
+    for setting in SETTINGS:
         rounds = [r for r in result["rounds"] if r["setting"] == setting]
+        if not rounds:
+            continue
         summary[setting] = {
             k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "setting"
         }
