@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 import trio
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
 from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.stream_muxer.yamux import yamux as yamux_module
@@ -24,7 +27,7 @@ from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 
 from loomdb.identity.keys import SigningKey
-from loomdb.transports.libp2p import P2PHost, pubsub_reads, task_parents, yamux_env
+from loomdb.transports.libp2p import P2PHost, pubsub_reads, task_parents, yamux_env, yamux_reads
 from loomdb.transports.libp2p.pubsub import tune_pubsub
 from loomdb.transports.libp2p.pubsub_reads import read_rpc
 
@@ -279,3 +282,116 @@ async def test_a_message_already_seen_is_dropped_before_its_task() -> None:
         other.topicIDs.append("not-followed")
         assert not b.pubsub._is_subscribed_to_msg(other)
         assert pushed == [got.seqno]
+
+
+# --- yamux_reads: reads on open streams -------------------------------------------------
+
+PROTOCOL = TProtocol("/loomdb-test/raw/1.0.0")
+
+
+async def raw_pair(
+    stack: AsyncExitStack, handler: Callable[[INetStream], Awaitable[None]]
+) -> INetStream:
+    """A stream from host A to host B, whose end on B is given to ``handler``."""
+    a = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
+    b = P2PHost(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], connect_timeout=WAIT)
+    for host in (a, b):
+        await stack.enter_async_context(host.run())
+    b.host.set_stream_handler(PROTOCOL, handler)
+    await a.connect(b.listen_addrs()[0])
+    peer = next(iter(a.host.get_network().connections))
+    return await a.host.new_stream(peer, [PROTOCOL])
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often each fast path handed over to py-libp2p's own method."""
+    counted = {"read_stream": 0, "read_body": 0}
+    read_stream, read_body = yamux_reads._original_read_stream, yamux_reads._original_read_body
+
+    async def counting_stream(self: Any, stream_id: int, n: int = -1) -> bytes:
+        counted["read_stream"] += 1
+        data: bytes = await read_stream(self, stream_id, n)
+        return data
+
+    async def counting_body(self: Any, length: int) -> bytes:
+        counted["read_body"] += 1
+        data: bytes = await read_body(self, length)
+        return data
+
+    monkeypatch.setattr(yamux_reads, "_original_read_stream", counting_stream)
+    monkeypatch.setattr(yamux_reads, "_original_read_body", counting_body)
+    yamux_reads.read_open_streams_directly()
+    return counted
+
+
+async def test_reads_of_an_open_stream_take_the_fast_paths_then_end_as_before(
+    calls: dict[str, int],
+) -> None:
+    sent = [bytes([i % 251]) * (1 + i * 97 % 3000) for i in range(200)]
+    got = bytearray()
+    ended: list[str] = []
+    finished = trio.Event()
+
+    async def reader(stream: INetStream) -> None:
+        try:
+            while True:
+                got.extend(await stream.read(777))  # reads cut across the writes
+        except StreamEOF:
+            ended.append("eof")
+        finally:
+            finished.set()
+
+    async with AsyncExitStack() as stack:
+        stream = await raw_pair(stack, reader)
+        for chunk in sent:
+            await stream.write(chunk)
+        with trio.fail_after(WAIT):
+            while len(got) < sum(map(len, sent)):
+                await trio.sleep(0.01)
+        open_calls = dict(calls)
+        await stream.close()  # FIN: the reader's next read ends
+        with trio.fail_after(WAIT):
+            await finished.wait()
+    assert bytes(got) == b"".join(sent)
+    assert ended == ["eof"]
+    assert open_calls["read_stream"] == 0  # while open, never py-libp2p's locked path
+    assert open_calls["read_body"] < len(sent) // 10  # bodies came with their headers
+    assert calls["read_stream"] >= 1  # the FIN: py-libp2p's method raised the EOF
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["patched", "py-libp2p"])
+async def test_a_reader_waiting_on_an_open_stream_ends_when_it_is_reset(
+    fast: bool, calls: dict[str, int]
+) -> None:
+    """As py-libp2p 0.8.1 has it, a reader waiting when the stream is reset gets
+    an EOF (the reset clears the stream's buffer first); the same with the patch."""
+    if not fast:
+        yamux_reads.read_streams_under_lock()
+    outcome: list[str] = []
+    finished = trio.Event()
+    waiting = trio.Event()
+
+    async def reader(stream: INetStream) -> None:
+        try:
+            assert await stream.read(10) == b"hello"
+            waiting.set()
+            await stream.read(10)  # blocks: no data, then the reset
+        except StreamReset:
+            outcome.append("reset")
+        except StreamEOF:
+            outcome.append("eof")
+        finally:
+            finished.set()
+
+    async with AsyncExitStack() as stack:
+        stream = await raw_pair(stack, reader)
+        await stream.write(b"hello")
+        with trio.fail_after(WAIT):
+            await waiting.wait()
+            await trio.sleep(0.05)  # the reader is waiting for data
+            await stream.reset()
+            await finished.wait()
+    yamux_reads.read_open_streams_directly()
+    assert outcome == ["eof"]
+    assert calls["read_stream"] >= 1  # the reset state: py-libp2p's method decided
