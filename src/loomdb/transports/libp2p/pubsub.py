@@ -22,6 +22,12 @@ Also: a peer's subscriptions beyond 100 topics are ignored by default (raised to
 own messages are flood-published; IP-diversity "eclipse protection" is off (all
 peers share one address on a machine or behind one NAT).
 
+Per-message CPU: py-libp2p's read path, task spawning and Yamux reads are patched by
+:mod:`~loomdb.transports.libp2p.pubsub_reads`, :mod:`~loomdb.transports.libp2p.task_parents`,
+:mod:`~loomdb.transports.libp2p.yamux_env` and :mod:`~loomdb.transports.libp2p.yamux_reads`
+(``LOOMDB_PYLIBP2P_HOT_PATH=1`` leaves them out, for measuring), and a copy of a message
+already seen is dropped before its task (:meth:`NodePubsub._is_subscribed_to_msg`).
+
 The patches are process-wide (py-libp2p reads module globals), as is
 :data:`DROPS`: one daemon runs one host.
 """
