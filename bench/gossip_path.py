@@ -2,6 +2,7 @@
 """The gossip path alone, in one process: CPU per message, py-libp2p's way and ours.
 
     python bench/gossip_path.py [--updates 300] [--rate 100] [--reps 2] [--batch 2000]
+                                [--profile FILE] [--only tuned] [--subscribers 1]
 
 Two real libp2p hosts on 127.0.0.1 (TCP, Noise, Yamux, gossipsub), each with a
 guarded memory store, its receipt-log feed and ``PassiveReplication`` — the
@@ -23,18 +24,25 @@ same running hosts, so both see the same machine load:
 ``--batch N`` (0: skip): N entries in one put (an import), the time until B has
 them all, the CPU and the messages it took — published as this version does
 (batches) and one message per entry (as before it).
+
+``--profile FILE``: the ``tuned`` rounds run under cProfile (process CPU time), the
+stats written to FILE (``python -m pstats FILE``). ``--only tuned`` skips the
+``py-libp2p`` rounds (for instruction counts under callgrind). ``--subscribers K``:
+K subscribing hosts, each connected to A and to the others (a gossipsub mesh: each
+receives every message from A and from the K-1 others); the CPU is all hosts'.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +75,7 @@ DEFAULT_OUT = ROOT / "results" / "gossip_path.json"
 KEY = NamedKey.generate("bench@1")
 WAIT = 120.0
 COLLECTION = "bench"
+SETTINGS = ("py-libp2p", "tuned")
 
 
 class Side:
@@ -122,10 +131,10 @@ def configure(setting: str) -> None:
 
 
 async def one_round(
-    user: SigningKey, a: Side, b: Side, n: int, rate: float, tag: str
+    user: SigningKey, a: Side, subs: Sequence[Side], n: int, rate: float, tag: str
 ) -> dict[str, float]:
-    got = b.replication.counters
-    before = got["stored"]
+    b = subs[0]
+    before = [s.replication.counters["stored"] for s in subs]
     b.replication.delays = type(b.replication.delays)()
     cpu0, t0 = time.process_time(), time.perf_counter()
     for i in range(n):
@@ -135,7 +144,11 @@ async def one_round(
         entry = make_entry(user, f"{tag}-{i}")  # dated now: the delay is from here
         with written_here():
             await a.store.put_entries([entry])
-    await until(lambda: got["stored"] - before >= n)
+    await until(
+        lambda: all(
+            s.replication.counters["stored"] - s0 >= n for s, s0 in zip(subs, before, strict=True)
+        )
+    )
     cpu = time.process_time() - cpu0
     delays = b.replication.delays.summary()
     return {"cpu_ms": cpu * 1000 / n, "p50_ms": delays["p50_ms"], "p99_ms": delays["p99_ms"]}
@@ -180,22 +193,36 @@ async def batch_round(user: SigningKey, a: Side, b: Side, n: int, tag: str) -> d
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     user = SigningKey.generate()
     out: dict[str, Any] = {"rounds": []}
-    async with side(user) as a, side(user) as b:
-        await b.host.connect(a.host.listen_addrs()[0])
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(side(user))
+        subs = [await stack.enter_async_context(side(user)) for _ in range(args.subscribers)]
+        for i, b in enumerate(subs):  # a full mesh: each subscriber to A and to the others
+            for other in (a, *subs[:i]):
+                await b.host.connect(other.host.listen_addrs()[0])
 
         def joined() -> bool:
-            info = b.host.pubsub_info()
-            return bool(info and info["topic_peers"] and all(info["topic_peers"].values()))
+            info = a.host.pubsub_info()
+            return bool(info and list(info["topic_peers"].values()) == [len(subs)])
 
         await until(joined)
-        await until(lambda: b.replication.heads["exchanges"] >= 1)
+        await until(lambda: all(b.replication.heads["exchanges"] >= 1 for b in subs))
+        b = subs[0]
         await trio.sleep(1.5)  # a heartbeat: the mesh is formed
+        profile = cProfile.Profile(time.process_time) if args.profile else None
         for rep in range(args.reps):
-            for setting in ("py-libp2p", "tuned"):
+            for setting in SETTINGS if args.only is None else (args.only,):
                 configure(setting)
-                measured = await one_round(user, a, b, args.updates, args.rate, f"r{rep}-{setting}")
+                if profile is not None and setting == "tuned":
+                    profile.enable()
+                tag = f"r{rep}-{setting}"
+                measured = await one_round(user, a, subs, args.updates, args.rate, tag)
+                if profile is not None:
+                    profile.disable()
                 out["rounds"].append({"setting": setting, **measured})
                 print(f"  {setting:<10} {json.dumps(measured)}", flush=True)
+        if profile is not None:
+            profile.dump_stats(args.profile)
+            print(f"profile of the tuned rounds: {args.profile}")
         configure("tuned")
         if args.batch:
             for packing in ("one message per entry", "batches"):
@@ -213,14 +240,23 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--profile", type=Path, help="cProfile the tuned rounds into FILE")
+    parser.add_argument("--only", choices=SETTINGS, help="run rounds of this setting only")
+    parser.add_argument(
+        "--subscribers", type=int, default=1, help="subscribers, all connected to A and each other"
+    )
     args = parser.parse_args()
     if args.updates < 1 or args.reps < 1 or args.rate <= 0 or args.batch < 0:
         parser.error("--updates and --reps at least 1, --rate above 0, --batch at least 0")
+    if args.subscribers < 1:
+        parser.error("--subscribers at least 1")
     load = os.getloadavg()
     result = trio.run(run, args)
     summary = {}
-    for setting in ("py-libp2p", "tuned"):
+    for setting in SETTINGS:
         rounds = [r for r in result["rounds"] if r["setting"] == setting]
+        if not rounds:
+            continue
         summary[setting] = {
             k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "setting"
         }
@@ -236,6 +272,7 @@ def main() -> None:
             "updates": args.updates,
             "rate": args.rate,
             "reps": args.reps,
+            "subscribers": args.subscribers,
         },
         "summary": summary,
         **result,

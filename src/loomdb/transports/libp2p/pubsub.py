@@ -22,6 +22,12 @@ Also: a peer's subscriptions beyond 100 topics are ignored by default (raised to
 own messages are flood-published; IP-diversity "eclipse protection" is off (all
 peers share one address on a machine or behind one NAT).
 
+Per-message CPU: py-libp2p's read path, task spawning and Yamux reads are patched by
+:mod:`~loomdb.transports.libp2p.pubsub_reads`, :mod:`~loomdb.transports.libp2p.task_parents`,
+:mod:`~loomdb.transports.libp2p.yamux_env` and :mod:`~loomdb.transports.libp2p.yamux_reads`
+(``LOOMDB_PYLIBP2P_HOT_PATH=1`` leaves them out, for measuring), and a copy of a message
+already seen is dropped before its task (:meth:`NodePubsub._is_subscribed_to_msg`).
+
 The patches are process-wide (py-libp2p reads module globals), as is
 :data:`DROPS`: one daemon runs one host.
 """
@@ -51,7 +57,11 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.validators import signature_validator
 from libp2p.tools.anyio_service import background_trio_service
 
+from loomdb.transports.libp2p.pubsub_reads import buffer_pubsub_reads
+from loomdb.transports.libp2p.task_parents import index_task_parents
 from loomdb.transports.libp2p.yamux_credit import credit_at_half_window
+from loomdb.transports.libp2p.yamux_env import read_yamux_env_once
+from loomdb.transports.libp2p.yamux_reads import read_open_streams_directly
 
 QUEUE_SIZE: Final = 4096
 """Each subscription's channel and each peer's outbound queue (py-libp2p: 32)."""
@@ -147,6 +157,11 @@ def tune_pubsub(queue_size: int = QUEUE_SIZE) -> None:
         module.env_to_send_in_RPC = _envelope_cached  # type: ignore[attr-defined]
     if os.environ.get("LOOMDB_YAMUX_CREDIT_EVERY_READ") != "1":  # for measuring only
         credit_at_half_window()
+    if os.environ.get("LOOMDB_PYLIBP2P_HOT_PATH") != "1":  # for measuring only
+        buffer_pubsub_reads()
+        index_task_parents()
+        read_yamux_env_once()
+        read_open_streams_directly()
 
 
 class NodeGossipSub(GossipSub):
@@ -210,8 +225,18 @@ class NodeGossipSub(GossipSub):
 
 
 class NodePubsub(Pubsub):
-    """Pubsub that counts a message its subscription's full channel drops, and does
-    not verify the signature it has just put on its own message."""
+    """Pubsub that counts a message its subscription's full channel drops, does
+    not verify the signature it has just put on its own message, and drops a copy
+    of a message it has already seen before spawning a task for it."""
+
+    def _is_subscribed_to_msg(self, msg: rpc_pb2.Message) -> bool:
+        """py-libp2p asks this of each received message (its only use) and spawns a
+        ``push_msg`` task for it, whose first real step is the seen-cache check: in a
+        mesh most copies are duplicates (with 4 peers, 3 of every 4), each paid a
+        task spawn, a blacklist check and a message id for nothing. Here a message
+        already seen is refused before the task; one not yet seen goes on exactly
+        as before (and ``push_msg`` checks the cache again)."""
+        return super()._is_subscribed_to_msg(msg) and not self._is_msg_seen(msg)
 
     async def publish(self, topic_id: str | list[str], data: bytes) -> None:
         token = _publishing.set(True)  # task-local: a received message is still checked
