@@ -124,6 +124,7 @@ def views_file(home: Path, space: str) -> Path:
 DOC_KINDS: Final = frozenset(k.value for k in Kind)
 MAX_ANCESTRY_WALK: Final = 100_000
 INLINE_PUT_MAX: Final = 64  # entries a local write stores on the event loop's thread
+CATCH_UP_FIRST: Final = 32  # catch_up's first read (SQLiteStore serves up to 32 inline)
 # A document of at most this many applied entries keeps their deltas in the views
 # and opens by importing them (no store read, no decryption); a longer one is
 # snapshotted when it leaves the live cache. Callgrind, a document of four fields:
@@ -785,8 +786,11 @@ class Database:
     async def catch_up(self, batch: int = 1000) -> int:
         """Apply entries the store holds that the views have not consumed."""
         applied = 0
+        # After a put the store holds a few new entries: a small first read (a store may
+        # serve it without a thread hop), and no second read when it was not full.
+        limit = min(batch, CATCH_UP_FIRST)
         while True:
-            got = await self.store.scan(self._cursor, batch)
+            got = await self.store.scan(self._cursor, limit)
             if not got:
                 return applied
             mine = []
@@ -802,6 +806,9 @@ class Database:
                 with self._views.tx():
                     self._cursor = got[-1].seq
                     self._views.set_meta("cursor", str(self._cursor))
+            if len(got) < limit:
+                return applied  # the log's end; a later put catches up on its own
+            limit = batch
 
     async def retry_pending(self) -> int:
         """Try again the entries that waited for a key (call after adding keys; the

@@ -76,6 +76,9 @@ log = logging.getLogger("loomdb.stores.sqlite")
 SCHEMA_VERSION: Final = 1
 _TS_OFFSET: Final = 1 << 63
 _CHUNK: Final = 500  # bound on SQL parameters per statement
+INLINE_READ: Final = 32
+"""Reads of at most this many rows or keys run on the caller's thread when the reader
+is free (:meth:`SQLiteStore._read_small`)."""
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -228,6 +231,21 @@ class SQLiteStore:
     async def _read(self, fn: Callable[[], T]) -> T:
         self._check_open()
         return await anyio.to_thread.run_sync(self._locked, self._rlock, fn)
+
+    async def _read_small(self, fn: Callable[[], T], size: int) -> T:
+        """:meth:`_read` of at most ``size`` rows or keys: on the caller's thread when
+        ``size`` is at most :data:`INLINE_READ` and the reader is free. A small indexed
+        read costs less than the worker-thread hop around it (a node receiving gossip
+        made five hops per entry); a large one, or a busy reader, goes to the thread."""
+        self._check_open()
+        if size > INLINE_READ or not self._rlock.acquire(blocking=False):
+            return await anyio.to_thread.run_sync(self._locked, self._rlock, fn)
+        try:
+            with _translate(self.path):
+                self._check_open()
+                return fn()
+        finally:
+            self._rlock.release()
 
     async def _write(self, fn: Callable[[], T]) -> T:
         self._check_open()
@@ -423,7 +441,7 @@ class SQLiteStore:
             found = self._raw_by_cid(wanted)
             return [None if (raw := found.get(c)) is None else self._decode(raw) for c in wanted]
 
-        return await self._read(run)
+        return await self._read_small(run, len(wanted))
 
     async def get_raw(self, cids: Sequence[CID]) -> list[bytes | None]:
         """The entries' bytes as stored, aligned with ``cids`` (no decoding)."""
@@ -449,7 +467,7 @@ class SQLiteStore:
             held = self._held(self._r, wanted)
             return [c in held for c in wanted]
 
-        return await self._read(run)
+        return await self._read_small(run, len(wanted))
 
     async def get_metadata(self, cids: Sequence[CID]) -> list[EntryMeta | None]:
         wanted = check_cids(cids)
@@ -526,7 +544,7 @@ class SQLiteStore:
             )
             return [Received(seq, self._decode(raw)) for seq, raw in rows]
 
-        return await self._read(run)
+        return await self._read_small(run, n)
 
     async def store_head(self) -> StoreHead:
         def run() -> StoreHead:
