@@ -82,14 +82,15 @@ def scratch_rows(
         conn.close()
 
 
-def check_trees(store: SQLiteStore, tmp: Path, *, caught_up: bool = True) -> None:
-    """Every tree of ``store`` equals a build from scratch of the entries it indexes;
-    with ``caught_up``, that is every entry stored (nothing left to index)."""
-    conn = sqlite3.connect(store.path)
+def check_trees(store: SQLiteStore | Path, tmp: Path, *, caught_up: bool = True) -> None:
+    """Every tree of a store (or store file) equals a build from scratch of the entries
+    it indexes; with ``caught_up``, that is every entry stored (nothing left to index)."""
+    conn = sqlite3.connect(store.path if isinstance(store, SQLiteStore) else store)
     try:
         (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
+        cursor = conn.execute("SELECT value FROM meta WHERE key='fp_cursor'").fetchone()
         if caught_up:
-            assert store._fingerprints.cursor() == head
+            assert int(cursor[0] if cursor else 0) == head
         sets = {
             (space, c) for space, coll in conn.execute("SELECT space, collection FROM docs")
             for c in ("", coll)
