@@ -25,6 +25,7 @@ from loomdb.stores import fingerprints as fp
 from loomdb.stores.base import EntryInput, PutResult
 from loomdb.stores.remote import RemoteStore
 from loomdb.stores.server import StoreServer
+from loomdb.sync import replicate
 from loomdb.sync.replicate import SyncProgress, SyncScope, pull_changes_from, sync
 from loomdb.transports.memory import MemoryNetwork
 from tests.support import EntryFactory
@@ -128,9 +129,11 @@ async def test_a_pull_leaves_the_trees_built(tmp_path: Path, make_entry: EntryFa
     local = CountingStore(tmp_path / "local.db")
     report = await pull_changes_from(local, origin, "space-1", batch_size=37)
     assert report.pulled == len(entries)
-    # indexed batch by batch as they landed, not at the end
-    assert len(local.indexed) == -(-len(entries) // 37)
+    # indexed as the batches landed (at least every INDEX_EVERY of them), not at the end
+    batches = -(-len(entries) // 37)
+    assert batches // replicate.INDEX_EVERY <= len(local.indexed) <= batches
     assert sum(local.indexed) == len(entries)
+    assert max(local.indexed) <= 37 * replicate.INDEX_EVERY
     check_trees(local, tmp_path)
     # the re-sync after it builds nothing
     assert local._fingerprints.catch_up() == 0
@@ -181,10 +184,37 @@ async def test_a_pull_over_the_wire_inside_the_sets_and_with_duplicates(
     await origin.aclose()
 
 
+async def test_a_busy_store_stage_indexes_less_often(
+    tmp_path: Path, make_entry: EntryFactory
+) -> None:
+    """While batches wait to be stored, indexing waits too (up to INDEX_EVERY batches):
+    it runs when the store stage would idle, and once at the end."""
+    entries = mixed_entries(make_entry, 400, random.Random(5))
+    origin = SQLiteStore(tmp_path / "origin.db")
+    await origin.put_entries(entries)
+    local = CountingStore(tmp_path / "local.db")
+    put = local.put_entries
+
+    async def slow_put(batch: Iterable[EntryInput]) -> list[PutResult]:
+        await anyio.sleep(0.02)  # the next batches are verified meanwhile
+        return await put(batch)
+
+    local.put_entries = slow_put  # type: ignore[method-assign]
+    report = await pull_changes_from(local, origin, "space-1", batch_size=20)
+    assert report.pulled == len(entries)
+    assert len(local.indexed) < 20  # not once per batch
+    assert sum(local.indexed) == len(entries)
+    assert max(local.indexed) <= 20 * replicate.INDEX_EVERY
+    check_trees(local, tmp_path)
+    await local.aclose()
+    await origin.aclose()
+
+
 @pytest.mark.parametrize("where", ["after a batch", "inside the catch-up"])
 async def test_an_interrupted_pull_resumes_with_the_trees_right(
-    tmp_path: Path, make_entry: EntryFactory, where: str
+    tmp_path: Path, make_entry: EntryFactory, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(replicate, "INDEX_EVERY", 1)  # every batch, whatever waits
     rng = random.Random(4)
     entries = mixed_entries(make_entry, 600, rng)
     origin = SQLiteStore(tmp_path / "origin.db")

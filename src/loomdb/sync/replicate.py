@@ -24,8 +24,9 @@ The steps:
    the next is verified and the one after it fetched. A batch's signatures are
    checked on every core (:func:`loomdb.entries.verify.decode_many`: libsodium
    releases the GIL while it verifies). A target with fingerprint trees indexes
-   each batch once it is stored (``catch_up_fingerprints``: appends, a few µs per
-   entry), so the next reconciliation has nothing to build.
+   the stored batches (``catch_up_fingerprints``: appends, a few µs per entry)
+   while it waits for the next one (at least every ``INDEX_EVERY`` batches, and
+   at the end), so the next reconciliation has nothing to build.
 3. **Report**: counts, rejections (each with its reason), rounds and bytes.
 
 A pull into a store that keeps cursors (``get_cursor``/``set_cursor``) of one open
@@ -78,6 +79,8 @@ if TYPE_CHECKING:
     from loomdb.documents.database import Database
 
 DEFAULT_BATCH: Final = 1000
+INDEX_EVERY: Final = 8
+"""A pull whose store stage has batches waiting indexes them at least every this many."""
 CURSOR_MAX: Final = 5000
 """Entries appended to a remote's log (all spaces) up to which a pull scans them
 from its cursor; beyond, it reconciles (see :func:`pull_appended`)."""
@@ -326,9 +329,12 @@ async def transfer(
     ](1)
     send, receive = anyio.create_memory_object_stream[tuple[list[Entry], list[Rejection], int]](1)
     side = "local" if direction == "pull" else "remote"
-    # A store with fingerprint trees indexes each batch as it lands (appends, a few
-    # µs per entry), not all of them at the next reconciliation.
+    # A store with fingerprint trees indexes the batches as they land (appends, a few
+    # µs per entry), not all of them at the next reconciliation: while the store
+    # stage would wait for the next batch anyway, and at least every INDEX_EVERY
+    # batches, and once at the end.
     index: Callable[[], Awaitable[object]] | None = getattr(target, "catch_up_fingerprints", None)
+    unindexed = 0
 
     async def fetch() -> None:
         async with fetched_in:
@@ -351,6 +357,7 @@ async def transfer(
                 await send.send((entries, [], len(found) - len(entries)))
 
     async def store() -> None:
+        nonlocal unindexed
         async with receive:
             async for good, bad, missing in receive:
                 state.rejected.extend(bad)
@@ -371,9 +378,15 @@ async def transfer(
                     else:
                         state.rejected.append(Rejection(result.cid, result.reason or "", side))
                 if index is not None and good:
-                    await index()
+                    unindexed += 1
+                    waiting = receive.statistics().current_buffer_used > 0
+                    if not waiting or unindexed >= INDEX_EVERY:
+                        await index()
+                        unindexed = 0
                 if progress is not None:
                     progress(state)
+        if index is not None and unindexed:
+            await index()
 
     with one_error():
         async with anyio.create_task_group() as tg:
