@@ -39,7 +39,7 @@ Schema (added to the store's schema; new tables only)::
 Maintenance is from the store's receipt log: :meth:`FingerprintIndex.catch_up`
 indexes the entries with ``seq`` above the cursor and moves the cursor in the
 same transaction, so the trees and the cursor always agree, whatever crashes.
-It runs before each reconciliation, and after each batch a pull stores
+It runs before each reconciliation, and as a pull stores its batches
 (``SQLiteStore.catch_up_fingerprints``), so an initial sync leaves its trees built.
 A set whose backlog is small next to it is updated in place. When every new item
 lies beyond the set's last one (an append, the usual case since new entries

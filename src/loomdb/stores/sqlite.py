@@ -553,7 +553,7 @@ class SQLiteStore:
     async def catch_up_fingerprints(self) -> int:
         """Index in the fingerprint trees every entry stored so far (what a
         reconciliation does first), in one write transaction; returns how many
-        entries that was. A pull calls it after each batch it stores
+        entries that was. A pull calls it as it stores its batches
         (:func:`loomdb.sync.replicate.transfer`), so the next reconciliation
         finds the trees built."""
         return await self._write(self._fingerprints.catch_up)

@@ -247,7 +247,7 @@ class GuardedStore:
         return await self.inner.reconcile(requests)
 
     async def catch_up_fingerprints(self) -> int:
-        """The inner store's (``SQLiteStore``: a pull indexes each batch it stores)."""
+        """The inner store's (``SQLiteStore``: a pull indexes the batches it stores)."""
         catch_up = getattr(self.inner, "catch_up_fingerprints", None)
         return 0 if catch_up is None else int(await catch_up())
 
