@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from loomdb.documents.database import Database
 
 DEFAULT_BATCH: Final = 1000
-INDEX_EVERY: Final = 8
+INDEX_EVERY: Final = 64
 """A pull whose store stage has batches waiting indexes them at least every this many."""
 CURSOR_MAX: Final = 5000
 """Entries appended to a remote's log (all spaces) up to which a pull scans them
