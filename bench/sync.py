@@ -99,9 +99,10 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
     "initial_fetch_us": ("initial sync: waiting on get replies, per entry", "µs", True),
     "initial_verify_us": ("initial sync: verify (decode + Ed25519), per entry", "µs", True),
     "initial_store_us": ("initial sync: local put_entries, per entry", "µs", True),
+    "initial_index_us": ("initial sync: fingerprint trees caught up, per entry", "µs", True),
     "initial_cpu_us": ("initial sync: CPU of this process (all threads), per entry", "µs", True),
     "initial_node_cpu_us": ("initial sync: CPU of the node process, per entry", "µs", True),
-    "first_resync_ms": ("first re-sync after it (local tree built)", "ms", True),
+    "first_resync_ms": ("first re-sync after it (trees built during the pull)", "ms", True),
     "idle_ms": ("idle re-sync, open connection", "ms", True),
     "idle_requests": ("idle re-sync requests", "requests", True),
     "idle_fresh_ms": ("idle re-sync, new connection each time", "ms", True),
@@ -340,6 +341,7 @@ REMOTE_RECONCILE = "remote reconcile steps (round trips)"
 FETCH = "fetch: waiting on get replies (round trips)"
 VERIFY = "verify: decode_entry with signature (worker threads, summed)"
 STORE = "store: local put_entries (SQLite worker thread)"
+INDEX = "index: local catch_up_fingerprints after each batch (SQLite worker thread)"
 
 
 class Split:
@@ -353,6 +355,8 @@ class Split:
         self._wrap(remote, "reconcile", REMOTE_RECONCILE)
         self._wrap(remote, "get_raw", FETCH)
         self._wrap(local, "put_entries", STORE)
+        if hasattr(local, "catch_up_fingerprints"):  # (a store from before: built at re-sync)
+            self._wrap(local, "catch_up_fingerprints", INDEX)
         verify = replicate._verify
 
         def timed_verify(
@@ -473,6 +477,7 @@ async def initial_sync(
     for fig, label in (("initial_fetch_us", FETCH), ("initial_verify_us", VERIFY)):
         out.add(fig, n, split.secs.get(label, 0.0) * 1e6 / n)
     out.add("initial_store_us", n, split.secs.get(STORE, 0.0) * 1e6 / n)
+    out.add("initial_index_us", n, split.secs.get(INDEX, 0.0) * 1e6 / n)
     out.add("initial_cpu_us", n, cpu * 1e6 / n)
     out.add("initial_node_cpu_us", n, node_cpu * 1e6 / n)
     extra = {
@@ -584,7 +589,8 @@ async def idle_resyncs(
 
 
 async def first_resync(url: str, local: SQLiteStore, n: int, out: Values, timeout: float) -> None:
-    """The first re-sync after the initial one: the local store builds its tree of n items."""
+    """The first re-sync after the initial one (before the pull indexed its batches, the
+    local store built its trees of n items here)."""
     async with RemoteStore.connect(url) as remote:
         await remote.hello()
         t = clock()

@@ -60,6 +60,7 @@ from tests.integration.nodes import (
 )
 from tests.integration.proxy import Proxy
 from tests.support import EntryFactory, fields_of
+from tests.unit.test_sync_fingerprints import check_trees
 
 pytestmark = pytest.mark.integration
 
@@ -636,6 +637,8 @@ def test_s8_a_sync_interrupted_midway_resumes_without_loss_or_repeats(
         assert all(d["value"] == {"i": int(d["id"][1:]), "pad": "x" * 40} for d in got["documents"])
     assert cluster.stop_all(target, source) == [0, 0]
     assert len(assert_same_entries(source.store_path, target.store_path)) == S8_DOCS
+    # The pulls indexed what they stored: the trees equal a build from scratch.
+    check_trees(target.store_path, tmp_path)
 
 
 # --- refused entries through relays ------------------------------------------------------

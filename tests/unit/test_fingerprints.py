@@ -14,6 +14,7 @@ import textwrap
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -371,12 +372,18 @@ async def test_catch_up_reads_only_the_backlog(
     statements: list[str] = []
     inserted: list[int] = []
     original = fp.FingerprintIndex._insert
+    original_append = fp.FingerprintIndex._append
 
     def spy(self: fp.FingerprintIndex, info: object, keys: list[bytes]) -> None:
         inserted.append(len(keys))
         original(self, info, keys)  # type: ignore[arg-type]
 
+    def spy_append(self: fp.FingerprintIndex, info: object, keys: list[bytes], *rest: Any) -> None:
+        inserted.append(len(keys))
+        original_append(self, info, keys, *rest)  # type: ignore[arg-type]
+
     monkeypatch.setattr(fp.FingerprintIndex, "_insert", spy)
+    monkeypatch.setattr(fp.FingerprintIndex, "_append", spy_append)
     monkeypatch.setattr(fp.FingerprintIndex, "old_keys", lambda *_: pytest.fail("a rebuild"))
     await store.put_entries(entries[595:])
     store._w.set_trace_callback(statements.append)
@@ -399,16 +406,18 @@ async def test_catch_up_reads_only_the_backlog(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("where", ["_save", "run", "feed"])
+@pytest.mark.parametrize("where", ["_save", "run", "feed", "_append"])
 async def test_a_failed_catch_up_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     rng = random.Random(9)
     entries = store_entries(EntryFactory(), 1000, rng)
+    if where == "run":  # the 10 added last are older than the rest: inserted inside the sets
+        entries = entries[10:460] + entries[:10]
     store = SQLiteStore(tmp_path / "store.db")
     await store.put_entries(entries[:450])
     await check_store(store, entries[:450], rng)
-    # 10 more are added in place; 550 more are rebuilt in bulk (where the builder feeds)
+    # 10 more are added in place (appended, or inside); 550 more are rebuilt in bulk
     more = entries[450:] if where == "feed" else entries[450:460]
     await store.put_entries(more)
     owner = OWNERS[where]
@@ -433,7 +442,12 @@ async def test_a_failed_catch_up_changes_nothing(
 
 
 # where a catch-up is made to fail: the bulk builder, an in-place recomputation, saving a set
-OWNERS: dict[str, type] = {"feed": fp._Builder, "run": fp._Recompute, "_save": fp.FingerprintIndex}
+OWNERS: dict[str, type] = {
+    "feed": fp._Builder,
+    "run": fp._Recompute,
+    "_save": fp.FingerprintIndex,
+    "_append": fp.FingerprintIndex,
+}
 
 
 async def check_store_without_catch_up(
@@ -472,6 +486,8 @@ KILL_SCRIPT = textwrap.dedent(
 
     setattr(owner, sys.argv[2], dying)
     fp._CHUNK = 50  # the builder writes its rows often
+    if sys.argv[2] == "run":
+        fp.COST_BULK = 10**12  # in place, never rebuilt
 
     async def main():
         store = SQLiteStore(sys.argv[1])
@@ -484,12 +500,16 @@ KILL_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("where", "after"), [("feed", 1500), ("run", 5), ("_save", 3)])
+@pytest.mark.parametrize(
+    ("where", "after"), [("feed", 1500), ("run", 5), ("_save", 3), ("_append", 2)]
+)
 async def test_a_killed_catch_up_leaves_a_consistent_store(
     tmp_path: Path, where: str, after: int
 ) -> None:
     rng = random.Random(10)
     entries = store_entries(EntryFactory(), 1000, rng)
+    if where == "run":  # the 50 added last are older than the rest: inserted inside the sets
+        entries = entries[50:] + entries[:50]
     path = tmp_path / "store.db"
     first = 0 if where == "feed" else 950
     store = SQLiteStore(path)

@@ -247,5 +247,6 @@ for _name in (
     "scan",
     "store_head",
     "count",
+    "catch_up_fingerprints",
 ):
     setattr(NodeDatabases, _name, _delegate(_name))

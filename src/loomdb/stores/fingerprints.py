@@ -36,15 +36,21 @@ Schema (added to the store's schema; new tables only)::
     fp_nodes(set_id, level, k, n, s, c, t)        set_id = fp_sets.tree
     meta: fp_key (the level hash secret), fp_cursor (last seq indexed)
 
-Maintenance is lazy, from the store's receipt log: :meth:`FingerprintIndex.catch_up`
+Maintenance is from the store's receipt log: :meth:`FingerprintIndex.catch_up`
 indexes the entries with ``seq`` above the cursor and moves the cursor in the
 same transaction, so the trees and the cursor always agree, whatever crashes.
-A set whose backlog is small next to it is updated in place: the new items'
-ancestors are recomputed from the first changed child on (an append, the
-usual case since new entries carry new timestamps, touches one or two rows
-per level). A set whose backlog is large next to it (a first sync) is rebuilt
-in one sorted pass, streamed, into a new tree id that replaces the old one.
-Stores never delete entries, so items are only ever added.
+It runs before each reconciliation, and as a pull stores its batches
+(``SQLiteStore.catch_up_fingerprints``), so an initial sync leaves its trees built.
+A set whose backlog is small next to it is updated in place. When every new item
+lies beyond the set's last one (an append, the usual case since new entries
+carry new timestamps, and a pull's order), the builder resumes from the tree's
+right spine: one row per new node, the spine's own sums rewritten, no running
+sum touched (:meth:`FingerprintIndex._append`). Otherwise the new items'
+ancestors are recomputed from the first changed child on. A set whose backlog
+is large next to it (a first catch-up) is rebuilt in one sorted pass, streamed,
+into a new tree id that replaces the old one. Whichever path, the rows are
+those of a build from scratch. Stores never delete entries, so items are only
+ever added.
 """
 
 from __future__ import annotations
@@ -97,6 +103,11 @@ CREATE TABLE IF NOT EXISTS fp_nodes(
 """
 
 _INSERT: Final = "INSERT INTO fp_nodes(set_id, level, k, n, s, c, t) VALUES (?,?,?,?,?,?,?)"
+# An item row (its ``s`` is NULL: its sum is its id), for one tree.
+_INSERT_ITEM: Final = "INSERT INTO fp_nodes(set_id, level, k, n, c, t) VALUES ({tree},0,?,1,?,?)"
+# Python's sqlite3 (3.11) looks for an adapter for every ``bytes`` (and None)
+# parameter, ~0.5 µs each; a ``bytearray`` is bound as it is, as the same blob.
+_BLOB: Final = bytearray
 _SET_EXCL: Final = "UPDATE fp_nodes SET c=?, t=? WHERE set_id=? AND level=? AND k=?"
 _SET_OWN: Final = "UPDATE fp_nodes SET n=?, s=? WHERE set_id=? AND level=? AND k=?"
 _PARENT_OF: Final = (
@@ -184,15 +195,17 @@ class _Builder:
         self,
         tree: int,
         level: Callable[[bytes], int],
-        emit: Callable[[list[tuple[object, ...]]], object],
+        emit: Callable[[str, list[tuple[object, ...]]], object],
     ) -> None:
         self.tree = tree
         self.level = level
-        self.emit = emit
+        self.emit = emit  # (statement, rows): executemany
         self.pending: list[list[tuple[bytes, int, int]]] = [[] for _ in range(MAX_LEVEL + 1)]
         self.start: list[bytes] = [_SENTINEL] * (MAX_LEVEL + 1)
         self.top = 0
-        self.rows: list[tuple[object, ...]] = []
+        self.rows: list[tuple[object, ...]] = []  # nodes of levels >= 1
+        self.items: list[tuple[object, ...]] = []  # level 0, in their own statement
+        self.insert_item = _INSERT_ITEM.format(tree=int(tree))
         self.last = b""
 
     def feed(self, key: bytes) -> None:
@@ -218,19 +231,36 @@ class _Builder:
     def _write_children(
         self, level: int, children: list[tuple[bytes, int, int]]
     ) -> tuple[int, int]:
-        rows = self.rows
-        tree = self.tree
         n = 0
         total = 0
+        if level == 0:
+            items = self.items
+            for key, _, cs in children:
+                items.append((_BLOB(key), n, _BLOB(_sum_bytes(total))))
+                n += 1
+                total += cs
+            if len(items) >= _CHUNK:
+                self._flush()
+            return n, total % SUM_MODULUS
+        rows = self.rows
+        tree = self.tree
         for key, cn, cs in children:
-            own = None if level == 0 else _sum_bytes(cs)
-            rows.append((tree, level, key, cn, own, n, _sum_bytes(total)))
+            rows.append(
+                (tree, level, _BLOB(key), cn, _BLOB(_sum_bytes(cs)), n, _BLOB(_sum_bytes(total)))
+            )
             n += cn
             total += cs
         if len(rows) >= _CHUNK:
-            self.emit(rows)
-            self.rows = []
+            self._flush()
         return n, total % SUM_MODULUS
+
+    def _flush(self) -> None:
+        if self.items:
+            self.emit(self.insert_item, self.items)
+            self.items = []
+        if self.rows:
+            self.emit(_INSERT, self.rows)
+            self.rows = []
 
     def finish(self) -> tuple[int, int, int]:
         """Write what is left; returns ``(top, count, sum)`` of the tree."""
@@ -240,8 +270,7 @@ class _Builder:
         for level in range(1, top + 1):
             self._close(level)
         n, total = self._write_children(top, self.pending[top])
-        self.emit(self.rows)
-        self.rows = []
+        self._flush()
         return top, n, total
 
 
@@ -255,9 +284,7 @@ class _Rebuild:
         conn = index.conn
         self.old_tree = info.tree
         self.tree = info.tree if info.new else index.new_tree()
-        self.builder = _Builder(
-            self.tree, index.level, lambda rows: conn.executemany(_INSERT, rows)
-        )
+        self.builder = _Builder(self.tree, index.level, conn.executemany)
         self.old = index.old_keys(info.tree) if info.n else iter(())
         self.head = next(self.old, None)
 
@@ -372,14 +399,14 @@ class FingerprintIndex:
         (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
         if head <= after:
             return 0
-        # Which sets grow, and by how much: one pass over the backlog, grouped by document.
+        # Which sets grow, and by how much: SQLite counts the backlog per collection.
         infos: dict[tuple[str, str], _SetInfo] = {}
         growth: dict[int, int] = {}  # id(info) -> backlog
-        by_doc: dict[int, tuple[_SetInfo, _SetInfo]] = {}
+        by_collection: dict[tuple[str, str], tuple[_SetInfo, _SetInfo]] = {}
         done = 0
-        for doc, space, collection, count in conn.execute(
-            "SELECT e.doc, d.space, d.collection, count(*) FROM entries e"
-            " JOIN docs d ON d.id = e.doc WHERE e.seq > ? AND e.seq <= ? GROUP BY e.doc",
+        for space, collection, count in conn.execute(
+            "SELECT d.space, d.collection, count(*) FROM entries e JOIN docs d ON d.id = e.doc"
+            " WHERE e.seq > ? AND e.seq <= ? GROUP BY d.space, d.collection",
             (after, head),
         ).fetchall():
             pair: list[_SetInfo] = []
@@ -389,7 +416,7 @@ class FingerprintIndex:
                     info = infos[name] = self._set_info(*name)
                 growth[id(info)] = growth.get(id(info), 0) + count
                 pair.append(info)
-            by_doc[doc] = (pair[0], pair[1])
+            by_collection[(space, collection)] = (pair[0], pair[1])
             done += count
         # Small backlogs are collected and inserted; large ones stream into a rebuild.
         feeders: dict[int, Callable[[bytes], None]] = {}
@@ -404,6 +431,24 @@ class FingerprintIndex:
                 rebuild = _Rebuild(self, info)
                 rebuilds.append(rebuild)
                 feeders[id(info)] = rebuild.feed
+        # Each document's feeders, found once per document (none to find when the
+        # backlog is of one collection, as in a pull).
+        by_doc: dict[int, tuple[Callable[[bytes], None], Callable[[bytes], None]]] = {}
+        only = None
+        if len(by_collection) == 1:
+            space_set, collection_set = next(iter(by_collection.values()))
+            only = (feeders[id(space_set)], feeders[id(collection_set)])
+        for doc, space, collection in (
+            ()
+            if only
+            else conn.execute(
+                "SELECT d.id, d.space, d.collection FROM docs d WHERE d.id IN"
+                " (SELECT DISTINCT doc FROM entries WHERE seq > ? AND seq <= ?)",
+                (after, head),
+            )
+        ):
+            space_set, collection_set = by_collection[(space, collection)]
+            by_doc[doc] = (feeders[id(space_set)], feeders[id(collection_set)])
         # In item order: SQLite sorts the backlog (created_at is stored minus 2**63,
         # which keeps its order, and every CID starts with the same 4 bytes).
         offset = 1 << 63
@@ -413,13 +458,14 @@ class FingerprintIndex:
             (after, head),
         ):
             key = (ts + offset).to_bytes(8, "big") + cid[4:]
-            space_set, collection_set = by_doc[doc]
-            feeders[id(space_set)](key)
-            feeders[id(collection_set)](key)
+            feed_space, feed_collection = only or by_doc[doc]
+            feed_space(key)
+            feed_collection(key)
         for rebuild in rebuilds:
             rebuild.finish()
+        levels: dict[bytes, int] = {}  # the sets of a collection share their keys' levels
         for info, keys in collected:
-            self._grow(info, keys)
+            self._grow(info, keys, levels)
         for info in infos.values():
             self._save(info)
         conn.execute(
@@ -483,20 +529,119 @@ class FingerprintIndex:
             rebuild.feed(key)
         rebuild.finish()
 
-    def _grow(self, info: _SetInfo, keys: list[bytes]) -> None:
+    def _grow(
+        self, info: _SetInfo, keys: list[bytes], levels: dict[bytes, int] | None = None
+    ) -> None:
         """Add ``keys`` (ascending, none held) to a non-empty set, in place or in
-        bulk, whichever the cost model finds cheaper."""
+        bulk, whichever the cost model finds cheaper. ``levels``: a memo of the
+        level hash, shared by the sets one catch-up grows."""
         if not keys:
             return
         (last,) = self.conn.execute(
             "SELECT max(k) FROM fp_nodes WHERE set_id=? AND level=0", (info.tree,)
         ).fetchone()
         appended = len(keys) - bisect_right(keys, last)
+        if appended == len(keys):
+            self._append(info, keys, {} if levels is None else levels)
+            return
         in_place = (len(keys) - appended) * COST_INNER + appended * COST_APPEND
         if in_place > (info.n + len(keys)) * COST_BULK:
             self._rebuild(info, keys)
         else:
             self._insert(info, keys)
+
+    # -- appends: new items all above the set's last one --
+
+    def _append(self, info: _SetInfo, keys: list[bytes], levels: dict[bytes, int]) -> None:
+        """Add ``keys`` (ascending, all above the set's last item) to a non-empty tree.
+
+        An append changes no stored running sum (``c``/``t`` count the siblings
+        *before* a node), so it only inserts the new nodes and rewrites the own
+        sums of the right spine (the last node of each level). It runs as the
+        bulk builder does, resumed from the spine: one pass over the keys, one
+        row written per new node, a few statements per batch. The rows are those
+        a build from scratch writes (the tree is a function of its items).
+
+        The last node of a level spans every item from its start on, so its own
+        sums are the set's totals now less the totals when it started (``base``).
+        ``levels`` memoises the level hash across the sets of one catch-up."""
+        conn = self.conn
+        tree = info.tree
+        top = info.top
+        size = MAX_LEVEL + 2
+        total_n = info.n
+        total_s = int.from_bytes(info.s, "little")
+        # The open (last) node of each level: its key, whether it has a row, its
+        # running sums within its parent, and the set's totals where it starts.
+        start: list[bytes] = [_SENTINEL] * size
+        stored = [False] * size
+        run_n = [0] * size
+        run_s = [0] * size
+        base_n = [0] * size
+        base_s = [0] * size
+        for level in range(1, top + 1):
+            row = conn.execute(
+                "SELECT k, n, s, c, t FROM fp_nodes WHERE set_id=? AND level=?"
+                " ORDER BY k DESC LIMIT 1",
+                (tree, level),
+            ).fetchone()
+            if row is None:
+                raise StoreCorruptError(f"fingerprint tree {tree}: level {level} is empty")
+            start[level], n, s, run_n[level], t = row
+            stored[level] = True
+            base_n[level] = total_n - n
+            base_s[level] = total_s - int.from_bytes(s, "little")
+            run_s[level] = int.from_bytes(t, "little")
+        items: list[tuple[object, ...]] = []
+        inserts: list[tuple[object, ...]] = []
+        updates: list[tuple[object, ...]] = []
+
+        def close(level: int) -> None:
+            own = _BLOB(_sum_bytes(total_s - base_s[level]))
+            if stored[level]:
+                updates.append((total_n - base_n[level], own, tree, level, _BLOB(start[level])))
+            else:
+                inserts.append(
+                    (tree, level, _BLOB(start[level]), total_n - base_n[level], own,
+                     run_n[level], _BLOB(_sum_bytes(run_s[level])))
+                )  # fmt: skip
+
+        level_of = self.level
+        zero = _BLOB(_ZERO_SUM)
+        for key in keys:
+            h = levels.get(key)
+            if h is None:
+                h = levels[key] = level_of(key)
+            if h == 0:  # (15 keys in 16) an item of the last level-1 node
+                row = (_BLOB(key), total_n - base_n[1], _BLOB(_sum_bytes(total_s - base_s[1])))
+                items.append(row)
+            else:
+                items.append((_BLOB(key), 0, zero))
+                for level in range(top + 1, h + 1):
+                    # The tree grows a level: its sentinel spans every item so far.
+                    start[level], stored[level] = _SENTINEL, False
+                    run_n[level] = run_s[level] = base_n[level] = base_s[level] = 0
+                top = max(top, h)
+                for level in range(1, h + 1):
+                    # Close the last node of this level; ``key`` starts the next one.
+                    close(level)
+                    start[level], stored[level] = key, False
+                    base_n[level], base_s[level] = total_n, total_s
+                    if level < h:
+                        run_n[level] = run_s[level] = 0  # the first child of a new parent
+                    elif level < top:  # after the siblings before it, in the parent above
+                        run_n[level] = total_n - base_n[level + 1]
+                        run_s[level] = total_s - base_s[level + 1]
+                    else:  # a child of the root
+                        run_n[level], run_s[level] = total_n, total_s
+            total_n += 1
+            total_s += int.from_bytes(key[8:], "little")
+        for level in range(1, top + 1):
+            close(level)
+        conn.executemany(_INSERT_ITEM.format(tree=int(tree)), items)
+        conn.executemany(_INSERT, inserts)
+        conn.executemany(_SET_OWN, updates)
+        info.top, info.n, info.s = top, total_n, _sum_bytes(total_s)
 
     # -- incremental: recompute the new items' ancestors from the first change on --
 

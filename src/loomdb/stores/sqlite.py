@@ -596,6 +596,14 @@ class SQLiteStore:
             await self._write(self._fingerprints.catch_up)
         return await self._read(lambda: self._with_view(set_key, fn))
 
+    async def catch_up_fingerprints(self) -> int:
+        """Index in the fingerprint trees every entry stored so far (what a
+        reconciliation does first), in one write transaction; returns how many
+        entries that was. A pull calls it as it stores its batches
+        (:func:`loomdb.sync.replicate.transfer`), so the next reconciliation
+        finds the trees built."""
+        return await self._write(self._fingerprints.catch_up)
+
     async def reconcile(self, requests: Sequence[ReconcileRequest]) -> list[ReconcileReply]:
         """One Negentropy step per request, on this store's fingerprint trees."""
         wanted = list(requests)

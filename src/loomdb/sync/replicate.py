@@ -23,7 +23,10 @@ The steps:
    Fetching, verifying and storing are pipelined: while one batch is stored,
    the next is verified and the one after it fetched. A batch's signatures are
    checked on every core (:func:`loomdb.entries.verify.decode_many`: libsodium
-   releases the GIL while it verifies).
+   releases the GIL while it verifies). A target with fingerprint trees indexes
+   the stored batches (``catch_up_fingerprints``: appends, a few µs per entry)
+   while it waits for the next one (at least every ``INDEX_EVERY`` batches, and
+   at the end), so the next reconciliation has nothing to build.
 3. **Report**: counts, rejections (each with its reason), rounds and bytes.
 
 A pull into a store that keeps cursors (``get_cursor``/``set_cursor``) of one open
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -76,6 +79,8 @@ if TYPE_CHECKING:
     from loomdb.documents.database import Database
 
 DEFAULT_BATCH: Final = 1000
+INDEX_EVERY: Final = 64
+"""A pull whose store stage has batches waiting indexes them at least every this many."""
 CURSOR_MAX: Final = 5000
 """Entries appended to a remote's log (all spaces) up to which a pull scans them
 from its cursor; beyond, it reconciles (see :func:`pull_appended`)."""
@@ -324,6 +329,12 @@ async def transfer(
     ](1)
     send, receive = anyio.create_memory_object_stream[tuple[list[Entry], list[Rejection], int]](1)
     side = "local" if direction == "pull" else "remote"
+    # A store with fingerprint trees indexes the batches as they land (appends, a few
+    # µs per entry), not all of them at the next reconciliation: while the store
+    # stage would wait for the next batch anyway, and at least every INDEX_EVERY
+    # batches, and once at the end.
+    index: Callable[[], Awaitable[object]] | None = getattr(target, "catch_up_fingerprints", None)
+    unindexed = 0
 
     async def fetch() -> None:
         async with fetched_in:
@@ -346,6 +357,7 @@ async def transfer(
                 await send.send((entries, [], len(found) - len(entries)))
 
     async def store() -> None:
+        nonlocal unindexed
         async with receive:
             async for good, bad, missing in receive:
                 state.rejected.extend(bad)
@@ -365,8 +377,16 @@ async def transfer(
                         state.duplicates += 1
                     else:
                         state.rejected.append(Rejection(result.cid, result.reason or "", side))
+                if index is not None and good:
+                    unindexed += 1
+                    waiting = receive.statistics().current_buffer_used > 0
+                    if not waiting or unindexed >= INDEX_EVERY:
+                        await index()
+                        unindexed = 0
                 if progress is not None:
                     progress(state)
+        if index is not None and unindexed:
+            await index()
 
     with one_error():
         async with anyio.create_task_group() as tg:

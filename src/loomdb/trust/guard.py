@@ -257,6 +257,11 @@ class GuardedStore:
     async def reconcile(self, requests: Sequence[ReconcileRequest]) -> list[ReconcileReply]:
         return await self.inner.reconcile(requests)
 
+    async def catch_up_fingerprints(self) -> int:
+        """The inner store's (``SQLiteStore``: a pull indexes the batches it stores)."""
+        catch_up = getattr(self.inner, "catch_up_fingerprints", None)
+        return 0 if catch_up is None else int(await catch_up())
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
