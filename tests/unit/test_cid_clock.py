@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loomdb.clock import HybridLogicalClock, ManualClock, pack_hlc, unpack_hlc
 from loomdb.entries.cid import CID
@@ -61,3 +66,17 @@ def test_cid_from_digest_is_the_cid_of_that_digest() -> None:
     for bad in (b"", cid.digest[:-1], cid.binary, bytearray(cid.digest)):
         with pytest.raises(ValidationError, match="32 bytes"):
             CID.from_digest(bad)  # type: ignore[arg-type]
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_text_form_is_multibase_base32_of_the_binary(digest: bytes) -> None:
+    cid = CID.from_digest(digest)
+    want = "b" + base64.b32encode(cid.binary).decode("ascii").rstrip("=").lower()
+    assert str(cid) == want and len(want) == 59
+    assert CID.parse(str(cid)) == cid
+
+
+def test_text_form_of_a_known_cid() -> None:
+    cid = CID.of(b"")  # sha2-256 of nothing, as IPFS tools print it
+    assert hashlib.sha256(b"").digest() == cid.digest
+    assert str(cid) == "bafyreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
