@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,37 @@ async def test_a_failed_batch_leaves_no_row_and_the_ids_stay_usable(db: Database
         assert (await again.collection("c").get("x")).value == {"n": 5}
     finally:
         await again.aclose()
+
+
+async def test_a_batch_signed_in_waves_chains_a_documents_entries(tmp_path: Path) -> None:
+    """One ``update_many`` that changes some documents several times: their entries are
+    signed a wave at a time (one entry per document per wave), and each one still has
+    the previous one as its parent; a second node replays them to the same values."""
+    db, other = await open_peers(tmp_path, 2)
+    try:
+        await _waves(db, other)
+    finally:
+        await db.aclose()
+        await other.aclose()
+
+
+async def _waves(db: Database, other: Database) -> None:
+    items = db.collection("items")
+    await items.create_many([{"n": 0} for _ in range(200)], ids=[f"d{i}" for i in range(200)])
+    patches = [(f"d{i}", {"n": 1}) for i in range(200)]
+    patches += [("d7", {"n": 2}), ("d7", {"n": 3}), ("d9", {"m": 1}), ("d7", {"n": 4})]
+    patches += [(f"d{i}", {"n": 5}) for i in range(100, 200)]
+    got = await items.update_many(patches)
+    assert [d.value["n"] for d in got[200:204]] == [4, 4, 1, 4]  # each as the batch left it
+    assert got[202].value == {"n": 1, "m": 1}
+    history = await items.history("d7")
+    assert [h.height for h in history] == [1, 2, 3, 4, 5]
+    for parent, child in itertools.pairwise(history):
+        assert child.parents == (parent.cid,)
+    assert got[203].heads == (history[-1].cid,)
+    results = await other.put_entries(await all_entries(db))
+    assert all(r.status is PutStatus.ACCEPTED for r in results)
+    for i in (7, 9, 150):
+        theirs = await other.collection("items").get(f"d{i}")
+        assert theirs.value == (await items.get(f"d{i}")).value
+    assert (await other.collection("items").get("d150")).value == {"n": 5}

@@ -73,7 +73,8 @@ from loomdb.documents.views import (
     Views,
 )
 from loomdb.entries.cid import CID
-from loomdb.entries.entry import DEFAULT_POLICY, Entry, Kind, build_entry
+from loomdb.entries.entry import DEFAULT_POLICY, Entry, Kind, UnsignedEntry, prepare_entry
+from loomdb.entries.signing import build_entries
 from loomdb.errors import (
     ChangeRefusedError,
     ConflictError,
@@ -648,12 +649,28 @@ class Database:
     ) -> list[_Live]:
         made: list[tuple[Entry, _Live, int | None, int, int, bool, bytes | None]] = []
         lives = []
+        # Entries are prepared one by one and signed a wave at a time, on every core
+        # (``build_entries``). A wave holds one entry per document: a second change of
+        # a document needs the first one's CID as its parent, so it starts a new wave.
+        wave: list[tuple[UnsignedEntry, _Live, int | None, int, int, bool, bytes | None]] = []
+        in_wave: set[int] = set()
+
+        def sign_wave() -> None:
+            signed = build_entries(self._author, [w[0] for w in wave])
+            for entry, (_, live, peer, start, end, deleted, kept) in zip(signed, wave, strict=True):
+                live.heads = [_Ref(entry.cid, entry.height)]
+                made.append((entry, live, peer, start, end, deleted, kept))
+            wave.clear()
+            in_wave.clear()
+
         opened = await self._preload(
             [(c.collection, c.document) for c in changes], pinned, reserve=True
         )
         cache = self._cache
         for change in changes:
             live = opened[(change.collection, change.document)]
+            if live.doc_id in in_wave:
+                sign_wave()
             cache[live.doc_id] = live
             cache.move_to_end(live.doc_id)  # most recently used: the batch's order
             if check is not None:
@@ -684,7 +701,7 @@ class Database:
             end = crdt.next_counter(doc, peer)
             delta = crdt.export_since(doc, since) if end > start else b""
             deleted = change.kind == Kind.DELETE or (change.kind != Kind.CREATE and live.deleted)
-            entry = build_entry(
+            unsigned = prepare_entry(
                 author=self._author,
                 space=self.space,
                 collection=change.collection,
@@ -697,12 +714,13 @@ class Database:
                 policy=DEFAULT_POLICY,
                 random=self._random,
             )
-            live.heads = [_Ref(entry.cid, entry.height)]
             live.deleted = deleted
             live.entries += 1
             kept = delta if live.entries <= REPLAY_MAX else None
-            made.append((entry, live, peer if end > start else None, start, end, deleted, kept))
+            wave.append((unsigned, live, peer if end > start else None, start, end, deleted, kept))
+            in_wave.add(live.doc_id)
             lives.append(live)
+        sign_wave()
 
         new = [m[0] for m in made]
         # A few entries are stored right here when the writer is free: the hop to a

@@ -126,6 +126,11 @@ def entry_bytes(signed: bytes, signature: bytes) -> bytes:
     return bytes((_MAP13,)) + signed[1:] + _SIGNATURE_KEY + _SIG_HEADER + signature
 
 
+def entry_size(signed: bytes) -> int:
+    """The length of ``entry_bytes(signed, signature)``, known before signing."""
+    return len(signed) + _SIG_TAIL_SIZE
+
+
 def decode_fields(raw: bytes) -> dict[str, Any]:
     """Parse entry bytes into their 13 fields, in order, or raise :class:`MalformedEntryError`.
 

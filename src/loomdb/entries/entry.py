@@ -208,7 +208,48 @@ def _uint(what: str, value: object, error: type[LoomError]) -> int:
     return value
 
 
-def build_entry(
+@dataclass(slots=True)  # not frozen: made once per new entry, and frozen costs ~2 µs
+class UnsignedEntry:
+    """An entry made and encrypted but not signed yet (:func:`prepare_entry`):
+    ``signed`` is what its author signs. :func:`build_entries` signs many at once."""
+
+    signed: bytes
+    kind: str
+    space: str
+    collection: str
+    document: str
+    parents: tuple[CID, ...]
+    height: int
+    author: bytes
+    created_at: int
+    key_id: str | None
+    nonce: bytes | None
+    body: bytes
+
+    def finish(self, signature: bytes) -> Entry:
+        """The entry, given the author's signature of :attr:`signed`."""
+        raw = codec.entry_bytes(self.signed, signature)
+        return Entry(
+            CID.of(raw),
+            raw,
+            FORMAT_VERSION,
+            self.kind,
+            self.space,
+            self.collection,
+            self.document,
+            self.parents,
+            self.height,
+            self.author,
+            self.created_at,
+            self.key_id,
+            self.nonce,
+            self.body,
+            signature,
+            True,
+        )
+
+
+def prepare_entry(
     *,
     author: SigningKey,
     space: str,
@@ -221,13 +262,9 @@ def build_entry(
     key: NamedKey | None = None,
     policy: EntryPolicy = DEFAULT_POLICY,
     random: RandomSource = os.urandom,
-) -> Entry:
-    """Encrypt (when ``key`` is given), sign and address a new entry.
-
-    ``parents`` are the entries this one builds on; the height is derived from
-    theirs. Caller errors (a bad name, an unknown kind, a payload over the size
-    limit) raise before anything is signed.
-    """
+) -> UnsignedEntry:
+    """Everything :func:`build_entry` does but the signature (and the CID, which
+    covers it): the checks, the header and the encryption."""
     m = policy.max_name_chars
     if not (  # the usual case in one expression; the checks below name what is wrong
         type(space) is str and 0 < len(space) <= m and space.isprintable()
@@ -248,12 +285,13 @@ def build_entry(
     height = 1 + max(by_cid.values(), default=0)
 
     nonce = random(NONCE_SIZE) if key is not None else None
+    key_id = key.key_id if key is not None else None
     header: dict[str, Any] = {
         "h": height,
         "v": FORMAT_VERSION,
         "ts": created_at,
         "doc": document,
-        "kid": key.key_id if key is not None else None,
+        "kid": key_id,
         "par": [codec.link(c.binary) for c in parent_cids],
         "auth": author.public_key,
         "coll": collection,
@@ -268,30 +306,43 @@ def build_entry(
     else:
         body = payload
     signed = codec.signed_bytes(header_bytes, body)
-    signature = author.sign(signed)
-    raw = codec.entry_bytes(signed, signature)
-    if len(raw) > policy.max_entry_bytes:
+    size = codec.entry_size(signed)
+    if size > policy.max_entry_bytes:
         raise EntryTooLargeError(
-            f"entry would be {len(raw)} bytes; the limit is {policy.max_entry_bytes}"
+            f"entry would be {size} bytes; the limit is {policy.max_entry_bytes}"
         )
-    return Entry(
-        CID.of(raw),
-        raw,
-        FORMAT_VERSION,
-        kind,
-        space,
-        collection,
-        document,
-        parent_cids,
-        height,
-        author.public_key,
-        created_at,
-        header["kid"],
-        nonce,
-        body,
-        signature,
-        True,
-    )
+    return UnsignedEntry(
+        signed, kind, space, collection, document, parent_cids, height, author.public_key,
+        created_at, key_id, nonce, body,
+    )  # fmt: skip
+
+
+def build_entry(
+    *,
+    author: SigningKey,
+    space: str,
+    collection: str,
+    document: str,
+    kind: str,
+    payload: bytes,
+    created_at: int,
+    parents: Iterable[ParentRef] = (),
+    key: NamedKey | None = None,
+    policy: EntryPolicy = DEFAULT_POLICY,
+    random: RandomSource = os.urandom,
+) -> Entry:
+    """Encrypt (when ``key`` is given), sign and address a new entry.
+
+    ``parents`` are the entries this one builds on; the height is derived from
+    theirs. Caller errors (a bad name, an unknown kind, a payload over the size
+    limit) raise before anything is signed.
+    """
+    unsigned = prepare_entry(
+        author=author, space=space, collection=collection, document=document, kind=kind,
+        payload=payload, created_at=created_at, parents=parents, key=key, policy=policy,
+        random=random,
+    )  # fmt: skip
+    return unsigned.finish(author.sign(unsigned.signed))
 
 
 def decode_entry(

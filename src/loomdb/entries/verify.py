@@ -36,7 +36,8 @@ _pool: list[ThreadPoolExecutor] = []  # made on first use
 _pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
+def executor() -> ThreadPoolExecutor:
+    """The shared pool (made on first use) that batches are split across."""
     with _pool_lock:
         if not _pool:
             _pool.append(
@@ -85,7 +86,7 @@ def decode_many(
         return _check(raws, cids, policy, hashed)
     size = -(-len(raws) // parts)
     cuts = range(0, len(raws), size)
-    pool = _executor()
+    pool = executor()
     later = [
         pool.submit(_check, raws[i : i + size], cids[i : i + size], policy, hashed)
         for i in cuts[1:]
