@@ -65,7 +65,8 @@ import httpx
 
 from loomdb.clock import pack_hlc
 from loomdb.documents import Collection, Database
-from loomdb.entries.entry import Entry, build_entry
+from loomdb.entries.entry import Entry, UnsignedEntry, build_entry, prepare_entry
+from loomdb.entries.signing import build_entries
 from loomdb.identity.keys import NamedKey, SigningKey
 from loomdb.stores.base import PutStatus
 from loomdb.stores.sqlite import SQLiteStore
@@ -84,6 +85,8 @@ ROWS: dict[str, tuple[str, str]] = {
     "create_many": ("create_many", "docs/s"),
     "raw_create": ("ceiling: build_entry + put_entries, no documents", "entries/s"),
     "update_many_share": ("update_many as a share of the ceiling", "%"),
+    "raw_create_cores": ("ceiling, signed on every core (build_entries)", "entries/s"),
+    "update_many_share_cores": ("update_many as a share of that ceiling", "%"),
     "materialize_s": ("materialize: open without views.db", "s"),
     "materialize_rate": ("materialize: open without views.db", "docs/s"),
     "reopen_ms": ("open with views.db intact (baseline)", "ms"),
@@ -198,11 +201,16 @@ async def batched_updates(
     return total / (time.perf_counter() - t)
 
 
-async def raw_create(path: Path, total: int, batch: int, docs: int) -> float:
+async def raw_create(
+    path: Path, total: int, batch: int, docs: int, *, cores: bool = False
+) -> float:
     """The ceiling of the batched updates, in the same run: entries of the size an
     update makes (a 16-byte salt and a ~100-byte delta, encrypted), each chained to
     the previous one of its document, ``docs`` documents round-robin, built and
-    stored in batches of ``batch`` into a fresh SQLite store. No document layer."""
+    stored in batches of ``batch`` into a fresh SQLite store. No document layer.
+    ``cores``: each batch is prepared one by one and signed on every core
+    (``prepare_entry`` + ``build_entries``, as the document layer writes); the batch
+    must then hold each document once (``batch <= docs``)."""
     author, key = SigningKey.generate(), NamedKey.generate("bench@1")
     payloads = [os.urandom(120) for _ in range(64)]
     last: dict[int, Entry] = {}
@@ -210,21 +218,30 @@ async def raw_create(path: Path, total: int, batch: int, docs: int) -> float:
     try:
         t = clock()
         for start in range(0, total, batch):
-            chunk = []
+            chunk: list[Entry] = []
+            unsigned: list[UnsignedEntry] = []
             for i in range(start, min(total, start + batch)):
                 parent = last.get(i % docs)
-                last[i % docs] = entry = build_entry(
-                    author=author,
-                    space="main",
-                    collection=COLL,
-                    document=f"doc-{i % docs:05d}",
-                    kind="create" if parent is None else "change",
-                    payload=payloads[i % len(payloads)],
-                    created_at=pack_hlc(1_760_000_000_000 + i // 1000, i % 1000),
-                    parents=() if parent is None else (parent,),
-                    key=key,
-                )
-                chunk.append(entry)
+                spec: dict[str, Any] = {
+                    "author": author,
+                    "space": "main",
+                    "collection": COLL,
+                    "document": f"doc-{i % docs:05d}",
+                    "kind": "create" if parent is None else "change",
+                    "payload": payloads[i % len(payloads)],
+                    "created_at": pack_hlc(1_760_000_000_000 + i // 1000, i % 1000),
+                    "parents": () if parent is None else (parent,),
+                    "key": key,
+                }
+                if cores:
+                    unsigned.append(prepare_entry(**spec))
+                else:
+                    last[i % docs] = entry = build_entry(**spec)
+                    chunk.append(entry)
+            if cores:
+                chunk = build_entries(author, unsigned)
+                for i, entry in enumerate(chunk, start):
+                    last[i % docs] = entry
             results = await store.put_entries(chunk)
             if any(r.status is not PutStatus.ACCEPTED for r in results):
                 raise SystemExit("bench: the store refused a raw entry")
@@ -287,6 +304,10 @@ async def write_rep(args: argparse.Namespace, rng: random.Random, profile: bool)
             Path(tmp) / "raw.db", args.updates, args.batch, args.write_docs
         )
         out["update_many_share"] = 100 * out["update_many"] / out["raw_create"]
+        out["raw_create_cores"] = await raw_create(
+            Path(tmp) / "raw-cores.db", args.updates, args.batch, args.write_docs, cores=True
+        )
+        out["update_many_share_cores"] = 100 * out["update_many"] / out["raw_create_cores"]
     return out
 
 
@@ -779,6 +800,8 @@ def write_rows(
             "create_many",
             "raw_create",
             "update_many_share",
+            "raw_create_cores",
+            "update_many_share_cores",
         )
     ]
     print(

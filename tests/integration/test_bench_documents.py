@@ -18,6 +18,8 @@ FIGURES = [
     "create_many",
     "raw_create",
     "update_many_share",
+    "raw_create_cores",
+    "update_many_share_cores",
     "materialize_s",
     "materialize_rate",
     "reopen_ms",
