@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,14 +31,19 @@ from loomdb.entries.codec import bytes_header
 from loomdb.errors import ChangeRefusedError
 
 SALT_SIZE: Final = 16
+_u32 = struct.Struct(">I").pack
 _FRONTIER = re.compile(r"Frontiers\(\[((?:\d+@\d+)(?:, \d+@\d+)*)?\]\)\Z")
 
 
 def writer_peer(author: bytes, space: str, collection: str, document: str, salt: bytes) -> int:
     """The Loro peer id an author writes with in one document and session."""
-    parts = (author, space.encode(), collection.encode(), document.encode(), salt)
-    # One update of the length-prefixed parts (as ten updates would hash them).
-    data = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    s, c, d = space.encode(), collection.encode(), document.encode()
+    # One update of the length-prefixed parts (as ten updates would hash them), joined
+    # without a generator (every document opened for a write makes one).
+    data = b"".join(
+        (_u32(len(author)), author, _u32(len(s)), s, _u32(len(c)), c, _u32(len(d)), d,
+         _u32(len(salt)), salt)
+    )  # fmt: skip
     digest = hashlib.blake2b(data, digest_size=8, person=b"loomdb-peer-v1").digest()
     # 63 bits: Loro reserves PeerID::MAX.
     return int.from_bytes(digest, "big") >> 1
