@@ -1185,11 +1185,11 @@ class Collection:
         def check(change: _Change, live: _Live) -> None:
             if not live.heads or live.deleted:
                 raise NotFoundError(f"no document {change.document!r} in {self.name!r}")
-            prepared = prepared_by_change[id(change)]
-            preview = preview_patch(live.value, prepared, unset)
-            if schema is not None:
+            if schema is not None:  # without one, nothing reads the preview: the
+                # value is read from Loro when the batch is written
+                preview = preview_patch(live.value, prepared_by_change[id(change)], unset)
                 schema.validate(preview)
-            live.value = preview  # later patches of this batch see this one
+                live.value = preview  # later patches of this batch see this one
 
         lives = await self.db._commit(changes, check)
         return [self._from_live(c.document, live) for c, live in zip(changes, lives, strict=True)]
