@@ -20,7 +20,7 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -229,7 +229,10 @@ def prepare_batch(
                 f"put_entries takes Entry, bytes or (CID, bytes), not {type(item).__name__}"
             )
 
-    already = held([cid for _, cid, _, _ in staged])
+    cids = [cid for _, cid, _, _ in staged]
+    already = held(cids)
+    if len(set(cids)) == len(cids):  # (the usual case; set() hashes each CID once)
+        return _prepare_unique(staged, results, already, policy)
     # The bytes not held, each CID once, checked up front on every core at once.
     todo: dict[CID, bytes] = {}
     for _, cid, raw, built in staged:
@@ -266,6 +269,47 @@ def prepare_batch(
     return PreparedBatch(results, new)
 
 
+def _prepare_unique(
+    staged: list[tuple[int, CID, bytes | None, Entry | None]],
+    results: list[PutResult | None],
+    already: set[CID],
+    policy: EntryPolicy,
+) -> PreparedBatch:
+    """The rest of :func:`prepare_batch` for a batch that names no CID twice: what the
+    general loop does, without a dict and a set keyed by CID (five Python ``__hash__``
+    calls per entry). The bytes to check are those not held, in batch order, and their
+    results are taken in the same order."""
+    todo = [
+        (cid, raw)
+        for _, cid, raw, built in staged
+        if built is None and raw is not None and not (already and cid in already)
+    ]
+    checked = iter(
+        decode_many([raw for _, raw in todo], [cid for cid, _ in todo], policy=policy, hashed=True)
+    )
+    new: list[tuple[int, Entry]] = []
+    for i, cid, raw, built in staged:
+        if already and cid in already:
+            results[i] = PutResult(cid, PutStatus.DUPLICATE)
+            continue
+        if built is None:
+            if raw is None:  # (never: staged holds bytes or a built entry)
+                continue
+            result = next(checked)
+            if isinstance(result, EntryError):
+                results[i] = PutResult(cid, PutStatus.REJECTED, result)
+                continue
+            new.append((i, result))
+        else:
+            try:
+                check_policy(built, policy)
+            except EntryError as exc:
+                results[i] = PutResult(cid, PutStatus.REJECTED, exc)
+                continue
+            new.append((i, built))
+    return PreparedBatch(results, new)
+
+
 def check_policy(entry: Entry, policy: EntryPolicy) -> None:
     """The policy checks for an entry that was verified elsewhere in this process."""
     if entry.kind not in policy.kinds:
@@ -281,10 +325,24 @@ def check_policy(entry: Entry, policy: EntryPolicy) -> None:
 def finish_results(batch: PreparedBatch, first_seq: int) -> list[PutResult]:
     """Fill in the results of the entries the store wrote, numbered from ``first_seq``
     in the order they were inserted."""
-    out, accepted = batch.results, PutStatus.ACCEPTED
+    out, accepted, new = batch.results, PutStatus.ACCEPTED, _new
+    s_cid, s_status, s_error, s_seq = _RESULT_SETTERS
     for k, (i, entry) in enumerate(batch.new, first_seq):
-        out[i] = PutResult(entry.cid, accepted, None, k)  # (positional: half the time)
+        # PutResult(entry.cid, accepted, None, k), its slots set directly: a frozen
+        # dataclass's __init__ sets each through object.__setattr__ (~2x the cost)
+        out[i] = r = new(PutResult)
+        s_cid(r, entry.cid)
+        s_status(r, accepted)
+        s_error(r, None)
+        s_seq(r, k)
     return [r for r in out if r is not None]
+
+
+_new = object.__new__
+_RESULT_FIELDS = ("cid", "status", "error", "seq")
+if tuple(f.name for f in fields(PutResult)) != _RESULT_FIELDS:  # (a field left unset otherwise)
+    raise RuntimeError("finish_results sets every field of PutResult, in _RESULT_FIELDS order")
+_RESULT_SETTERS = tuple(getattr(PutResult, name).__set__ for name in _RESULT_FIELDS)
 
 
 async def fetch_raw(store: ContentAddressedStore, cids: Sequence[CID]) -> list[bytes | None]:

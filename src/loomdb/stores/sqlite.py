@@ -17,7 +17,8 @@ Schema (version 1)::
     meta(key, value)                    epoch, schema version
     docs(id, space, collection, document)
     entries(seq, cid, doc, kind, height, author, created_at, key_id, parents, raw)
-    parent_refs(parent, doc)            CIDs named as a parent within a document
+    parent_refs(parent, doc)            CIDs named as a parent within a document (not
+                                        written for a parent stored in the same batch)
     heads(doc, cid)                     current heads of each document
     fp_sets, fp_nodes                   fingerprint trees for sync (``stores.fingerprints``)
 
@@ -347,10 +348,12 @@ class SQLiteStore:
         statements per entry (3x faster). Heads rule: an entry is a head unless
         an entry of its document names it as a parent; naming a parent removes
         it from the heads. A parent that is itself in the batch is settled here,
-        without asking SQLite: it has no heads row to remove yet, and it is named.
+        without asking SQLite: it has no heads row to remove yet, it is named, and
+        no ``parent_refs`` row is written for it (none would ever be read).
         """
         w = self._w
-        docs = self._doc_ids_of((e.space, e.collection, e.document) for e in entries)
+        keys = [(e.space, e.collection, e.document) for e in entries]
+        docs = self._doc_ids_of(keys)
         # Parallel lists of bytes and ints, and rows made as SQLite takes them: few
         # objects that outlive the batch for the garbage collector to walk.
         cids: list[bytes] = []
@@ -359,8 +362,7 @@ class SQLiteStore:
         ref_docs: list[int] = []
 
         def rows() -> Iterator[tuple[Any, ...]]:
-            for e in entries:
-                doc = docs[(e.space, e.collection, e.document)]
+            for e, doc in zip(entries, map(docs.__getitem__, keys), strict=True):
                 cid = e.cid.binary
                 cids.append(cid)
                 cid_docs.append(doc)
@@ -389,21 +391,20 @@ class SQLiteStore:
             # One writer, one transaction, AUTOINCREMENT: the batch's seqs are contiguous.
             first = int(w.execute("SELECT max(seq) FROM entries").fetchone()[0]) - len(entries) + 1
         here = set(cids)
-        # (parent, doc) pairs named by an entry of this batch
-        named = {ref for ref in zip(ref_parents, ref_docs, strict=True) if ref[0] in here}
-        if ref_parents:
-            w.executemany(
-                "INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)",
-                zip(map(_BLOB, ref_parents), ref_docs, strict=True),
-            )
-            w.executemany(
-                "DELETE FROM heads WHERE cid=? AND doc=?",
-                (
-                    (_BLOB(p), d)
-                    for p, d in zip(ref_parents, ref_docs, strict=True)
-                    if p not in here
-                ),
-            )
+        # (parent, doc) pairs named by an entry of this batch, and the refs to parents
+        # outside it. Only those go to ``parent_refs``: the table answers "is a new entry
+        # named by one stored before it?" (below), and an entry of this batch is never
+        # new again (a CID is stored once), so a row naming it would never be read.
+        named: set[tuple[bytes, int]] = set()
+        outside: list[tuple[bytearray, int]] = []
+        for ref in zip(ref_parents, ref_docs, strict=True):
+            if ref[0] in here:
+                named.add(ref)
+            else:
+                outside.append((_BLOB(ref[0]), ref[1]))
+        if outside:
+            w.executemany("INSERT OR IGNORE INTO parent_refs(parent, doc) VALUES (?,?)", outside)
+            w.executemany("DELETE FROM heads WHERE cid=? AND doc=?", outside)
         # Named by an entry stored before (one that arrived before its parent)?
         ask = [_BLOB(c) for c, d in zip(cids, cid_docs, strict=True) if (c, d) not in named]
         for part in _chunks(ask):

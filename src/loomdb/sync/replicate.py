@@ -55,6 +55,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -293,6 +294,9 @@ async def reconcile(
     return [cid_of_id(i) for i in have_all], [cid_of_id(i) for i in need_all]
 
 
+_by_height = attrgetter("height")  # (a C key function: no Python call per entry)
+
+
 def _verify(
     wanted: Sequence[CID], raws: Sequence[bytes | None]
 ) -> tuple[list[Entry], list[Rejection], int]:
@@ -307,7 +311,7 @@ def _verify(
             good.append(result)
         else:
             bad.append(Rejection(cid, f"{result.code}: {result.message}", "local"))
-    good.sort(key=lambda e: e.height)  # parents before children within the batch
+    good.sort(key=_by_height)  # parents before children within the batch
     return good, bad, len(wanted) - len(asked)
 
 
