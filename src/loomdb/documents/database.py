@@ -68,6 +68,7 @@ from loomdb.documents.views import (
     STATE_NAMES,
     DocRow,
     DocWrite,
+    Replay,
     Snapshot,
     StateRow,
     Views,
@@ -512,9 +513,9 @@ class Database:
         if not replay:
             return out
         with self._views.lock:
-            plans = self._views.applied_states(list(replay))
+            plans = self._views.replay_plans(list(replay))
         # The deltas the views keep (a document's first entries) need no store read.
-        damaged: dict[int, list[StateRow]] = {}
+        damaged: dict[int, list[Replay]] = {}
         for doc_id, deltas in (await self._deltas(plans, kept=True)).items():
             try:
                 out[doc_id] = self._build_live(replay[doc_id], plans[doc_id], deltas)
@@ -525,24 +526,24 @@ class Database:
         return out
 
     async def _deltas(
-        self, plans: Mapping[int, Sequence[StateRow]], *, kept: bool
+        self, plans: Mapping[int, Sequence[Replay]], *, kept: bool
     ) -> dict[int, list[bytes]]:
         """The deltas of documents' applied entries: with ``kept``, those the views
         keep, and the others from the store (one read for them all)."""
-        cids = [s.cid for rows in plans.values() for s in rows if not kept or s.delta is None]
-        entries = await self.store.get_entries(cids) if cids else []
-        read = dict(zip(cids, entries, strict=True))
+        wanted = [s.cid for rows in plans.values() for s in rows if not kept or s.delta is None]
+        entries = await self.store.get_entries([CID(c) for c in wanted]) if wanted else []
+        read = dict(zip(wanted, entries, strict=True))
         return {
             doc_id: [
-                s.delta if kept and s.delta is not None else self._delta_of(s, read[s.cid])
+                s.delta if kept and s.delta is not None else self._delta_of(s.cid, read[s.cid])
                 for s in rows
             ]
             for doc_id, rows in plans.items()
         }
 
-    def _delta_of(self, state: StateRow, entry: Entry | None) -> bytes:
+    def _delta_of(self, cid: bytes, entry: Entry | None) -> bytes:
         if entry is None:
-            raise StoreCorruptError(f"entry {state.cid} is applied but not in the store")
+            raise StoreCorruptError(f"entry {CID(cid)} is applied but not in the store")
         return crdt.decode_payload(self._decrypt(entry))[1]
 
     @staticmethod
@@ -557,15 +558,15 @@ class Database:
                      row.value or {}, row.created_at, row.updated_at, saved=snap.heads,
                      entries=REPLAY_MAX + 1)  # fmt: skip
 
-    def _build_live(self, row: DocRow, rows: Sequence[StateRow], deltas: Sequence[bytes]) -> _Live:
+    def _build_live(self, row: DocRow, rows: Sequence[Replay], deltas: Sequence[bytes]) -> _Live:
         """A document replayed from its applied entries' deltas (``rows``, parents
         first; each one was checked when it was applied)."""
         doc = crdt.new_doc()
         for delta in deltas:
             if delta:
                 crdt.import_delta(doc, delta)
-        by_cid = {s.cid: s for s in rows}
-        heads = [_Ref(h, by_cid[h].height) for h in row.heads]
+        height = {s.cid: s.height for s in rows}
+        heads = [_Ref(h, height[h.binary]) for h in row.heads]
         return _Live(
             row.id,
             row.coll,

@@ -86,7 +86,7 @@ class StateRow:
     deleted: bool
     reason: str | None
     wants_key: str | None = None  # pending: the key id no held material reads
-    delta: bytes | None = None  # applied: its Loro delta, when kept (see Views.applied_states)
+    delta: bytes | None = None  # applied: its Loro delta, when kept (see Views.replay_plans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,15 @@ class DocRow:
     created_at: int
     updated_at: int
     heads: tuple[CID, ...]
+
+
+class Replay(NamedTuple):
+    """What a replay reads of one applied entry: its CID's binary form, its height and
+    its kept delta (None: read it from the store)."""
+
+    cid: bytes
+    height: int
+    delta: bytes | None
 
 
 class Snapshot(NamedTuple):
@@ -528,21 +537,21 @@ class Views:
         ).fetchall()
         return [_state(r) for r in rows]
 
-    def applied_states(self, docs: Sequence[int]) -> dict[int, list[StateRow]]:
-        """The applied entries of documents ``docs``, each document's by height and CID
-        (one statement per 500 documents, not one per document), with their kept
-        deltas (:attr:`StateRow.delta`; None where none was kept)."""
-        out: dict[int, list[StateRow]] = {d: [] for d in docs}
+    def replay_plans(self, docs: Sequence[int]) -> dict[int, list[Replay]]:
+        """The applied entries of documents ``docs``, each document's by height and CID,
+        as much as a replay reads of them (:class:`Replay`: no full :class:`StateRow`
+        is made; one statement per 500 documents, not one per document)."""
+        out: dict[int, list[Replay]] = {d: [] for d in docs}
         for i in range(0, len(docs), 500):
             chunk = docs[i : i + 500]
             rows = self._db.execute(
-                f"SELECT {_STATE_COLS}, delta FROM states"
+                "SELECT doc, cid, height, delta FROM states"
                 f" WHERE doc IN ({','.join('?' * len(chunk))}) AND state = ?"
                 " ORDER BY doc, height, cid",
                 (*chunk, APPLIED),
             ).fetchall()
-            for r in rows:
-                out[r[1]].append(_state(r))
+            for doc, cid, height, delta in rows:
+                out[doc].append(Replay(cid, height, delta))
         return out
 
     def put_state(self, s: StateRow) -> None:
