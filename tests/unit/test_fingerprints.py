@@ -563,3 +563,44 @@ def test_negentropy_over_two_trees(tmp_path: Path, sides: str) -> None:
     have, need = reconcile(ours, make_theirs())
     assert have == {i for _, i in only_ours}
     assert need == {i for _, i in only_theirs}
+
+
+def test_sum_bytes_is_the_sum_modulo_2_256() -> None:
+    rng = random.Random(5)
+    values = [0, 1, -1, SUM_MODULUS - 1, SUM_MODULUS, SUM_MODULUS + 1, -SUM_MODULUS]
+    values += [17 * SUM_MODULUS, 17 * SUM_MODULUS - 1]
+    values += [rng.randrange(-(1 << 300), 1 << 300) for _ in range(200)]
+    for value in values:
+        assert fp._sum_bytes(value) == (value % SUM_MODULUS).to_bytes(32, "little")
+
+
+def test_appends_whose_running_sums_wrap(
+    db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids near 2**256: the running sums of a level-1 node's items pass the modulus,
+    on the append path (each batch beyond the last item, small next to the set)."""
+    rng = random.Random(9)
+    index = fp.FingerprintIndex(db)
+
+    def big_id() -> bytes:
+        return b"\xff" * 8 + rng.randbytes(24)
+
+    held = {(ts, big_id()) for ts in range(1, 1201)}
+    index.add_items("s", None, held)
+    appended: list[int] = []
+    original = fp.FingerprintIndex._append
+
+    def spy(self: fp.FingerprintIndex, info: object, keys: list[bytes], *rest: Any) -> None:
+        appended.append(len(keys))
+        original(self, info, keys, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fp.FingerprintIndex, "_append", spy)
+    ts = 2000
+    for size in (1, 7, 40, 100):
+        batch = [(ts + i, big_id()) for i in range(size)]
+        ts += size
+        index.add_items("s", None, batch)
+        held |= set(batch)
+        fp.check_tree(db, "s", None)
+        check_answers(fp.open_view(db, "s", None), Model(held), rng, 40)
+    assert appended == [1, 7, 40, 100]

@@ -86,6 +86,7 @@ KEY_SIZE: Final = 8 + ID_SIZE
 _SENTINEL: Final = b""
 _BEYOND: Final = b"\xff" * (KEY_SIZE + 1)  # above every key
 _ZERO_SUM: Final = bytes(32)
+_SUM_MASK: Final = SUM_MODULUS - 1  # x & _SUM_MASK == x % SUM_MODULUS, for every int x
 _ZERO_KEY: Final = ZERO[0].to_bytes(8, "big") + ZERO[1]
 _INFINITY_KEY: Final = INFINITY[0].to_bytes(8, "big") + INFINITY[1]
 _CHUNK: Final = 20_000  # rows per executemany / per read of an old tree
@@ -160,7 +161,7 @@ def _check_item(item: object) -> Item:
 
 
 def _sum_bytes(value: int) -> bytes:
-    return (value % SUM_MODULUS).to_bytes(32, "little")
+    return (value & _SUM_MASK).to_bytes(32, "little")
 
 
 def _own_sum(key: bytes, s: bytes | None) -> int:
@@ -608,13 +609,18 @@ class FingerprintIndex:
 
         level_of = self.level
         zero = _BLOB(_ZERO_SUM)
+        mask = _SUM_MASK
+        # Where the open level-1 node starts, kept in locals for the 15 keys in 16
+        # that are its items (the same as base_n[1], base_s[1], refreshed below).
+        base_n1, base_s1 = base_n[1], base_s[1]
         for key in keys:
             h = levels.get(key)
             if h is None:
                 h = levels[key] = level_of(key)
             if h == 0:  # (15 keys in 16) an item of the last level-1 node
-                row = (_BLOB(key), total_n - base_n[1], _BLOB(_sum_bytes(total_s - base_s[1])))
-                items.append(row)
+                # ``& mask`` is ``% SUM_MODULUS`` (a power of two) without a division.
+                run = ((total_s - base_s1) & mask).to_bytes(32, "little")
+                items.append((_BLOB(key), total_n - base_n1, _BLOB(run)))
             else:
                 items.append((_BLOB(key), 0, zero))
                 for level in range(top + 1, h + 1):
@@ -634,6 +640,7 @@ class FingerprintIndex:
                         run_s[level] = total_s - base_s[level + 1]
                     else:  # a child of the root
                         run_n[level], run_s[level] = total_n, total_s
+                base_n1, base_s1 = base_n[1], base_s[1]
             total_n += 1
             total_s += int.from_bytes(key[8:], "little")
         for level in range(1, top + 1):
