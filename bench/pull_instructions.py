@@ -4,10 +4,10 @@ stage, counted by callgrind (a figure the load of a shared machine does not move
 
     python bench/pull_instructions.py [--entries 2000] [--stage decode] [--keep DIR]
 
-Entries come from the bench cache (``bench/sync.py`` builds it; ``--cache`` names the
-SQLite store, default bench/results/cache/entries-100000.sqlite in this tree or in
-/work/main), in ``created_at`` order, as a pull stores them. Each stage runs twice
-under ``valgrind --tool=callgrind``, on --entries and on twice --entries entries; the
+Entries come from the bench cache (``bench/sync.py`` builds it; ``--cache`` names
+the SQLite store, default bench/results/cache/entries-100000.sqlite), in
+``created_at`` order, as a pull stores them. Each stage runs twice under
+``valgrind --tool=callgrind``, on --entries and on twice --entries entries; the
 figure is the difference of the two instruction counts (every thread) divided by
 --entries, so imports, reading the cache and the fixed setup cancel out:
 
@@ -42,12 +42,7 @@ STAGES = ("decode", "put", "put_index")
 BATCH = 1000
 
 
-def default_cache() -> Path:
-    for base in (ROOT / "results" / "cache", Path("/work/main/bench/results/cache")):
-        path = base / "entries-100000.sqlite"
-        if path.exists():
-            return path
-    return ROOT / "results" / "cache" / "entries-100000.sqlite"
+DEFAULT_CACHE = ROOT / "results" / "cache" / "entries-100000.sqlite"
 
 
 def read_raws(cache: Path, count: int) -> list[tuple[bytes, bytes]]:
@@ -123,7 +118,7 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=2000, help="entries of the smaller run")
     ap.add_argument("--prefill", type=int, default=4000, help="entries stored before (put)")
     ap.add_argument("--stage", action="append", choices=STAGES, help="default: all")
-    ap.add_argument("--cache", type=Path, default=default_cache())
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--keep", type=Path, help="keep the callgrind files here")
     ap.add_argument("--run", choices=STAGES, help=argparse.SUPPRESS)  # one run (internal)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)

@@ -164,10 +164,10 @@ _DOC_COLS = "id, coll, name, value, live, deleted, created_at, updated_at, heads
 
 
 def _state(row: tuple[Any, ...]) -> StateRow:
+    # (No read selects the delta into a StateRow: a replay reads it as a Replay.)
     return StateRow(
         CID(row[0]), row[1], row[2], row[3], row[4], _unpack(row[5]), row[6],
         row[7], row[8], row[9], bool(row[10]), row[11], row[12],
-        row[13] if len(row) > 13 else None,
     )  # fmt: skip
 
 
