@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import anyio
 import loro
@@ -136,8 +136,7 @@ CATCH_UP_FIRST: Final = 32  # catch_up's first read (SQLiteStore serves up to 32
 REPLAY_MAX: Final = 4
 
 
-@dataclass(frozen=True, slots=True)
-class _Ref:
+class _Ref(NamedTuple):  # a ParentRef; one per new entry (a tuple: ~3x faster to make)
     cid: CID
     height: int
 

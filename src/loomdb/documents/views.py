@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS indexes(
 """
 
 
-@dataclass(frozen=True, slots=True)
+# StateRow and DocRow are made once per entry written or document opened: not frozen,
+# since a frozen dataclass's __init__ sets each field through object.__setattr__
+# (3.8 against 0.34 µs for StateRow's 14 fields). Nothing changes one after it is made.
+@dataclass(slots=True)
 class StateRow:
     cid: CID
     doc: int
@@ -99,7 +102,7 @@ class KeyWaits:
     reason: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see StateRow
 class DocRow:
     id: int
     coll: int
