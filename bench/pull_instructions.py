@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sqlite3
-import subprocess
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+from callgrind import instructions
 
 ROOT = Path(__file__).resolve().parent
 STAGES = ("decode", "put", "put_index")
@@ -99,18 +99,12 @@ async def run_stage(stage: str, n: int, args: argparse.Namespace, work: Path) ->
 def callgrind(args: argparse.Namespace, stage: str, n: int, out: Path, tmp: Path) -> int:
     work = tmp / f"run-{stage}-{n}"
     work.mkdir(parents=True)
-    cmd = [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    argv = [
         sys.executable, __file__, "--run", stage, "--n", str(n), "--work", str(work),
         "--entries", str(args.entries), "--prefill", str(args.prefill),
         "--cache", str(args.cache),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    found = re.search(r"^summary:\s*(\d+)", out.read_text(), re.MULTILINE)
-    if found is None:
-        raise SystemExit(f"no summary in {out}")
-    return int(found.group(1))
+    return instructions(argv, out, {**os.environ, "PYTHONHASHSEED": "0"})
 
 
 def main() -> None:
